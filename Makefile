@@ -1,0 +1,26 @@
+# Setup and everyday commands. Every target creates .venv if needed.
+# torch is installed first, pinned, so that a bare machine never pulls a multi-GB CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= demo_out
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/medp2p phantom $(DEMO_DIR)/phantom --cases 4 --seed 0 --overwrite
+	$(VENV)/bin/medp2p validate $(DEMO_DIR)/phantom --task mri2ct
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

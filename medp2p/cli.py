@@ -1,0 +1,142 @@
+"""The ``medp2p`` command line: each command parses its arguments and calls one library function.
+
+Heavy modules (torch, MONAI, nibabel...) are imported inside the commands, so ``medp2p --help``
+stays fast. Exit codes: 0 success, 1 the command ran and found problems (or a case failed),
+2 usage error (bad option, unrecognised data layout, refused overwrite).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from medp2p import __version__
+
+app = typer.Typer(
+    name="medp2p",
+    help="Medical image-to-image translation: MRI->CT synthesis, tumour masks and inpainting with pix2pix.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+TASK_NAMES = ("mri2ct", "seg", "inpaint")
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err, show_time=False, show_path=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
+
+
+def _usage_error(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medp2p {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Medical image-to-image translation: MRI->CT synthesis, tumour masks and inpainting with pix2pix."""
+    _setup_logging()
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Argument(help="Dataset: per-case folders, BraTS, nnU-Net raw folder or datalist .json.")],
+    task: Annotated[
+        Optional[str], typer.Option(help=f"Require the keys this task reads: {', '.join(TASK_NAMES)}.")
+    ] = None,
+    require: Annotated[
+        Optional[list[str]], typer.Option("--require", help="Require this key in every case (repeatable).")
+    ] = None,
+    section: Annotated[
+        Optional[list[str]], typer.Option("--section", help="Check only this datalist section (repeatable).")
+    ] = None,
+    origin_tol_mm: Annotated[float, typer.Option(help="Largest origin difference between a case's images, mm.")] = 1e-2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report instead of lines.")] = False,
+) -> None:
+    """Check every case of DATA: decodable files, finite voxels, sane geometry, shared grids, label values.
+
+    Prints one line per problem naming the file. Exit 0 when clean, 1 when problems were found,
+    2 on usage errors.
+    """
+    from medp2p.data import DataLayoutError, GridTolerance, validate_data
+
+    keys: list[str] = []
+    if task is not None:
+        from medp2p.tasks import TASKS
+
+        if task not in TASKS:
+            raise _usage_error(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+        keys += TASKS[task].required_keys
+    keys += [k for k in (require or []) if k not in keys]
+    try:
+        with err.status("validating...") as status:
+            report = validate_data(
+                data,
+                required_keys=keys,
+                sections=section,
+                tol=GridTolerance(origin_mm=origin_tol_mm),
+                on_case=lambda cid: status.update(f"validating case {cid}"),
+            )
+    except DataLayoutError as exc:
+        raise _usage_error(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for problem in report.problems:
+            typer.echo(str(problem))
+        summary = f"{report.cases} case(s), {report.files} file(s) checked: "
+        err.print(summary + ("[green]no problems[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Argument(help="Folder to create (SynthRAD layout: <case>/mr|ct|mask|tumor.nii.gz).")],
+    cases: Annotated[int, typer.Option(min=1, help="Number of cases.")] = 4,
+    seed: Annotated[int, typer.Option(help="Dataset seed; the same seed gives the same cases.")] = 0,
+    shape: Annotated[tuple[int, int, int], typer.Option(help="Voxels X Y Z.")] = (96, 112, 48),
+    spacing: Annotated[tuple[float, float, float], typer.Option(help="Voxel size X Y Z in mm.")] = (2.0, 2.0, 3.0),
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Generate the deterministic synthetic head phantom: MR, CT (HU), body mask and tumour mask per case."""
+    from medp2p.data import PhantomSpec, write_phantom
+
+    try:
+        spec = PhantomSpec(shape=shape, spacing_mm=spacing)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    try:
+        with err.status(f"writing {cases} phantom case(s) to {out}..."):
+            written = write_phantom(out, cases=cases, seed=seed, spec=spec, overwrite=overwrite)
+    except FileExistsError as exc:
+        raise _usage_error(str(exc)) from None
+    err.print(f"wrote {len(written)} case(s) to [bold]{out}[/]")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Case lists: every accepted data layout turned into one MONAI-style datalist.
+
+A datalist is a dict of sections (``"training"``, ``"validation"``, ``"test"``), each a list of
+cases; a case is a dict with an ``"id"`` and one absolute path per image key::
+
+    {"training": [{"id": "case_000", "mr": "/data/case_000/mr.nii.gz",
+                   "ct": "/data/case_000/ct.nii.gz", "mask": "/data/case_000/mask.nii.gz"}],
+     "label_values": {"mask": [0, 1]}}
+
+Layouts read (:func:`load_datalist` picks by what it finds):
+
+- **per-case folders** (SynthRAD): ``DATA/<case>/<key>.nii.gz`` (also ``.nii``, ``.mha``, ``.nrrd``)
+  and ``DATA/<case>/<key>/`` holding a DICOM series; keys are the file stems (``mr``, ``ct``,
+  ``mask``, ``tumor``...). Nested task/site folders (``Task1/brain/1BA001``) are searched.
+- **BraTS 2023**: ``DATA/<case>/<case>-t1n.nii.gz`` with ``-t1n/-t1c/-t2w/-t2f`` (same keys),
+  ``-seg`` (key ``tumor``), and the inpainting files ``-t1n-voided`` (``voided``), ``-mask``
+  (``region``), ``-mask-healthy``/``-mask-unhealthy`` (``region_healthy``/``region_unhealthy``).
+- **nnU-Net v2 raw**: ``dataset.json``, ``imagesTr/<case>_<XXXX>.nii.gz`` (one key per channel,
+  named by ``channel_names`` in lower case), ``labelsTr/<case>.nii.gz`` (key ``label``, values
+  from ``labels``), ``imagesTs`` as the ``test`` section.
+- **a datalist JSON** given directly: any keys; relative paths resolve against the JSON's folder;
+  cases without an ``id`` are named after their first file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from medp2p.io import VOLUME_SUFFIXES, full_suffix, is_volume_file
+from medp2p.io.dicom import read_dicom_header
+
+Case = dict[str, Any]
+
+#: Label keys and the values they may hold, unless the datalist declares its own.
+DEFAULT_LABEL_VALUES: dict[str, tuple[int, ...]] = {
+    "mask": (0, 1),
+    "region": (0, 1),
+    "region_healthy": (0, 1),
+    "region_unhealthy": (0, 1),
+    "tumor": (0, 1, 2, 3, 4),
+}
+
+SECTIONS = ("training", "validation", "test")
+
+_BRATS_KEYS = {
+    "t1n": "t1n",
+    "t1c": "t1c",
+    "t2w": "t2w",
+    "t2f": "t2f",
+    "seg": "tumor",
+    "t1n-voided": "voided",
+    "mask": "region",
+    "mask-healthy": "region_healthy",
+    "mask-unhealthy": "region_unhealthy",
+}
+_BRATS_RE = re.compile(
+    r"^(?P<case>.+?)-(?P<key>t1n-voided|mask-healthy|mask-unhealthy|t1n|t1c|t2w|t2f|seg|mask)\.nii(\.gz)?$"
+)
+
+
+class DataLayoutError(ValueError):
+    """DATA is not a layout medp2p understands, or is inconsistent; the message names the path."""
+
+
+def _stem(path: Path) -> str:
+    return path.name[: len(path.name) - len(full_suffix(path))]
+
+
+def label_values(key: str, datalist: dict[str, Any] | None = None) -> tuple[int, ...] | None:
+    """The values a label key may hold, or None for an image key.
+
+    The datalist's own ``"label_values"`` wins; otherwise :data:`DEFAULT_LABEL_VALUES`.
+
+    Example:
+        >>> label_values("mask"), label_values("ct")
+        ((0, 1), None)
+    """
+    declared = (datalist or {}).get("label_values", {})
+    if key in declared:
+        return tuple(int(v) for v in declared[key])
+    return DEFAULT_LABEL_VALUES.get(key)
+
+
+def image_keys(case: Case) -> list[str]:
+    """The keys of ``case`` that name files (everything but ``id``)."""
+    return [k for k in case if k != "id"]
+
+
+# --- datalist JSON -----------------------------------------------------------------------------
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, str):
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+    if isinstance(value, list):
+        return [_resolve(v, base) for v in value]
+    return value
+
+
+def _unique_ids(cases: list[Case], where: Path) -> list[Case]:
+    seen: dict[str, int] = {}
+    for case in cases:
+        if "id" not in case:
+            first = next((v for k, v in case.items() if isinstance(v, str)), None)
+            case["id"] = _stem(Path(first)) if first else f"case_{len(seen):03d}"
+        case["id"] = str(case["id"])
+        seen[case["id"]] = seen.get(case["id"], 0) + 1
+    dups = sorted(i for i, n in seen.items() if n > 1)
+    if dups:
+        raise DataLayoutError(f"{where}: case ids appear more than once: {', '.join(dups)}; give each case a unique 'id'")
+    return cases
+
+
+def _read_datalist_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataLayoutError(f"{path}: not a readable JSON datalist ({err})") from err
+    if not isinstance(raw, dict):
+        raise DataLayoutError(f"{path}: a datalist is a JSON object with sections like 'training'; found {type(raw).__name__}")
+    sections = {k: v for k, v in raw.items() if isinstance(v, list)}
+    if not sections:
+        raise DataLayoutError(f"{path}: no case lists found; expected e.g. {{\"training\": [{{\"id\": ..., \"mr\": ...}}]}}")
+    out: dict[str, Any] = {k: v for k, v in raw.items() if not isinstance(v, list)}
+    for name, items in sections.items():
+        cases = []
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                item = {"image": item}  # decathlon "test": ["imagesTs/x.nii.gz", ...]
+            if not isinstance(item, dict):
+                raise DataLayoutError(f"{path}: entry {i} of '{name}' is {type(item).__name__}, expected an object")
+            cases.append({k: (v if k == "id" else _resolve(v, path.parent)) for k, v in item.items()})
+        out[name] = _unique_ids(cases, path)
+    return out
+
+
+# --- nnU-Net v2 raw ----------------------------------------------------------------------------
+
+
+def _channel_key(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_") or "image"
+
+
+def _read_nnunet(folder: Path) -> dict[str, Any]:
+    meta_path = folder / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataLayoutError(f"{meta_path}: not readable as nnU-Net dataset.json ({err})") from err
+    channels = meta.get("channel_names") or meta.get("modality")
+    ending = meta.get("file_ending", ".nii.gz")
+    if not isinstance(channels, dict) or not channels:
+        raise DataLayoutError(f"{meta_path}: 'channel_names' missing; nnU-Net v2 needs e.g. {{\"0\": \"T2\"}}")
+    keys: dict[int, str] = {}
+    for idx, name in sorted(((int(i), n) for i, n in channels.items())):
+        key = _channel_key(str(name))
+        keys[idx] = key if key not in keys.values() and key != "label" else f"{key}_{idx:04d}"
+    out: dict[str, Any] = {}
+    labels = meta.get("labels", {})
+    values: set[int] = set()
+    for v in labels.values():
+        values.update(int(x) for x in (v if isinstance(v, list) else [v]))
+    if values:
+        out["label_values"] = {"label": sorted(values)}
+    pattern = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(ending) + "$")
+    for section, images, labels_dir in (("training", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
+        img_dir = folder / images
+        if not img_dir.is_dir():
+            continue
+        cases: dict[str, Case] = {}
+        for f in sorted(img_dir.iterdir()):
+            m = pattern.match(f.name)
+            if not m:
+                continue
+            ch = int(m["ch"])
+            if ch not in keys:
+                raise DataLayoutError(f"{f}: channel {ch:04d} is not declared in {meta_path}'s channel_names")
+            cases.setdefault(m["case"], {"id": m["case"]})[keys[ch]] = str(f.resolve())
+        for cid, case in cases.items():
+            missing = [keys[c] for c in keys if keys[c] not in case]
+            if missing:
+                raise DataLayoutError(f"{img_dir}: case '{cid}' lacks channel(s) {missing} ({cid}_XXXX{ending})")
+            label = folder / labels_dir / f"{cid}{ending}"
+            if label.exists():
+                case["label"] = str(label.resolve())
+            elif section == "training":
+                raise DataLayoutError(f"{label}: missing; every training case needs a label in {labels_dir}")
+        if cases:
+            out[section] = list(cases.values())
+    if "training" not in out:
+        raise DataLayoutError(f"{folder / 'imagesTr'}: no images named <case>_XXXX{ending}")
+    return out
+
+
+# --- per-case folders (SynthRAD, BraTS) ----------------------------------------------------------
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    """True when one of the first few files in ``folder`` is a DICOM image slice."""
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    files.sort(key=lambda f: f.suffix.lower() != ".dcm")
+    return any(read_dicom_header(f) is not None for f in files[:5])
+
+
+def _is_case_folder(folder: Path) -> bool:
+    entries = list(folder.iterdir())
+    if any(f.is_file() and is_volume_file(f) for f in entries):
+        return True
+    return any(d.is_dir() and _is_dicom_folder(d) for d in entries)
+
+
+def _case_from_folder(folder: Path) -> Case | None:
+    """A case from one folder, or None when it holds no volume. BraTS naming wins when present."""
+    files = sorted(f for f in folder.iterdir() if f.is_file() and is_volume_file(f))
+    brats = [(m, f) for f in files if (m := _BRATS_RE.match(f.name))]
+    if brats:
+        case: Case = {"id": brats[0][0]["case"]}
+        for m, f in brats:
+            case[_BRATS_KEYS[m["key"]]] = str(f.resolve())
+        return case
+    case = {"id": folder.name}
+    for f in files:
+        key = _stem(f).lower()
+        if key in case:
+            raise DataLayoutError(f"{f}: key '{key}' appears twice in {folder} (e.g. ct.nii.gz and ct.mha); keep one")
+        case[key] = str(f.resolve())
+    for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
+        if sub.name.lower() not in case and _is_dicom_folder(sub):
+            case[sub.name.lower()] = str(sub.resolve())
+    return case if len(case) > 1 else None
+
+
+def _case_folders(root: Path, depth: int) -> Iterable[Path]:
+    """Folders below ``root`` (at most 3 levels down) that hold a case."""
+    for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if _is_case_folder(sub):
+            yield sub
+        elif depth < 3:
+            yield from _case_folders(sub, depth + 1)
+
+
+def _read_case_folders(root: Path) -> dict[str, Any]:
+    cases = [c for d in _case_folders(root, 1) if (c := _case_from_folder(d)) is not None]
+    if not cases and _is_case_folder(root):
+        cases = [c for c in [_case_from_folder(root)] if c is not None]  # DATA is one case folder
+    if not cases:
+        raise DataLayoutError(
+            f"{root}: no cases found. Expected per-case folders (<case>/mr.nii.gz, ct.nii.gz, mask.nii.gz), "
+            f"BraTS folders (<case>/<case>-t1n.nii.gz ...), an nnU-Net folder (dataset.json, imagesTr, labelsTr) "
+            f"or a datalist .json; volume files end in {', '.join(VOLUME_SUFFIXES)}"
+        )
+    return {"training": _unique_ids(cases, root)}
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+
+def load_datalist(data: str | Path) -> dict[str, Any]:
+    """Read any accepted layout at ``data`` into a datalist (see the module docstring).
+
+    Args:
+        data: a datalist ``.json``, an nnU-Net raw dataset folder (or its ``dataset.json``), a
+            folder of per-case folders (SynthRAD or BraTS naming), or one case folder.
+
+    Raises:
+        DataLayoutError: the path does not exist or matches no layout (the message says which
+            layouts were expected).
+
+    Example:
+        >>> dl = load_datalist("phantom/")
+        >>> [c["id"] for c in dl["training"]][:2]
+        ['case_000', 'case_001']
+    """
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataLayoutError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() != ".json":
+            raise DataLayoutError(f"{path}: DATA must be a folder or a datalist .json (a single volume is not a dataset)")
+        raw = json.loads(path.read_text()) if path.name == "dataset.json" else None
+        if isinstance(raw, dict) and ("channel_names" in raw or "modality" in raw) and "file_ending" in raw:
+            return _read_nnunet(path.parent)
+        return _read_datalist_json(path)
+    if (path / "dataset.json").is_file() and (path / "imagesTr").is_dir():
+        return _read_nnunet(path)
+    return _read_case_folders(path)
+
+
+def find_cases(data: str | Path, section: str = "training") -> list[Case]:
+    """The cases of one section of :func:`load_datalist` (``"training"`` by default).
+
+    Example:
+        >>> cases = find_cases("brats2023/")
+        >>> sorted(cases[0])
+        ['id', 't1c', 't1n', 't2f', 't2w', 'tumor']
+    """
+    datalist = load_datalist(data)
+    if section not in datalist:
+        present = [s for s, v in datalist.items() if isinstance(v, list)]
+        raise DataLayoutError(f"{data}: no '{section}' section; it has {present}")
+    return datalist[section]
