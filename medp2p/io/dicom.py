@@ -169,7 +169,9 @@ def _check_and_sort(folder: Path, items: list[tuple[Path, Dataset]]) -> _Stack:
     if problems:
         raise DicomSeriesError(folder, problems)
     if len(files) > 1:
-        step = float(np.median(steps))
+        # Nominal step: the median of the steps near the smallest one. Missing slices only make
+        # steps longer, so a plain median would be fooled by short series (3 slices, 1 gap).
+        step = float(np.median(steps[steps < GAP_FACTOR * steps.min()]))
         for k in np.flatnonzero(steps > GAP_FACTOR * step):
             problems.append((
                 files[k + 1],
