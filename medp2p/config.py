@@ -1,0 +1,271 @@
+"""Run configuration: YAML validated into typed objects, with dotted overrides.
+
+Every value has a default; a task's defaults (sources, target, loss weights) fill what the file
+leaves unset. Unknown keys and bad values fail with the key's dotted name and a suggestion::
+
+    Unknown key 'train.lr_rate'. Did you mean 'train.lr'?
+
+Example:
+    >>> cfg = load_config("mri2ct", overrides=["train.lr=1e-4", "data.context_slices=1"])
+    >>> cfg.train.lr, cfg.loss.l1
+    (0.0001, 100.0)
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medp2p.io.atomic import atomic_path
+from medp2p.tasks import TASKS, get_task
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """How volumes become training slices (see docs/configs.md)."""
+
+    source_keys: Optional[list[str]] = None  # None: the task's
+    target_key: Optional[str] = None
+    mask_key: Optional[str] = None
+    axis: Literal["axial", "coronal", "sagittal"] = "axial"
+    context_slices: int = Field(0, ge=0, le=8)  # 2.5D: 2k+1 neighbouring source slices as channels
+    image_size: tuple[int, int] = (256, 256)  # training crop (H, W)
+    spacing_mm: Optional[float] = Field(None, gt=0)  # in-plane working spacing; None = native
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    empty_slice_weight: float = Field(0.05, ge=0, le=1)  # sampling weight of slices without body
+    slice_range: Optional[tuple[float, float]] = None  # train on this fraction of the slicing axis
+    val_cases: int = Field(0, ge=0)  # hold out this many training cases when no validation data
+    cache_rate: float = Field(1.0, ge=0, le=1)
+    num_workers: int = Field(0, ge=0)  # processes decoding volumes for the cache
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if min(self.image_size) < 8:
+            raise ValueError(f"image_size must be at least 8x8, got {self.image_size}")
+        lo, hi = self.mr_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {self.mr_percentiles}")
+        if self.slice_range is not None and not 0 <= self.slice_range[0] < self.slice_range[1] <= 1:
+            raise ValueError(f"slice_range is a fraction [start, end) of the axis within [0, 1], got {self.slice_range}")
+        return self
+
+
+class AugmentConfig(_Section):
+    """Training augmentations that keep source and target aligned; intensity jitter touches the source only."""
+
+    flip_prob: float = Field(0.5, ge=0, le=1)  # left-right flip
+    affine_prob: float = Field(0.5, ge=0, le=1)
+    rotate_deg: float = Field(5.0, ge=0, le=45)
+    scale: float = Field(0.05, ge=0, le=0.5)
+    shift: float = Field(0.03, ge=0, le=0.5)  # fraction of the image size
+    intensity_prob: float = Field(0.5, ge=0, le=1)
+    intensity_scale: float = Field(0.1, ge=0, le=1)
+    intensity_shift: float = Field(0.1, ge=0, le=1)
+    gamma: float = Field(0.2, ge=0, le=1)  # log-gamma spread
+
+
+class ModelConfig(_Section):
+    generator: Literal["unet", "resnet"] = "unet"
+    depth: int = Field(8, ge=2, le=10)  # U-Net levels (8 = unet_256)
+    base_channels: int = Field(64, ge=1)
+    resnet_blocks: int = Field(9, ge=1)
+    norm: Literal["instance", "batch", "none"] = "instance"
+    dropout: float = Field(0.5, ge=0, lt=1)
+    discriminator: Literal["patchgan"] = "patchgan"
+    disc_channels: int = Field(64, ge=1)
+    disc_layers: int = Field(3, ge=1, le=6)
+    disc_norm: Literal["instance", "batch", "none"] = "instance"
+    spectral_norm: bool = False
+
+
+class LossConfig(_Section):
+    """Generator loss weights (None: the task's default) and options."""
+
+    l1: Optional[float] = Field(None, ge=0)
+    gan: Optional[float] = Field(None, ge=0)
+    dice: Optional[float] = Field(None, ge=0)
+    bce: Optional[float] = Field(None, ge=0)
+    gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
+    l1_in_mask: bool = True  # mri2ct: L1 only inside the body mask
+    region_weight: float = Field(10.0, ge=1)  # inpaint: L1 weight inside the region vs outside
+
+
+class InpaintConfig(_Section):
+    """Corruptions generated on the fly for inpainting (from the run's seed)."""
+
+    kinds: list[Literal["box", "slices", "stripes"]] = ["box", "slices", "stripes"]
+    box_fraction: tuple[float, float] = (0.1, 0.35)  # box side as a fraction of the slice
+    eval_seed: int = 1234  # corruptions of validation cases: the same every validation
+
+
+class TrainConfig(_Section):
+    steps: int = Field(2000, ge=1)  # length of the learning-rate schedule
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    decay_start: float = Field(0.5, ge=0, le=1)  # constant lr, then linear decay to 0 from this fraction
+    val_every: int = Field(500, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    preview_count: int = Field(3, ge=0)
+    val_batch_size: int = Field(16, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    tensorboard: bool = True
+
+
+class Config(_Section):
+    """A whole run's configuration; ``task`` selects the defaults filled in by :func:`resolve`."""
+
+    task: Literal["mri2ct", "seg", "inpaint"] = "mri2ct"
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    inpaint: InpaintConfig = InpaintConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-able values (tuples become lists)."""
+        return self.model_dump(mode="json")
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _all_keys(ann, prefix + name + ".")
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _explain(err: ValidationError, where: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"Unknown key '{key}'.{_suggest(key)}")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return ConfigError(f"{where}: " + " ".join(lines))
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-4"`` -> ``("train.lr", 0.0001)``; the value is read as YAML (numbers, lists, null).
+
+    Example:
+        >>> parse_override("data.image_size=[128, 128]")
+        ('data.image_size', [128, 128])
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=2e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from exc
+    if key not in _all_keys(Config):
+        raise ConfigError(f"--set {text!r}: Unknown key '{key}'.{_suggest(key)}")
+    return key, value
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill what the task decides (sources, target, mask, loss weights) where the config left None."""
+    task = get_task(cfg.task)
+    data = cfg.data.model_copy(
+        update={
+            "source_keys": cfg.data.source_keys or list(task.source_keys),
+            "target_key": cfg.data.target_key or task.target_key,
+            "mask_key": cfg.data.mask_key if cfg.data.mask_key is not None else task.mask_key,
+        }
+    )
+    loss = cfg.loss.model_copy(
+        update={k: getattr(task.loss, k) if getattr(cfg.loss, k) is None else getattr(cfg.loss, k) for k in ("l1", "gan", "dice", "bce")}
+    )
+    return cfg.model_copy(update={"data": data, "loss": loss})
+
+
+def load_config(
+    task: str | None = None, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (``"a.b=v"``), validated and resolved.
+
+    Args:
+        task: the task name; overrides the file's ``task`` (the CLI's ``--task``).
+        path: a YAML config file (``configs/mri2ct.yaml``...), or None for the defaults.
+        overrides: dotted ``KEY=VALUE`` strings, applied last.
+
+    Raises:
+        ConfigError: unreadable file, unknown key (with a suggestion), or invalid value.
+    """
+    tree: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc})") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config is a YAML mapping of sections, found {type(loaded).__name__}")
+        tree = loaded or {}
+    if task is not None:
+        if task not in TASKS:
+            raise ConfigError(f"Unknown task {task!r}; choose from {sorted(TASKS)}")
+        tree["task"] = task
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as err:
+        raise _explain(err, where) from None
+    return resolve(cfg)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """A config saved by a run (``config.yaml`` or a checkpoint's ``config``), validated."""
+    try:
+        return resolve(Config.model_validate(tree))
+    except ValidationError as err:
+        raise _explain(err, "saved config") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

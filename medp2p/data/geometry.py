@@ -1,0 +1,225 @@
+"""Model space: a volume reoriented, resampled in-plane and laid out as a stack of 2D slices.
+
+Training and inference both go through :func:`to_model_space`, and predictions come back with
+:func:`from_model_space`, so every prediction lands on the input's own grid (same shape and
+affine), whatever orientation the file had.
+
+Model space is ``(D, H, W)``: ``D`` runs along the slicing axis of the canonical (RAS+) volume
+(``axial``: inferior->superior, ``coronal``: posterior->anterior, ``sagittal``: left->right) and
+``(H, W)`` is the slice plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: The canonical-array axis each slicing direction runs along.
+SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def canonical_orientation(affine: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """Which array axis runs along each RAS+ world axis, and whether it runs backwards.
+
+    Axes are matched greedily by the largest direction cosine, so oblique volumes get the
+    closest canonical orientation (as nibabel's ``io_orientation`` does).
+
+    Returns:
+        ``(perm, flips)``: ``perm[w]`` is the array axis closest to world axis ``w`` (R, A, S);
+        ``flips[w]`` is True when that array axis points the opposite way (L, P or I).
+
+    Example:
+        >>> canonical_orientation(np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS
+        ((0, 1, 2), (True, True, False))
+    """
+    m = np.asarray(affine, float)[:3, :3]
+    cos = np.abs(m / np.linalg.norm(m, axis=0, keepdims=True))
+    perm = [-1, -1, -1]
+    free_world, free_axes = {0, 1, 2}, {0, 1, 2}
+    for _ in range(3):
+        w, a = max(((w, a) for w in free_world for a in free_axes), key=lambda wa: cos[wa])
+        perm[w] = a
+        free_world.discard(w)
+        free_axes.discard(a)
+    flips = tuple(bool(m[w, perm[w]] < 0) for w in range(3))
+    return tuple(perm), flips  # type: ignore[return-value]
+
+
+def _index_map(perm: tuple[int, ...], flips: tuple[bool, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """4x4 matrix taking a canonical voxel index to the original voxel index."""
+    t = np.zeros((4, 4))
+    t[3, 3] = 1
+    for w in range(3):
+        a = perm[w]
+        if flips[w]:
+            t[a, w], t[a, 3] = -1.0, shape[a] - 1
+        else:
+            t[a, w] = 1.0
+    return t
+
+
+@dataclass(frozen=True)
+class GridMap:
+    """How one volume maps into model space and back (see :func:`to_model_space`).
+
+    Args:
+        shape: the original array shape ``(X, Y, Z)``.
+        perm, flips: the canonical orientation (:func:`canonical_orientation`).
+        axis: slicing direction (``axial``, ``coronal``, ``sagittal``).
+        plane_shape: in-plane size after resampling, before padding ``(H, W)``.
+        pad: ``(top, bottom, left, right)`` voxels added around each slice.
+        affine: the model-space affine: model index ``(d, h, w)`` -> RAS+ mm.
+    """
+
+    shape: tuple[int, int, int]
+    perm: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    axis: str
+    plane_shape: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    affine: np.ndarray
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        return tuple(self.shape[a] for a in self.perm)  # type: ignore[return-value]
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """``(D, H, W)`` of the padded stack."""
+        top, bottom, left, right = self.pad
+        depth = self.canonical_shape[SLICE_AXES[self.axis]]
+        return (depth, self.plane_shape[0] + top + bottom, self.plane_shape[1] + left + right)
+
+
+def plan_grid(
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    axis: str = "axial",
+    spacing_mm: float | None = None,
+    size_multiple: int = 1,
+    min_size: tuple[int, int] = (1, 1),
+) -> GridMap:
+    """Plan the model-space grid of a volume.
+
+    Args:
+        affine: the volume's RAS+ affine.
+        shape: its array shape.
+        axis: slicing direction.
+        spacing_mm: in-plane working voxel size; None keeps the native spacing. The field of view
+            is kept exactly: the new size is ``round(n * spacing / spacing_mm)``.
+        size_multiple: pad each slice to a multiple of this (the generator's ``size_multiple``).
+        min_size: pad each slice to at least this ``(H, W)`` (the training crop size).
+
+    Example:
+        >>> plan_grid(np.diag([0.5, 0.5, 2.5, 1]), (512, 512, 94), spacing_mm=1.0, size_multiple=256).model_shape
+        (94, 256, 256)
+    """
+    if axis not in SLICE_AXES:
+        raise KeyError(f"Unknown slicing axis {axis!r}; choose from {sorted(SLICE_AXES)}")
+    perm, flips = canonical_orientation(affine)
+    canon_shape = tuple(int(shape[a]) for a in perm)
+    canon_affine = np.asarray(affine, float) @ _index_map(perm, flips, shape)
+    d_axis = SLICE_AXES[axis]
+    plane_axes = [a for a in range(3) if a != d_axis]
+    spacing = np.linalg.norm(canon_affine[:3, :3], axis=0)
+    plane = []
+    scale = np.ones(3)
+    for a in plane_axes:
+        n = canon_shape[a]
+        new = n if spacing_mm is None else max(1, int(round(n * spacing[a] / spacing_mm)))
+        plane.append(new)
+        scale[a] = n / new
+    pads = []
+    for n, lo in zip(plane, min_size):
+        target = max(n, lo)
+        target += (-target) % size_multiple
+        pads.append((target - n) // 2)
+        pads.append(target - n - (target - n) // 2)
+    # model index (d, h, w) -> canonical continuous index: resampled voxel centres, minus padding
+    m = np.zeros((4, 4))
+    m[3, 3] = 1
+    m[d_axis, 0] = 1.0
+    for col, (a, before) in enumerate(zip(plane_axes, (pads[0], pads[2])), start=1):
+        m[a, col] = scale[a]
+        m[a, 3] = (0.5 - before) * scale[a] - 0.5
+    return GridMap(
+        shape=tuple(int(s) for s in shape),  # type: ignore[arg-type]
+        perm=perm,
+        flips=flips,
+        axis=axis,
+        plane_shape=(plane[0], plane[1]),
+        pad=(pads[0], pads[1], pads[2], pads[3]),
+        affine=canon_affine @ m,
+    )
+
+
+def _resize_planes(stack: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize ``(D, H, W)`` slices to ``size``; D is the batch."""
+    if tuple(stack.shape[-2:]) == tuple(size):
+        return stack
+    x = stack[:, None]
+    if mode == "nearest":
+        out = F.interpolate(x, size=size, mode="nearest-exact")
+    else:
+        antialias = size[0] < stack.shape[-2] or size[1] < stack.shape[-1]
+        out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+    return out[:, 0]
+
+
+def to_model_space(array: np.ndarray, grid: GridMap, mode: str = "linear", pad_value: float = 0.0) -> torch.Tensor:
+    """Reorient, resample in-plane and pad ``array`` (X, Y, Z) into a ``(D, H, W)`` float32 stack.
+
+    Args:
+        array: the volume, on the grid ``grid`` was planned for.
+        grid: from :func:`plan_grid`.
+        mode: ``linear`` for images, ``nearest`` for labels.
+        pad_value: value of the voxels added around each slice (background).
+    """
+    if tuple(array.shape) != grid.shape:
+        raise ValueError(f"array shape {array.shape} != planned shape {grid.shape}")
+    canon = np.transpose(array, grid.perm)
+    flip_axes = tuple(w for w in range(3) if grid.flips[w])
+    if flip_axes:
+        canon = np.flip(canon, flip_axes)
+    stack = np.moveaxis(canon, SLICE_AXES[grid.axis], 0)
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
+    t = _resize_planes(t, grid.plane_shape, mode)
+    top, bottom, left, right = grid.pad
+    if any(grid.pad):
+        t = F.pad(t, (left, right, top, bottom), value=pad_value)
+    return t.contiguous()
+
+
+def from_model_space(stack: torch.Tensor | np.ndarray, grid: GridMap, mode: str = "linear") -> np.ndarray:
+    """Inverse of :func:`to_model_space`: a ``(D, H, W)`` stack back to the original ``(X, Y, Z)`` grid.
+
+    Reorientation and padding invert exactly; in-plane resampling back uses bilinear
+    interpolation (``nearest`` for labels).
+    """
+    t = torch.as_tensor(stack, dtype=torch.float32)
+    if tuple(t.shape) != grid.model_shape:
+        raise ValueError(f"stack shape {tuple(t.shape)} != model shape {grid.model_shape}")
+    top, bottom, left, right = grid.pad
+    t = t[:, top : t.shape[1] - bottom, left : t.shape[2] - right]
+    canon_shape = grid.canonical_shape
+    plane_axes = [a for a in range(3) if a != SLICE_AXES[grid.axis]]
+    t = _resize_planes(t, (canon_shape[plane_axes[0]], canon_shape[plane_axes[1]]), mode)
+    canon = np.moveaxis(t.numpy(), 0, SLICE_AXES[grid.axis])
+    flip_axes = tuple(w for w in range(3) if grid.flips[w])
+    if flip_axes:
+        canon = np.flip(canon, flip_axes)
+    return np.ascontiguousarray(np.transpose(canon, np.argsort(grid.perm)), dtype=np.float32)
+
+
+def context_indices(depth: int, k: int) -> torch.Tensor:
+    """``(depth, 2k+1)`` slice indices of each slice's 2.5D neighbourhood, edges replicated.
+
+    Example:
+        >>> context_indices(3, 1).tolist()
+        [[0, 0, 1], [0, 1, 2], [1, 2, 2]]
+    """
+    offsets = torch.arange(-k, k + 1)
+    return (torch.arange(depth)[:, None] + offsets[None, :]).clamp(0, depth - 1)

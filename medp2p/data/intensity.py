@@ -1,0 +1,102 @@
+"""Intensity normalisation: CT HU window and robust MR percentiles, both exactly invertible.
+
+The generator works on values in about [-1, 1]. CT maps the HU window [-1024, 3000] linearly onto
+[-1, 1] (SynthRAD2023's evaluation window); MR maps its body's 0.5th..99.5th percentiles onto
+[-1, 1]. The same statistics are computed the same way at inference, on the input itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from medp2p.types import HU_MAX, HU_MIN
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """A linear map of ``[lo, hi]`` onto ``[-1, 1]``; values outside are clipped to ``clip``.
+
+    Args:
+        lo, hi: input values mapped to -1 and 1.
+        clip: output range kept (None keeps everything).
+
+    Example:
+        >>> ct = IntensityWindow(-1024.0, 3000.0, clip=(-1.0, 1.0))   # SynthRAD's HU window
+        >>> float(ct.inverse(ct.forward(np.float32(40.0))))
+        40.0
+    """
+
+    lo: float
+    hi: float
+    clip: tuple[float, float] | None = (-1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if not self.hi > self.lo:
+            raise ValueError(f"intensity window needs hi > lo, got [{self.lo}, {self.hi}]")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = (np.asarray(x, np.float64) - self.lo) * (2.0 / (self.hi - self.lo)) - 1.0
+        if self.clip is not None:
+            y = np.clip(y, *self.clip)
+        return y.astype(np.float32)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return ((np.asarray(y, np.float64) + 1.0) * ((self.hi - self.lo) / 2.0) + self.lo).astype(np.float32)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"lo": float(self.lo), "hi": float(self.hi)}
+
+
+#: CT: [-1024, 3000] HU <-> [-1, 1].
+HU_WINDOW = IntensityWindow(HU_MIN, HU_MAX, clip=(-1.0, 1.0))
+
+
+def body_mask(image: np.ndarray) -> np.ndarray:
+    """Foreground (head/body) of an MR or CT volume: Otsu threshold, closed, holes filled, largest component.
+
+    Example:
+        >>> body = body_mask(read_volume("case_000/mr.nii.gz").array)
+    """
+    finite = np.isfinite(image)
+    values = image[finite]
+    if values.size == 0 or values.min() == values.max():
+        return np.ones(image.shape, bool)
+    fg = finite & (image > threshold_otsu(values))
+    fg = ndimage.binary_closing(fg, iterations=2, border_value=0)
+    labels, n = ndimage.label(fg)
+    if n > 1:
+        sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
+        fg = labels == (1 + int(np.argmax(sizes)))
+    # fill holes slice by slice along every axis: dark anatomy (sinuses, bone on MR) is body
+    for axis in range(3):
+        fg = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(fg, axis, 0)], axis=axis)
+    return fg
+
+
+def mr_window(
+    image: np.ndarray, body: np.ndarray | None = None, percentiles: tuple[float, float] = (0.5, 99.5), clip: tuple[float, float] = (-1.0, 1.5)
+) -> IntensityWindow:
+    """The robust MR window: the body's ``percentiles`` map to -1 and 1.
+
+    Args:
+        image: the MR volume.
+        body: where to take the percentiles; :func:`body_mask` of ``image`` when None.
+        percentiles: low and high percentile.
+        clip: output range kept (bright fat and vessels may exceed 1).
+
+    Example:
+        >>> win = mr_window(mr)
+        >>> x = win.forward(mr)           # about [-1, 1]
+    """
+    mask = body_mask(image) if body is None else body.astype(bool)
+    values = image[mask & np.isfinite(image)]
+    if values.size == 0:
+        values = image[np.isfinite(image)]
+    lo, hi = np.percentile(values, percentiles)
+    if hi <= lo:
+        hi = lo + 1.0
+    return IntensityWindow(float(lo), float(hi), clip=clip)

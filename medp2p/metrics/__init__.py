@@ -1,0 +1,34 @@
+"""Metrics, defined once, the way the public challenges define them (numpy in, floats out).
+
+Example:
+    >>> from medp2p.metrics import synthrad_metrics
+    >>> synthrad_metrics(ct, sct, body_mask)["mae"]
+"""
+
+from medp2p.metrics.segmentation import dice, hd95_mm, segmentation_metrics
+from medp2p.metrics.synthesis import (
+    SYNTHRAD_HU_RANGE,
+    TISSUE_HU,
+    inpainting_metrics,
+    mae_hu,
+    percentile_normalize,
+    psnr_hu,
+    ssim_hu,
+    synthrad_metrics,
+    tissue_mae_hu,
+)
+
+__all__ = [
+    "SYNTHRAD_HU_RANGE",
+    "TISSUE_HU",
+    "dice",
+    "hd95_mm",
+    "inpainting_metrics",
+    "mae_hu",
+    "percentile_normalize",
+    "psnr_hu",
+    "segmentation_metrics",
+    "ssim_hu",
+    "synthrad_metrics",
+    "tissue_mae_hu",
+]

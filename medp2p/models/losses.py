@@ -1,0 +1,45 @@
+"""Losses: adversarial (vanilla or least squares), masked L1, Dice."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+GAN_MODES = ("vanilla", "lsgan")
+
+
+def gan_loss(logits: torch.Tensor, real: bool, mode: str = "vanilla") -> torch.Tensor:
+    """pix2pix's GANLoss: BCE with logits (``vanilla``) or mean squared error (``lsgan``) against 1 or 0.
+
+    Example:
+        >>> loss_G_GAN = gan_loss(D(torch.cat([src, fake], 1)), real=True)
+    """
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    if mode == "vanilla":
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+    if mode == "lsgan":
+        return F.mse_loss(logits.float(), target.float())
+    raise KeyError(f"Unknown gan mode {mode!r}; choose from {sorted(GAN_MODES)}")
+
+
+def weighted_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error, weighted per pixel: ``sum(w |p - t|) / sum(w)`` (plain mean without weights).
+
+    Args:
+        pred, target: ``(B, C, H, W)``.
+        weight: ``(B, 1, H, W)`` or broadcastable; e.g. a body mask restricts the loss to the body.
+    """
+    diff = (pred.float() - target.float()).abs()
+    if weight is None:
+        return diff.mean()
+    weight = weight.float().expand_as(diff)
+    return (diff * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice over each image, averaged over the batch; smoothing ``eps`` keeps empty slices defined."""
+    prob = torch.sigmoid(logits.float()).flatten(1)
+    target = target.float().flatten(1)
+    inter = (prob * target).sum(1)
+    dice = (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)
+    return 1 - dice.mean()
