@@ -1,6 +1,8 @@
 """The package layers of DESIGN.md: a module imports only from layers to its left.
 
-``types | io, metrics, models | data | tasks | train, infer | eval | cli``; ``io`` is the only code
+``types | io, metrics, models | data | tasks | config | checkpoint | train, infer | eval | cli``
+(``config`` and ``checkpoint`` sit on top of ``tasks``: a run's config resolves the task's
+defaults, and both training and inference build networks from it); ``io`` is the only code
 touching nibabel, SimpleITK, pydicom and highdicom, and it never imports torch; ``models`` is torch
 only and never touches files.
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medp2p"
-LAYERS = [{"types"}, {"io", "metrics", "models"}, {"data"}, {"tasks"}, {"train", "infer"}, {"eval"}, {"cli"}]
+LAYERS = [{"types"}, {"io", "metrics", "models"}, {"data"}, {"tasks"}, {"config"}, {"checkpoint"}, {"train", "infer"}, {"eval"}, {"cli"}]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 FILE_LIBRARIES = {"nibabel", "SimpleITK", "pydicom", "highdicom"}
 
@@ -49,6 +51,7 @@ def test_imports_point_left(module: Path) -> None:
         if top == "medp2p" and name != "medp2p":
             target = name.split(".")[1]
             assert RANK[target] < RANK[room] or target == room, f"{module.name}: {room} may not import {name}"
+
         if top in FILE_LIBRARIES:
             assert room in ("io",), f"{module.name}: only medp2p.io may import {top}"
         if room == "io":

@@ -223,3 +223,14 @@ def context_indices(depth: int, k: int) -> torch.Tensor:
     """
     offsets = torch.arange(-k, k + 1)
     return (torch.arange(depth)[:, None] + offsets[None, :]).clamp(0, depth - 1)
+
+
+def gather_slices(stack: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """2.5D samples from a ``(S, D, H, W)`` stack: ``(B, 2k+1)`` slice indices -> ``(B, S*(2k+1), H, W)``.
+
+    Channels run image-major: all context slices of the first image, then of the second...
+    Training and inference both build their inputs with this function.
+    """
+    s, _, h, w = stack.shape
+    picked = stack[:, indices]  # (S, B, 2k+1, H, W)
+    return picked.permute(1, 0, 2, 3, 4).reshape(indices.shape[0], s * indices.shape[1], h, w)

@@ -7,6 +7,8 @@ the volume in mm (BraTS scores a missed lesion the same way: 373.13 mm for 240x2
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
@@ -40,9 +42,12 @@ def hd95_mm(reference: np.ndarray, prediction: np.ndarray, spacing_mm: tuple[flo
         return 0.0
     if not ref.any() or not pred.any():
         return float(np.linalg.norm(np.asarray(ref.shape) * np.asarray(spacing_mm)))
-    value = compute_hausdorff_distance(
-        _as_batch(pred), _as_batch(ref), include_background=True, percentile=95, spacing=list(map(float, spacing_mm))
-    )
+    with warnings.catch_warnings():
+        # MONAI 1.5+ warns about an argument it passes to itself (get_mask_edges), not ours.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+        value = compute_hausdorff_distance(
+            _as_batch(pred), _as_batch(ref), include_background=True, percentile=95, spacing=list(map(float, spacing_mm))
+        )
     return float(value[0, 0])
 
 

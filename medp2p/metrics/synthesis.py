@@ -15,7 +15,8 @@ BraTS-Inpainting 2023 (https://github.com/BraTS-inpainting/inpainting ``challeng
 - **SSIM**: Gaussian-window (sigma 1.5, 11x11) 2D SSIM of each ``(Y, Z)`` plane of the ``(X, Y, Z)``
   array (the challenge passes a ``[1, X, Y, Z]`` tensor to torchmetrics, which reads it as X
   channels of 2D images), data range the larger of the two images' ranges, averaged over mask
-  voxels. Borders are reflected as scikit-image does; torchmetrics reflects without repeating the
+  voxels (planes thinner than 11 voxels use the widest Gaussian that fits). Borders are reflected
+  as scikit-image does; torchmetrics reflects without repeating the
   edge voxel, which changes the map only within 5 voxels of the array border;
 - **MSE** and **PSNR** over mask voxels, PSNR with the reference region's value range.
 """
@@ -146,8 +147,12 @@ def inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, voided: np
     ref = percentile_normalize(np.where(m, reference, 0.0), voided)
     pred = percentile_normalize(np.where(m, prediction, 0.0), voided)
     data_range = max(np.ptp(ref), np.ptp(pred)) or 1.0
+    # The challenge's window is 11 voxels (sigma 1.5, truncated at 3.5 sigma); planes thinner than
+    # that get the widest Gaussian whose window fits, instead of failing.
+    smallest = min(reference.shape[1:])
+    sigma = 1.5 if smallest >= 11 else max(0.3, ((smallest - 1) // 2 - 0.5) / 3.5)
     _, smap = structural_similarity(
-        ref, pred, data_range=data_range, channel_axis=0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True
+        ref, pred, data_range=data_range, channel_axis=0, gaussian_weights=True, sigma=sigma, use_sample_covariance=False, full=True
     )
     ref_m, pred_m = ref[m], pred[m]
     target_range = float(ref_m.max() - ref_m.min()) or 1.0

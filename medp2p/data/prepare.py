@@ -1,0 +1,169 @@
+"""From a case's files to normalised model-space stacks: the deterministic part of the data path.
+
+:func:`prepare_case` is what training caches (through MONAI's ``CacheDataset``) and
+:func:`prepare_source` is what inference runs on each input, so both see the same orientation,
+resampling, padding and intensity scaling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+
+from medp2p.data.geometry import GridMap, plan_grid, to_model_space
+from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, mr_window
+from medp2p.data.validate import compare_grids
+from medp2p.io import read_volume
+from medp2p.types import Volume
+
+#: Model-space value of background (and of voided voxels): the bottom of every window.
+BACKGROUND = -1.0
+
+
+@dataclass(frozen=True)
+class Prep:
+    """How volumes are prepared; built from a run's config (``data`` section and task).
+
+    Args:
+        source_keys: case keys of the input images (MR-like, percentile-scaled).
+        target_key: case key of the target.
+        target_kind: ``hu`` (CT window), ``mask`` (label > 0) or ``mr`` (the first source's window).
+        mask_key: case key of the loss/metric mask (body), or None.
+        axis: slicing direction.
+        context_slices: 2.5D half-width k (2k+1 slices per source image).
+        spacing_mm: in-plane working spacing, or None for native.
+        mr_percentiles: body percentiles mapped to -1 and 1.
+        size_multiple: pad slices to a multiple of this (the generator's).
+        min_size: pad slices to at least this (the training crop).
+        empty_slice_weight: sampling weight of slices without body (others weigh 1).
+        slice_range: train only on this fraction ``[start, end)`` of the slicing axis.
+        region: inpainting: the generator also gets the region mask as channels.
+    """
+
+    source_keys: tuple[str, ...]
+    target_key: str
+    target_kind: str
+    mask_key: str | None = None
+    axis: str = "axial"
+    context_slices: int = 0
+    spacing_mm: float | None = None
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    size_multiple: int = 1
+    min_size: tuple[int, int] = (1, 1)
+    empty_slice_weight: float = 0.05
+    slice_range: tuple[float, float] | None = None
+    region: bool = False
+
+    @property
+    def context(self) -> int:
+        return 2 * self.context_slices + 1
+
+    @property
+    def in_channels(self) -> int:
+        """Generator input channels: every source's context slices, plus the region's when inpainting."""
+        return self.context * (len(self.source_keys) + (1 if self.region else 0))
+
+
+@dataclass
+class PreparedCase:
+    """One case in model space (tensors ``(C, D, H, W)``) with what is needed to go back."""
+
+    id: str
+    source: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor | None
+    body: torch.Tensor  # (1, D, H, W) 0/1: where boxes for inpainting may go
+    weights: torch.Tensor  # (D,) slice sampling weights
+    grid: GridMap
+    windows: list[IntensityWindow]
+
+
+def _check_grid(ref: Volume, other: Volume, key: str, ref_key: str) -> None:
+    diff = compare_grids(ref, other)
+    if diff is not None:
+        raise ValueError(
+            f"{other.path}: '{key}' is not on the '{ref_key}' grid of {ref.path}: {diff}. "
+            f"Resample '{key}' onto the '{ref_key}' grid first (medp2p validate lists every such problem)"
+        )
+
+
+def prepare_source(volumes: list[Volume], prep: Prep, grid: GridMap | None = None) -> tuple[torch.Tensor, GridMap, list[IntensityWindow]]:
+    """Normalise source images (MR percentiles inside the body) and stack them in model space ``(S, D, H, W)``.
+
+    Example:
+        >>> stack, grid, windows = prepare_source([read_volume("case/mr.nii.gz")], prep)
+    """
+    ref = volumes[0]
+    for key, vol in zip(prep.source_keys[1:], volumes[1:]):
+        _check_grid(ref, vol, key, prep.source_keys[0])
+    if grid is None:
+        grid = plan_grid(ref.affine, ref.shape, prep.axis, prep.spacing_mm, prep.size_multiple, prep.min_size)
+    windows = [mr_window(v.array, percentiles=prep.mr_percentiles) for v in volumes]
+    stack = torch.stack([to_model_space(w.forward(v.array), grid, "linear", BACKGROUND) for w, v in zip(windows, volumes)])
+    return stack, grid, windows
+
+
+def normalise_target(target: Volume, prep: Prep, windows: list[IntensityWindow]) -> np.ndarray:
+    """The target's values as the generator learns them: CT window, 0/1 labels, or the source's MR window."""
+    if prep.target_kind == "hu":
+        return HU_WINDOW.forward(target.array)
+    if prep.target_kind == "mask":
+        return (target.array > 0).astype(np.float32)
+    return windows[0].forward(target.array)
+
+
+def prepare_case(case: dict[str, Any], prep: Prep) -> PreparedCase:
+    """Read one case's files and bring them into model space (see :class:`Prep`).
+
+    Raises:
+        KeyError: the case lacks a key the task needs (names the case and the keys it has).
+        ValueError: an image is not on the first source's grid (names both files).
+    """
+    cid = str(case.get("id"))
+    needed = [*prep.source_keys, prep.target_key] + ([prep.mask_key] if prep.mask_key else [])
+    missing = [k for k in needed if k not in case]
+    if missing:
+        raise KeyError(f"case {cid!r} has no {missing} (it has {sorted(k for k in case if k != 'id')})")
+    sources = [read_volume(case[k]) for k in prep.source_keys]
+    stack, grid, windows = prepare_source(sources, prep)
+    target = read_volume(case[prep.target_key])
+    _check_grid(sources[0], target, prep.target_key, prep.source_keys[0])
+    target_kind_mode = "nearest" if prep.target_kind == "mask" else "linear"
+    target_pad = 0.0 if prep.target_kind == "mask" else BACKGROUND
+    target_t = to_model_space(normalise_target(target, prep, windows), grid, target_kind_mode, target_pad)[None]
+    mask_t = None
+    if prep.mask_key:
+        mask_vol = read_volume(case[prep.mask_key])
+        _check_grid(sources[0], mask_vol, prep.mask_key, prep.source_keys[0])
+        body_arr = (mask_vol.array > 0).astype(np.float32)
+        mask_t = to_model_space(body_arr, grid, "nearest", 0.0)[None]
+        body_t = mask_t
+    else:
+        body_t = to_model_space(body_mask(sources[0].array).astype(np.float32), grid, "nearest", 0.0)[None]
+    has_body = body_t[0].flatten(1).amax(1) > 0
+    weights = torch.where(has_body, 1.0, float(prep.empty_slice_weight))
+    if prep.slice_range is not None:
+        depth = weights.shape[0]
+        lo, hi = int(round(prep.slice_range[0] * depth)), int(round(prep.slice_range[1] * depth))
+        keep = torch.zeros(depth, dtype=torch.bool)
+        keep[lo:hi] = True
+        weights = torch.where(keep, weights, 0.0)
+    return PreparedCase(cid, stack, target_t, mask_t, body_t, weights, grid, windows)
+
+
+class PrepareCased(MapTransform):
+    """MONAI dict transform: a datalist case (``{"id", key: path}``) -> ``{"case": PreparedCase}``.
+
+    Used with ``monai.data.CacheDataset`` so every volume is decoded and prepared once per run.
+    """
+
+    def __init__(self, prep: Prep) -> None:
+        super().__init__(keys=list(prep.source_keys), allow_missing_keys=True)
+        self.prep = prep
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {"case": prepare_case(dict(data), self.prep)}

@@ -1,0 +1,71 @@
+"""Training batches: paired 2D / 2.5D slices drawn from cached model-space cases.
+
+All randomness comes from one ``torch.Generator``, whose state is checkpointed: a resumed run
+draws exactly the batches it would have drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from medp2p.data.geometry import context_indices, gather_slices
+from medp2p.data.prepare import PreparedCase
+from medp2p.types import MASK, SOURCE, TARGET
+
+BODY = "body"
+
+
+class SliceBatcher:
+    """Draws batches of random slices (weighted: slices without body are rare) and crops them.
+
+    Args:
+        cases: prepared cases (every slice at least ``crop`` in-plane).
+        batch_size: samples per batch.
+        crop: ``(H, W)`` of each sample.
+        context_slices: 2.5D half-width k.
+        gen: the random stream.
+
+    Example:
+        >>> batch = SliceBatcher(cases, 4, (256, 256), 1, gen).next()
+        >>> batch["source"].shape
+        torch.Size([4, 3, 256, 256])
+    """
+
+    def __init__(self, cases: Sequence[PreparedCase], batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator) -> None:
+        if not cases:
+            raise ValueError("no training cases")
+        self.cases = list(cases)
+        self.batch_size = batch_size
+        self.crop = crop
+        self.k = context_slices
+        self.gen = gen
+        self.owner = torch.cat([torch.full((c.weights.shape[0],), i) for i, c in enumerate(self.cases)])
+        self.slice_of = torch.cat([torch.arange(c.weights.shape[0]) for c in self.cases])
+        self.weights = torch.cat([c.weights for c in self.cases]).double()
+        if not self.weights.sum() > 0:
+            raise ValueError("no slice can be sampled: every slice weight is 0 (check data.slice_range and the masks)")
+        self.context = [context_indices(c.weights.shape[0], context_slices) for c in self.cases]
+
+    def next(self) -> dict[str, torch.Tensor]:
+        """One batch: ``source (B, S*(2k+1), h, w)``, ``target (B, 1, h, w)``, ``body``, and ``mask`` when the cases have one."""
+        picks = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=self.gen)
+        offsets = torch.rand(self.batch_size, 2, generator=self.gen)
+        ch, cw = self.crop
+        out: dict[str, list[torch.Tensor]] = {SOURCE: [], TARGET: [], BODY: [], MASK: []}
+        for j, flat in enumerate(picks.tolist()):
+            case = self.cases[int(self.owner[flat])]
+            d = int(self.slice_of[flat])
+            _, _, h, w = case.source.shape
+            y0 = int(offsets[j, 0] * (h - ch + 1))
+            x0 = int(offsets[j, 1] * (w - cw + 1))
+            win = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+            idx = self.context[int(self.owner[flat])][d : d + 1]
+            out[SOURCE].append(gather_slices(case.source[..., win[0], win[1]], idx)[0])
+            out[TARGET].append(case.target[:, d, win[0], win[1]])
+            out[BODY].append(case.body[:, d, win[0], win[1]])
+            if case.mask is not None:
+                out[MASK].append(case.mask[:, d, win[0], win[1]])
+        batch = {k: torch.stack(v) for k, v in out.items() if v}
+        return batch

@@ -1,0 +1,60 @@
+"""Device and mixed-precision choices: CPU or CUDA, bfloat16 autocast where the hardware has it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; asking for CUDA without one fails clearly.
+
+    Example:
+        >>> resolve_device("auto")
+        device(type='cpu')
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU runs bfloat16 matrix work natively (AVX512-BF16 or AMX)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32.
+
+    ``auto``: bfloat16 on CUDA GPUs that support it (else float16), bfloat16 on CPUs with native
+    bf16 units, float32 otherwise.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        return torch.float16
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """``torch.autocast`` for ``dtype``, or nothing for float32."""
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield

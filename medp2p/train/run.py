@@ -1,0 +1,327 @@
+"""``train``: the whole run, top to bottom: folder, data, networks, loop, validation, checkpoints.
+
+The loop is plain PyTorch (see :mod:`medp2p.train.steps`). Everything random (weight init,
+slice sampling, augmentation, corruption, dropout) comes from seeded generators whose states are
+checkpointed, so ``--resume`` continues bit-identically on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medp2p.checkpoint import (
+    build_discriminator_for,
+    build_generator_for,
+    load_checkpoint,
+    prep_from_config,
+    save_checkpoint,
+)
+from medp2p.config import Config, config_from_dict, save_config
+from medp2p.data import find_cases, load_datalist
+from medp2p.data.augment import AugmentSpec, augment
+from medp2p.data.corruption import corruption_regions
+from medp2p.data.prepare import BACKGROUND, PrepareCased, Prep
+from medp2p.data.sampling import BODY, SliceBatcher
+from medp2p.io.atomic import atomic_path
+from medp2p.models.precision import resolve_device, resolve_precision
+from medp2p.tasks import get_task
+from medp2p.tasks.predict import RunOptions
+from medp2p.train.logs import MetricsLog
+from medp2p.train.steps import LossSpec, Pix2PixStep
+from medp2p.train.validation import ValCase, load_val_cases, validate
+from medp2p.types import MASK, REGION, SOURCE, TARGET
+
+#: Files and folders a run writes; ``--overwrite`` removes exactly these.
+RUN_ARTIFACTS = ("config.yaml", "run.json", "versions.json", "last.pt", "best.pt", "metrics.csv", "tb", "previews")
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a run and neither resume nor overwrite was asked for."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished :func:`train` call reports."""
+
+    run_dir: Path
+    step: int
+    losses: dict[str, float] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("medp2p", "torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom", "scikit-image"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise FileNotFoundError(f"{out / 'last.pt'}: nothing to resume; start the run without --resume")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunExistsError(f"{out}: already holds files; pass --resume to continue the run or --overwrite to replace it")
+        for name in RUN_ARTIFACTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _split_cases(cfg: Config, data: str | Path, val_data: str | Path | None) -> tuple[list[dict], list[dict]]:
+    datalist = load_datalist(data)
+    training = datalist.get("training", [])
+    if val_data is not None:
+        vl = load_datalist(val_data)
+        return training, vl.get("validation") or vl.get("training", [])
+    if datalist.get("validation"):
+        return training, datalist["validation"]
+    n = cfg.data.val_cases
+    if n and n >= len(training):
+        raise ValueError(f"{data}: data.val_cases={n} leaves no training case out of {len(training)}")
+    return (training[:-n], training[-n:]) if n else (training, [])
+
+
+def _load_training_cases(cases: list[dict], prep: Prep, workers: int) -> list:
+    from monai.data import CacheDataset
+
+    ds = CacheDataset(data=cases, transform=PrepareCased(prep), cache_rate=1.0, num_workers=workers or None, copy_cache=False, progress=False)
+    return [ds[i]["case"] for i in range(len(ds))]
+
+
+def _lr_lambda(total: int, decay_start: float):
+    start = int(total * decay_start)
+
+    def factor(step: int) -> float:
+        if step < start:
+            return 1.0
+        return max(0.0, (total - step) / max(1, total - start))
+
+    return factor
+
+
+def _loss_spec(cfg: Config) -> LossSpec:
+    task = get_task(cfg.task)
+    ls = cfg.loss
+    return LossSpec(
+        l1=float(ls.l1), gan=float(ls.gan), dice=float(ls.dice), bce=float(ls.bce), gan_mode=ls.gan_mode,
+        l1_in_mask=ls.l1_in_mask, region_weight=ls.region_weight, logits=task.target_kind == "mask",
+    )
+
+
+def _better(value: float, best: float | None, higher: bool) -> bool:
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if higher else value < best)
+
+
+def train(
+    cfg: Config | None,
+    data: str | Path | None,
+    out: str | Path,
+    val_data: str | Path | None = None,
+    stop_step: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train pix2pix for ``cfg.task`` on ``data``; write the run into ``out``.
+
+    Args:
+        cfg: the resolved config (:func:`medp2p.config.load_config`); ignored on resume, where the
+            run's own config is used.
+        data: training data, any layout :func:`medp2p.data.load_datalist` reads; on resume, None
+            reuses the run's.
+        out: the run folder.
+        val_data: validation data; else the datalist's ``validation`` section, else the last
+            ``data.val_cases`` training cases, else no validation (and no ``best.pt``).
+        stop_step: stop after this global step (default ``train.steps``, the schedule length).
+        resume: continue from ``out/last.pt`` exactly where it stopped.
+        overwrite: replace an existing run in ``out``.
+        progress: show a progress bar.
+
+    Raises:
+        RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite``.
+        NonFiniteLossError: a loss became NaN/Inf (``last.pt`` keeps the last good state).
+
+    Example:
+        >>> cfg = load_config("mri2ct", "configs/tiny.yaml")
+        >>> train(cfg, "phantom/", "runs/tiny").val_metrics["mae"]
+    """
+    out = Path(out)
+    _prepare_run_dir(out, resume, overwrite)
+    ckpt = load_checkpoint(out / "last.pt") if resume else None
+    if ckpt is not None:
+        cfg = config_from_dict(ckpt["config"])
+        run_info = json.loads((out / "run.json").read_text())
+        data = data if data is not None else run_info["data"]
+        val_data = val_data if val_data is not None else run_info.get("val_data")
+    if cfg is None or data is None:
+        raise ValueError("train needs a config and data (or resume=True on a run folder)")
+    task = get_task(cfg.task)
+    t = cfg.train
+    stop = stop_step if stop_step is not None else t.steps
+
+    # --- data -----------------------------------------------------------------------------------
+    prep = prep_from_config(cfg)
+    train_cases, val_cases_raw = _split_cases(cfg, data, val_data)
+    if not train_cases:
+        raise ValueError(f"{data}: no training cases")
+    cases = _load_training_cases(train_cases, prep, cfg.data.num_workers)
+    val_cases: list[ValCase] = load_val_cases(val_cases_raw, prep_from_config(cfg, for_training=False), task, cfg.inpaint.eval_seed)
+
+    # --- networks and optimisers ----------------------------------------------------------------
+    device = resolve_device(t.device)
+    dtype = resolve_precision(device, t.precision)
+    torch.manual_seed(t.seed)
+    gen = torch.Generator().manual_seed(t.seed)
+    G = build_generator_for(cfg, prep).to(device)
+    use_gan = cfg.loss.gan > 0
+    D = build_discriminator_for(cfg, prep).to(device) if use_gan else None
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    G = G.to(memory_format=memory_format)
+    if D is not None:
+        D = D.to(memory_format=memory_format)
+    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr, betas=(t.beta1, t.beta2)) if D is not None else None
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(t.steps, t.decay_start))
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(t.steps, t.decay_start)) if opt_d is not None else None
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    step, best = 0, {}
+    if ckpt is not None:
+        G.load_state_dict(ckpt["generator"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        sched_g.load_state_dict(ckpt["sched_g"])
+        if D is not None:
+            D.load_state_dict(ckpt["discriminator"])
+            opt_d.load_state_dict(ckpt["opt_d"])
+            sched_d.load_state_dict(ckpt["sched_d"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        step, best = int(ckpt["step"]), dict(ckpt.get("best") or {})
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        gen.set_state(ckpt["rng"]["data"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    G_run = torch.compile(G) if t.compile else G
+    D_run = torch.compile(D) if (t.compile and D is not None) else D
+    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, _loss_spec(cfg), device, dtype, scaler, memory_format)
+    batcher = SliceBatcher(cases, t.batch_size, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
+    aug = AugmentSpec(**cfg.augment.model_dump())
+    val_options = RunOptions(device, dtype, t.val_batch_size, t.channels_last)
+
+    # --- run folder -----------------------------------------------------------------------------
+    if ckpt is None:
+        save_config(cfg, out / "config.yaml")
+        _write_json(out / "versions.json", _versions())
+        _write_json(out / "run.json", {
+            "task": cfg.task, "data": str(Path(data).resolve()),
+            "val_data": str(Path(val_data).resolve()) if val_data else None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+    log = MetricsLog(out, resume_step=step, tensorboard=t.tensorboard)
+
+    def state() -> dict[str, Any]:
+        return {
+            "generator": G.state_dict(), "discriminator": D.state_dict() if D is not None else None,
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict() if opt_d is not None else None,
+            "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict() if sched_d is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "step": step, "config": cfg.to_dict(), "best": best,
+            "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+        }
+
+    def run_validation() -> dict[str, float]:
+        nonlocal best
+        if not val_cases:
+            return {}
+        metrics = validate(G, val_cases, prep_from_config(cfg, for_training=False), task, val_options,
+                           out / "previews", t.preview_count, step)
+        G.train()
+        log.log(step, "val", metrics)
+        value = metrics.get(task.best_metric, float("nan"))
+        if _better(value, best.get("value"), task.higher_is_better):
+            best = {"metric": task.best_metric, "value": value, "step": step}
+            save_checkpoint(state(), out / "best.pt")
+        return metrics
+
+    # --- the loop -------------------------------------------------------------------------------
+    from tqdm.auto import tqdm
+
+    G.train()
+    if D is not None:
+        D.train()
+    losses: dict[str, float] = {}
+    val_metrics: dict[str, float] = {}
+    bar = tqdm(total=stop, initial=min(step, stop), disable=not progress, desc=f"train {cfg.task}", unit="step", dynamic_ncols=True)
+    try:
+        while step < stop:
+            batch = _augmented_batch(batcher, aug, cfg, prep, gen)
+            losses = trainer(step, batch)
+            sched_g.step()
+            if sched_d is not None:
+                sched_d.step()
+            step += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == stop:
+                log.log(step, "train", {**losses, "lr": sched_g.get_last_lr()[0]})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("loss_G", "loss_D")})
+            if step % t.val_every == 0 or step == stop:
+                val_metrics = run_validation() or val_metrics
+            if step % t.checkpoint_every == 0 or step == stop:
+                save_checkpoint(state(), out / "last.pt")
+    finally:
+        bar.close()
+        log.close()
+    return TrainResult(out, step, losses, val_metrics, best)
+
+
+def _augmented_batch(batcher: SliceBatcher, aug: AugmentSpec, cfg: Config, prep: Prep, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Draw a batch, corrupt it (inpainting), and augment source, target and masks together."""
+    batch = batcher.next()
+    images = {SOURCE: batch[SOURCE], TARGET: batch[TARGET]}
+    labels = {BODY: batch[BODY]}
+    if MASK in batch:
+        labels[MASK] = batch[MASK]
+    if prep.target_kind == "mask":
+        labels[TARGET] = images.pop(TARGET)
+    if prep.region:
+        k = prep.context_slices
+        regions = corruption_regions(batch[BODY], k, tuple(cfg.inpaint.kinds), tuple(cfg.inpaint.box_fraction), gen)
+        labels[REGION] = regions
+    images, labels = augment(images, labels, SOURCE, aug, gen)
+    out = {SOURCE: images[SOURCE], TARGET: images.get(TARGET, labels.get(TARGET))}
+    if MASK in labels:
+        out[MASK] = labels[MASK]
+    if prep.region:
+        regions = labels[REGION]
+        n_src = len(prep.source_keys)
+        voided = torch.where(regions.repeat(1, n_src, 1, 1) > 0, torch.tensor(BACKGROUND), out[SOURCE])
+        out[SOURCE] = torch.cat([voided, regions], dim=1)
+        out[REGION] = regions[:, prep.context_slices : prep.context_slices + 1]
+    return out

@@ -1,0 +1,145 @@
+"""One pix2pix training step, readable top to bottom: ``d_step`` then ``g_step``.
+
+    fake = G(source)
+    loss_D = 0.5 * (GAN(D(source, fake.detach()), False) + GAN(D(source, target), True))
+    loss_G = gan * GAN(D(source, fake), True) + l1 * L1(fake, target) [+ dice * Dice + bce * BCE]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medp2p.models import gan_loss, soft_dice_loss, weighted_l1
+from medp2p.models.precision import autocast
+from medp2p.types import MASK, REGION, SOURCE, TARGET
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or Inf; the run stops before any weight is updated with it."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Resolved loss weights and options (the config's ``loss`` section after the task's defaults)."""
+
+    l1: float
+    gan: float
+    dice: float
+    bce: float
+    gan_mode: str = "vanilla"
+    l1_in_mask: bool = True
+    region_weight: float = 10.0
+    logits: bool = False  # the generator outputs logits (seg), not images in [-1, 1]
+
+
+def _set_requires_grad(net: nn.Module, flag: bool) -> None:
+    for p in net.parameters():
+        p.requires_grad_(flag)
+
+
+def _check(step: int, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    bad = {k: v for k, v in values.items() if not torch.isfinite(torch.tensor(v))}
+    if bad:
+        named = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteLossError(
+            f"step {step}: non-finite loss ({named}); stopped before updating the weights. "
+            "Check the inputs for NaN/Inf voxels (medp2p validate), or lower train.lr"
+        )
+    return values
+
+
+class Pix2PixStep:
+    """The generator/discriminator pair, their optimisers, and one training step.
+
+    Args:
+        generator, discriminator: the networks (``discriminator`` may be None when ``loss.gan == 0``).
+        opt_g, opt_d: their optimisers.
+        loss: weights and options.
+        device: where the batch goes.
+        dtype: autocast dtype, or None for float32.
+        scaler: a ``torch.amp.GradScaler`` for float16, else None.
+        memory_format: ``torch.channels_last`` or ``torch.contiguous_format``.
+    """
+
+    def __init__(self, generator, discriminator, opt_g, opt_d, loss: LossSpec, device, dtype, scaler=None, memory_format=torch.contiguous_format):
+        self.G, self.D = generator, discriminator
+        self.opt_g, self.opt_d = opt_g, opt_d
+        self.loss = loss
+        self.device, self.dtype = device, dtype
+        self.scaler = scaler
+        self.memory_format = memory_format
+
+    def _to_image(self, out: torch.Tensor) -> torch.Tensor:
+        """What the discriminator sees of a generator output: images in [-1, 1]."""
+        return torch.sigmoid(out) * 2 - 1 if self.loss.logits else out
+
+    def _backward(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+        else:
+            loss.backward()
+            opt.step()
+
+    def d_step(self, step: int, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """Update D: real pairs towards 1, generated pairs towards 0."""
+        _set_requires_grad(self.D, True)
+        real_img = target * 2 - 1 if self.loss.logits else target
+        with autocast(self.device, self.dtype):
+            pred_fake = self.D(torch.cat([source, self._to_image(fake).detach()], 1))
+            pred_real = self.D(torch.cat([source, real_img], 1))
+        loss_d_fake = gan_loss(pred_fake, False, self.loss.gan_mode)
+        loss_d_real = gan_loss(pred_real, True, self.loss.gan_mode)
+        loss_d = 0.5 * (loss_d_fake + loss_d_real)
+        values = _check(step, {"loss_D": loss_d, "loss_D_real": loss_d_real, "loss_D_fake": loss_d_fake})
+        self._backward(loss_d, self.opt_d)
+        return values
+
+    def g_step(self, step: int, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, weight: torch.Tensor | None) -> dict[str, float]:
+        """Update G: fool D, and match the target (L1, or Dice + BCE for masks)."""
+        w = self.loss
+        terms: dict[str, torch.Tensor] = {}
+        if w.gan > 0:
+            _set_requires_grad(self.D, False)
+            with autocast(self.device, self.dtype):
+                pred = self.D(torch.cat([source, self._to_image(fake)], 1))
+            terms["loss_G_GAN"] = gan_loss(pred, True, w.gan_mode)
+        if w.l1 > 0:
+            terms["loss_G_L1"] = weighted_l1(self._to_image(fake), target * 2 - 1 if w.logits else target, weight)
+        if w.dice > 0:
+            terms["loss_G_Dice"] = soft_dice_loss(fake, target)
+        if w.bce > 0:
+            terms["loss_G_BCE"] = F.binary_cross_entropy_with_logits(fake.float(), target.float())
+        scale = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_Dice": w.dice, "loss_G_BCE": w.bce}
+        loss_g = sum(scale[k] * v for k, v in terms.items())
+        values = _check(step, {"loss_G": loss_g, **terms})
+        self._backward(loss_g, self.opt_g)
+        return values
+
+    def __call__(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One step on ``batch`` (source, target, optional mask/region); returns the losses."""
+        mf = self.memory_format
+        source = batch[SOURCE].to(self.device, non_blocking=True).contiguous(memory_format=mf)
+        target = batch[TARGET].to(self.device, non_blocking=True).contiguous(memory_format=mf)
+        weight = None
+        if REGION in batch:
+            region = batch[REGION].to(self.device)
+            weight = 1 + (self.loss.region_weight - 1) * region
+        elif MASK in batch and self.loss.l1_in_mask:
+            weight = batch[MASK].to(self.device)
+        with autocast(self.device, self.dtype):
+            fake = self.G(source)
+        fake = fake.float()
+        values: dict[str, float] = {}
+        if self.loss.gan > 0:
+            values.update(self.d_step(step, source, target, fake))
+        values.update(self.g_step(step, source, target, fake, weight))
+        if self.scaler is not None:
+            self.scaler.update()
+        return values
