@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medp2p import __version__
 
@@ -134,6 +135,58 @@ def phantom(
     except FileExistsError as exc:
         raise _usage_error(str(exc)) from None
     err.print(f"wrote {len(written)} case(s) to [bold]{out}[/]")
+
+
+@app.command()
+def train(
+    task: Annotated[Optional[str], typer.Option(help=f"What to learn: {', '.join(TASK_NAMES)} (default: the config's).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Training data: any layout `medp2p validate` reads (optional with --resume).")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: config, checkpoints, metrics, previews.")] = Path("runs/run"),
+    val_data: Annotated[Optional[Path], typer.Option(help="Validation data (else the datalist's 'validation' section, else data.val_cases).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config (configs/mri2ct.yaml...); defaults when absent.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: --set train.lr=1e-4 (repeatable).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this global step (default train.steps, the schedule length).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of weights, sampling and augmentation (train.seed).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly where it stopped, with the run's own config.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in OUT.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (train.device).")] = None,
+) -> None:
+    """Train pix2pix for a task: slices from volumes, validation on held-out cases, exact resume.
+
+    Exit 0 when the run finished, 1 when it failed (bad input file, non-finite loss), 2 on usage
+    errors (unknown config key, existing run without --resume/--overwrite).
+    """
+    from medp2p.config import ConfigError, load_config
+    from medp2p.data import DataLayoutError
+    from medp2p.io import VolumeReadError
+    from medp2p.train import NonFiniteLossError, RunExistsError
+    from medp2p.train import train as run_training
+
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise _usage_error(f"--device must be auto, cpu or cuda, got {device!r}")
+    cfg = None
+    if resume:
+        if config is not None or set_ or task is not None or seed is not None:
+            raise _usage_error("--resume continues with the run's own config; drop --config, --set, --task and --seed")
+    else:
+        if data is None:
+            raise _usage_error("--data is required (unless --resume)")
+        overrides = list(set_ or []) + ([f"train.seed={seed}"] if seed is not None else [])
+        try:
+            cfg = load_config(task, config, overrides)
+        except (ConfigError, KeyError) as exc:
+            raise _usage_error(str(exc).strip("'\"")) from None
+    try:
+        result = run_training(cfg, data, out, val_data, stop_step=steps, resume=resume, overwrite=overwrite, device=device)
+    except (RunExistsError, DataLayoutError, FileNotFoundError) as exc:
+        raise _usage_error(str(exc)) from None
+    except (NonFiniteLossError, VolumeReadError, ValueError, KeyError, RuntimeError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
+    err.print(f"trained to step {result.step}; run in [bold]{escape(str(result.run_dir))}[/]" + (f"; validation: {escape(summary)}" if summary else ""), soft_wrap=True)
+    if result.best:
+        err.print(f"best {result.best['metric']} {result.best['value']:.4g} at step {result.best['step']} -> best.pt", soft_wrap=True)
 
 
 def main() -> None:

@@ -104,7 +104,7 @@ class LossConfig(_Section):
 class InpaintConfig(_Section):
     """Corruptions generated on the fly for inpainting (from the run's seed)."""
 
-    kinds: list[Literal["box", "slices", "stripes"]] = ["box", "slices", "stripes"]
+    kinds: list[Literal["box", "slices", "stripes"]] = ["box", "stripes"]  # 'slices' needs context_slices >= 1
     box_fraction: tuple[float, float] = (0.1, 0.35)  # box side as a fraction of the slice
     eval_seed: int = 1234  # corruptions of validation cases: the same every validation
 
@@ -140,6 +140,15 @@ class Config(_Section):
     inpaint: InpaintConfig = InpaintConfig()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="after")
+    def _slices_need_context(self) -> Config:
+        if self.task == "inpaint" and "slices" in self.inpaint.kinds and self.data.context_slices == 0:
+            raise ValueError(
+                "inpaint.kinds has 'slices' (whole slices missing), which needs neighbouring slices: "
+                "set data.context_slices >= 1, or drop 'slices' from inpaint.kinds"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-able values (tuples become lists)."""
         return self.model_dump(mode="json")
@@ -166,6 +175,9 @@ def _explain(err: ValidationError, where: str) -> ConfigError:
         key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1)
         if e["type"] == "extra_forbidden":
             lines.append(f"Unknown key '{key}'.{_suggest(key)}")
+        elif e["type"] == "value_error":  # our own validators: the message says it all
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"'{key}': {msg}" if key else msg)
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
     return ConfigError(f"{where}: " + " ".join(lines))

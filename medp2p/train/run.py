@@ -148,6 +148,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> TrainResult:
     """Train pix2pix for ``cfg.task`` on ``data``; write the run into ``out``.
 
@@ -163,6 +164,7 @@ def train(
         resume: continue from ``out/last.pt`` exactly where it stopped.
         overwrite: replace an existing run in ``out``.
         progress: show a progress bar.
+        device: ``auto``, ``cpu`` or ``cuda``, overriding ``train.device`` (also on resume).
 
     Raises:
         RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite``.
@@ -182,6 +184,8 @@ def train(
         val_data = val_data if val_data is not None else run_info.get("val_data")
     if cfg is None or data is None:
         raise ValueError("train needs a config and data (or resume=True on a run folder)")
+    if device is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": device})})
     task = get_task(cfg.task)
     t = cfg.train
     stop = stop_step if stop_step is not None else t.steps
@@ -195,13 +199,13 @@ def train(
     val_cases: list[ValCase] = load_val_cases(val_cases_raw, prep_from_config(cfg, for_training=False), task, cfg.inpaint.eval_seed)
 
     # --- networks and optimisers ----------------------------------------------------------------
-    device = resolve_device(t.device)
-    dtype = resolve_precision(device, t.precision)
+    torch_device = resolve_device(t.device)
+    dtype = resolve_precision(torch_device, t.precision)
     torch.manual_seed(t.seed)
     gen = torch.Generator().manual_seed(t.seed)
-    G = build_generator_for(cfg, prep).to(device)
+    G = build_generator_for(cfg, prep).to(torch_device)
     use_gan = cfg.loss.gan > 0
-    D = build_discriminator_for(cfg, prep).to(device) if use_gan else None
+    D = build_discriminator_for(cfg, prep).to(torch_device) if use_gan else None
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     G = G.to(memory_format=memory_format)
     if D is not None:
@@ -210,7 +214,7 @@ def train(
     opt_d = torch.optim.Adam(D.parameters(), lr=t.lr, betas=(t.beta1, t.beta2)) if D is not None else None
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(t.steps, t.decay_start))
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(t.steps, t.decay_start)) if opt_d is not None else None
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(torch_device.type) if dtype == torch.float16 else None
     step, best = 0, {}
     if ckpt is not None:
         G.load_state_dict(ckpt["generator"])
@@ -225,14 +229,14 @@ def train(
         step, best = int(ckpt["step"]), dict(ckpt.get("best") or {})
         torch.set_rng_state(ckpt["rng"]["torch"])
         gen.set_state(ckpt["rng"]["data"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        if torch_device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
     G_run = torch.compile(G) if t.compile else G
     D_run = torch.compile(D) if (t.compile and D is not None) else D
-    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, _loss_spec(cfg), device, dtype, scaler, memory_format)
+    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, _loss_spec(cfg), torch_device, dtype, scaler, memory_format)
     batcher = SliceBatcher(cases, t.batch_size, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
     aug = AugmentSpec(**cfg.augment.model_dump())
-    val_options = RunOptions(device, dtype, t.val_batch_size, t.channels_last)
+    val_options = RunOptions(torch_device, dtype, t.val_batch_size, t.channels_last)
 
     # --- run folder -----------------------------------------------------------------------------
     if ckpt is None:
@@ -253,7 +257,7 @@ def train(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "step": step, "config": cfg.to_dict(), "best": best,
             "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+                    "cuda": torch.cuda.get_rng_state() if torch_device.type == "cuda" else None},
         }
 
     def run_validation() -> dict[str, float]:
