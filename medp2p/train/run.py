@@ -79,6 +79,10 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (out / "last.pt").is_file():
             raise FileNotFoundError(f"{out / 'last.pt'}: nothing to resume; start the run without --resume")
+        # A run killed mid-write leaves its temporary file (".last.pt.<random>.tmp.pt") behind.
+        for name in RUN_ARTIFACTS:
+            for stale in out.glob(f".{name}.*.tmp*"):
+                stale.unlink()
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -1,0 +1,92 @@
+"""Model space: slicing round trips exactly; the model affine is right; 2.5D context; intensity windows invert."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medp2p.data.geometry import SLICE_AXES, canonical_orientation, context_indices, from_model_space, gather_slices, plan_grid, to_model_space
+from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, mr_window
+from tests.test_io_volumes import AFFINES
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+@pytest.mark.parametrize("axis", sorted(SLICE_AXES))
+def test_slicing_round_trip_is_exact(rng: np.random.Generator, name: str, axis: str) -> None:
+    array = rng.normal(size=(9, 7, 5)).astype(np.float32)
+    grid = plan_grid(AFFINES[name], array.shape, axis=axis, size_multiple=4, min_size=(12, 10))
+    stack = to_model_space(array, grid, pad_value=-1.0)
+    assert tuple(stack.shape) == grid.model_shape
+    assert stack.shape[1] % 4 == 0 and stack.shape[2] % 4 == 0 and stack.shape[1] >= 12
+    np.testing.assert_array_equal(from_model_space(stack, grid), array)
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_model_affine_points_at_the_same_voxel(rng: np.random.Generator, name: str) -> None:
+    array = rng.normal(size=(9, 7, 5)).astype(np.float32)
+    grid = plan_grid(AFFINES[name], array.shape, axis="axial", size_multiple=8)
+    stack = to_model_space(array, grid).numpy()
+    top, _, left, _ = grid.pad
+    ph, pw = grid.plane_shape
+    for d, h, w in [(0, top, left), (2, top + 3, left + 1), (4, top + ph - 1, left + pw - 1)]:
+        (ijk,) = np.argwhere(array == stack[d, h, w])
+        np.testing.assert_allclose(grid.affine @ [d, h, w, 1], AFFINES[name] @ [*ijk, 1], atol=1e-6)
+
+
+def test_canonical_orientation_of_common_layouts() -> None:
+    assert canonical_orientation(np.diag([1.0, 1, 1, 1])) == ((0, 1, 2), (False, False, False))
+    assert canonical_orientation(np.diag([-1.0, -1, 1, 1])) == ((0, 1, 2), (True, True, False))
+    sagittal = np.array([[0, 0, -1, 0], [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])  # PIL-ish
+    assert canonical_orientation(sagittal) == ((2, 0, 1), (True, False, True))
+
+
+def test_inplane_resampling_keeps_the_field_of_view() -> None:
+    affine = np.diag([0.5, 0.5, 2.5, 1.0])
+    grid = plan_grid(affine, (512, 512, 10), spacing_mm=1.0, size_multiple=256)
+    assert grid.model_shape == (10, 256, 256)
+    np.testing.assert_allclose(np.linalg.norm(grid.affine[:3, :3], axis=0), [2.5, 1.0, 1.0])
+    # the first resampled voxel's centre sits half a new voxel inside the old field of view
+    np.testing.assert_allclose(grid.affine[:3, 3], [0.25, 0.25, 0.0])
+    smooth = np.fromfunction(lambda x, y, z: np.sin(x / 40) + np.cos(y / 50) + z, (512, 512, 10)).astype(np.float32)
+    back = from_model_space(to_model_space(smooth, grid), grid)
+    assert np.abs(back - smooth)[8:-8, 8:-8].max() < 0.01
+
+
+def test_context_and_gather() -> None:
+    assert context_indices(3, 1).tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 2]]
+    stack = torch.arange(2 * 4 * 1 * 1, dtype=torch.float32).view(2, 4, 1, 1)  # 2 images, 4 slices
+    x = gather_slices(stack, context_indices(4, 1)[1:2])
+    assert x.flatten().tolist() == [0, 1, 2, 4, 5, 6]  # image-major: image 0's 3 slices, then image 1's
+
+
+def test_hu_window_inverts_exactly() -> None:
+    hu = np.arange(-1024, 3001, dtype=np.float32)
+    back = HU_WINDOW.inverse(HU_WINDOW.forward(hu))
+    np.testing.assert_allclose(back, hu, atol=1e-3)
+    np.testing.assert_array_equal(np.round(back), hu)
+    assert HU_WINDOW.forward(np.float32(-1024)) == -1 and HU_WINDOW.forward(np.float32(3000)) == 1
+    assert HU_WINDOW.forward(np.float32(-3000)) == -1  # clipped to the window
+
+
+def test_mr_window_uses_body_percentiles(rng: np.random.Generator) -> None:
+    image = np.zeros((20, 20, 6), np.float32)
+    image[4:16, 4:16] = rng.uniform(100, 200, (12, 12, 6))
+    body = body_mask(image)
+    assert body[10, 10, 3] and not body[0, 0, 0]
+    win = mr_window(image)
+    assert 100 <= win.lo < 102 and 198 < win.hi <= 200
+    x = win.forward(image)
+    assert x.min() == -1 and x[body].max() <= 1.5
+    w = IntensityWindow(10.0, 30.0, clip=None)
+    np.testing.assert_allclose(w.inverse(w.forward(np.array([0.0, 17.5, 99.0]))), [0.0, 17.5, 99.0], atol=1e-5)
+
+
+def test_body_mask_of_the_phantom(tiny_phantom) -> None:
+    from medp2p.io import read_volume
+
+    mr = read_volume(tiny_phantom / "case_000/mr.nii.gz").array
+    truth = read_volume(tiny_phantom / "case_000/mask.nii.gz").array > 0
+    est = body_mask(mr)
+    dice = 2 * (est & truth).sum() / (est.sum() + truth.sum())
+    assert dice > 0.9

@@ -1,0 +1,206 @@
+"""Training: every task runs on the tiny phantom, learns a fixed batch, resumes bit-exactly, survives SIGKILL, stops on NaN."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medp2p.checkpoint import build_discriminator_for, build_generator_for, prep_from_config
+from medp2p.cli import app
+from medp2p.config import load_config
+from medp2p.data.augment import AugmentSpec
+from medp2p.data.prepare import prepare_case
+from medp2p.data.sampling import SliceBatcher
+from medp2p.train import NonFiniteLossError, Pix2PixStep, train
+from medp2p.train.run import _augmented_batch, _loss_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+runner = CliRunner()
+TASK_SETS = {"mri2ct": [], "seg": [], "inpaint": []}
+
+
+def _cli(*args: str):
+    return runner.invoke(app, ["train", *args])
+
+
+@pytest.mark.parametrize("task", sorted(TASK_SETS))
+def test_cli_trains_each_task_in_seconds(tiny_phantom: Path, tmp_path: Path, task: str) -> None:
+    out = tmp_path / "run"
+    result = _cli("--task", task, "--data", str(tiny_phantom), "--out", str(out), "--config", TINY, "--set", "data.val_cases=1", "--steps", "6")
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "versions.json", "run.json", "last.pt", "best.pt", "metrics.csv"):
+        assert (out / name).is_file(), name
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["config"]["task"] == task
+    assert list((out / "previews").glob("*.png"))
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["phase"] for r in rows} == {"train", "val"}
+    best_metric = {"mri2ct": "mae", "seg": "dice", "inpaint": "ssim"}[task]
+    assert any(r["metric"] == best_metric and r["phase"] == "val" for r in rows)
+
+
+def test_tensorboard_events_are_written(tiny_phantom: Path, tmp_path: Path) -> None:
+    cfg = load_config("mri2ct", TINY, ["train.tensorboard=true", "data.val_cases=1"])
+    train(cfg, tiny_phantom, tmp_path / "run", stop_step=2, progress=False)
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_existing_run_is_refused_without_resume_or_overwrite(tiny_phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ("--task", "seg", "--data", str(tiny_phantom), "--out", str(out), "--config", TINY, "--steps", "2")
+    assert _cli(*args).exit_code == 0
+    before = (out / "last.pt").read_bytes()
+    result = _cli(*args)
+    assert result.exit_code == 2 and "--resume" in result.output
+    assert (out / "last.pt").read_bytes() == before
+    (out / "notes.txt").write_text("mine")
+    assert _cli(*args, "--overwrite").exit_code == 0
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite removes run files only
+    assert _cli("--out", str(tmp_path / "none"), "--resume").exit_code == 2
+    assert _cli("--task", "seg", "--out", str(out), "--resume", "--set", "train.lr=1").exit_code == 2
+
+
+@pytest.mark.parametrize("task", sorted(TASK_SETS))
+def test_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
+    cfg = load_config(task, TINY, ["train.precision=fp32", "model.dropout=0"])
+    prep = prep_from_config(cfg)
+    case = prepare_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, prep)
+    gen = torch.Generator().manual_seed(0)
+    batcher = SliceBatcher([case], 4, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
+    no_aug = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0)
+    batch = _augmented_batch(batcher, no_aug, cfg, prep, gen)
+    torch.manual_seed(0)
+    G, D = build_generator_for(cfg, prep), build_discriminator_for(cfg, prep)
+    spec = _loss_spec(cfg)
+    step = Pix2PixStep(
+        G, D if spec.gan else None, torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999)),
+        torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)), spec, torch.device("cpu"), None,
+    )
+    key = {"mri2ct": "loss_G_L1", "inpaint": "loss_G_L1", "seg": "loss_G_BCE"}[task]
+    history = [step(i, batch)[key] for i in range(40)]
+    assert history[-1] < 0.5 * history[0], history
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    out = {f"G.{k}": v for k, v in ckpt["generator"].items()}
+    if ckpt["discriminator"] is not None:
+        out.update({f"D.{k}": v for k, v in ckpt["discriminator"].items()})
+    out.update({f"optG.{k}": v["exp_avg"] for k, v in ckpt["opt_g"]["state"].items()})
+    return out
+
+
+@pytest.mark.parametrize(
+    "task, extra",
+    [
+        ("mri2ct", ["data.context_slices=1"]),
+        # dropout (U-Net depth 6 has a full-width inner level), corruption and augmentation all draw randomness
+        ("inpaint", ["model.depth=6", "data.context_slices=1", "inpaint.kinds=[box, slices, stripes]"]),
+    ],
+)
+def test_resume_is_bit_identical(tiny_phantom: Path, tmp_path: Path, task: str, extra: list[str]) -> None:
+    sets = [x for e in ["data.val_cases=1", *extra] for x in ("--set", e)]
+    common = ("--task", task, "--data", str(tiny_phantom), "--config", TINY, *sets)
+    assert _cli(*common, "--out", str(tmp_path / "a"), "--steps", "4").exit_code == 0
+    assert _cli(*common, "--out", str(tmp_path / "b"), "--steps", "2").exit_code == 0
+    result = _cli("--out", str(tmp_path / "b"), "--resume", "--steps", "4")
+    assert result.exit_code == 0, result.output
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ca, cb = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in "ab")
+    assert ca["step"] == cb["step"] == 4
+    assert ca["sched_g"] == cb["sched_g"]
+    assert torch.equal(ca["rng"]["data"], cb["rng"]["data"]) and torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tiny_phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medp2p.cli", "train", "--task", "mri2ct", "--data", str(tiny_phantom), "--out", str(out),
+           "--config", TINY, "--set", "train.checkpoint_every=1", "--set", "train.steps=100000", "--set", "train.val_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if (out / "last.pt").exists():
+                try:
+                    if torch.load(out / "last.pt", weights_only=True)["step"] >= 3:
+                        break
+                except Exception:
+                    pass  # being replaced right now: atomic rename means old or new, try again
+            time.sleep(0.05)
+        else:
+            pytest.fail("training never wrote a checkpoint")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = torch.load(out / "last.pt", weights_only=True)["step"]
+    result = _cli("--out", str(out), "--resume", "--steps", str(killed_at + 2))
+    assert result.exit_code == 0, result.output
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == killed_at + 2
+    assert not [p for p in out.iterdir() if ".tmp" in p.name], "no stale temporary files after resume"
+    with (out / "metrics.csv").open() as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh) if r["metric"] == "loss_G"]
+    assert steps == sorted(set(steps)) and steps[-1] == killed_at + 2  # no rows from the killed run's future
+
+
+def test_nan_stops_the_run_and_keeps_the_last_checkpoint(tiny_phantom: Path, tmp_path: Path, monkeypatch) -> None:
+    real_next = SliceBatcher.next
+    calls = {"n": 0}
+
+    def poisoned(self):
+        batch = real_next(self)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            batch["source"][0, 0, 3, 3] = float("nan")
+        return batch
+
+    monkeypatch.setattr(SliceBatcher, "next", poisoned)
+    cfg = load_config("mri2ct", TINY, ["train.checkpoint_every=1"])
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"step 3: non-finite loss \(.*nan"):
+        train(cfg, tiny_phantom, out, progress=False)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["generator"].values() if v.is_floating_point())
+
+
+def test_nan_input_exits_one_with_a_message(tiny_phantom: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_phantom, data)
+    img = nib.load(data / "case_000/mr.nii.gz")
+    arr = img.get_fdata().astype(np.float32)
+    arr[:, :, :] = np.nan
+    arr[8:20, 8:20, :] = 5.0
+    arr[10:12, 10:12, :] = 7.0
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), data / "case_000/mr.nii.gz")
+    (data / "case_001").rename(tmp_path / "c1")
+    (data / "case_002").rename(tmp_path / "c2")
+    result = _cli("--task", "mri2ct", "--data", str(data), "--out", str(tmp_path / "run"), "--config", TINY, "--steps", "3")
+    assert result.exit_code == 1
+    assert "non-finite loss" in result.output
+
+
+def test_resume_removes_a_temporary_file_left_by_a_kill(tiny_phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _cli("--task", "seg", "--data", str(tiny_phantom), "--out", str(out), "--config", TINY, "--steps", "2").exit_code == 0
+    (out / ".last.pt.abc123.tmp.pt").write_bytes(b"half a checkpoint")
+    assert _cli("--out", str(out), "--resume", "--steps", "3").exit_code == 0
+    assert not list(out.glob(".*tmp*"))
