@@ -189,6 +189,92 @@ def train(
         err.print(f"best {result.best['metric']} {result.best['value']:.4g} at step {result.best['step']} -> best.pt", soft_wrap=True)
 
 
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="A run folder (uses best.pt, else last.pt) or a checkpoint file.")],
+    inputs: Annotated[list[Path], typer.Option("--input", "-i", help="A volume file, a DICOM series folder, or a dataset (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one <case>/ folder per case.")],
+    fmt: Annotated[str, typer.Option("--format", help="nifti, dicom (mri2ct: CT series; seg: DICOM SEG) or both.")] = "nifti",
+    num_parts: Annotated[int, typer.Option(min=1, help="Split the cases into this many parts...")] = 1,
+    part_id: Annotated[int, typer.Option(min=0, help="...and predict this one (0-based).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (refused otherwise).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 16,
+) -> None:
+    """Predict whole volumes with a trained model; outputs sit on each input's own grid.
+
+    Exit 0 when every case was written, 1 when a case failed (listed in OUT/failures.csv; the others go on), 2 on usage errors.
+    """
+    from medp2p.checkpoint import CheckpointError
+    from medp2p.data import DataLayoutError
+    from medp2p.infer import FORMATS, predict_cases
+
+    if fmt not in FORMATS:
+        raise _usage_error(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if part_id >= num_parts:
+        raise _usage_error(f"--part-id must be below --num-parts ({num_parts}), got {part_id}")
+    try:
+        with err.status("predicting...") as status:
+            report = predict_cases(
+                model, inputs, out, fmt, num_parts, part_id, overwrite, device, batch_size,
+                on_case=lambda cid: status.update(f"predicting {escape(cid)}"),
+            )
+    except (CheckpointError, DataLayoutError, ValueError, RuntimeError) as exc:
+        raise _usage_error(str(exc)) from None
+    for case, paths in report.written.items():
+        typer.echo(f"{case}: " + ", ".join(str(p) for p in paths))
+    for failure in report.failures:
+        err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}", highlight=False, soft_wrap=True)
+    done = f"{len(report.written)} case(s) written to {out}"
+    if num_parts > 1:
+        done += f" (part {part_id} of {num_parts}; {report.total_cases} case(s) in all)"
+    err.print(escape(done), soft_wrap=True)
+    if report.failures:
+        err.print(f"{len(report.failures)} case(s) failed; see {escape(str(report.failures_csv))}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    task: Annotated[str, typer.Option(help=f"{', '.join(TASK_NAMES)}.")],
+    pred: Annotated[Path, typer.Option(help="The prediction folder written by `medp2p predict`.")],
+    ref: Annotated[Path, typer.Option(help="Reference data: any layout `medp2p validate` reads.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder: metrics.csv, summary.json, one PNG per case.")],
+    target_key: Annotated[Optional[str], typer.Option(help="Reference image key (default the task's: ct, tumor, mr).")] = None,
+    seed: Annotated[int, typer.Option(help="inpaint: seed of the generated regions (inpaint.eval_seed).")] = 1234,
+    montages: Annotated[bool, typer.Option(help="Write one montage PNG per case.")] = True,
+) -> None:
+    """Score predictions against references with the challenges' metric definitions.
+
+    Exit 0 when every reference case was scored, 1 when a case was missing or failed, 2 on usage errors.
+    """
+    from medp2p.data import DataLayoutError
+    from medp2p.eval import evaluate as run_evaluation
+    from medp2p.tasks import TASKS
+
+    if task not in TASKS:
+        raise _usage_error(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+    try:
+        with err.status("evaluating...") as status:
+            report = run_evaluation(task, pred, ref, out, target_key, seed, montages, on_case=lambda c: status.update(f"evaluating {escape(c)}"))
+    except DataLayoutError as exc:
+        raise _usage_error(str(exc)) from None
+    from rich.table import Table
+
+    table = Table(title=f"{task}: {report.summary['cases']} case(s)")
+    for col in ("metric", "mean", "std", "median"):
+        table.add_column(col, justify="right")
+    for name, stats in report.summary["metrics"].items():
+        table.add_row(name, f"{stats['mean']:.4g}", f"{stats['std']:.3g}", f"{stats['median']:.4g}")
+    Console().print(table)
+    err.print(f"report in [bold]{escape(str(out))}[/] (metrics.csv, summary.json)", soft_wrap=True)
+    for cid in report.missing:
+        err.print(f"[yellow]missing:[/] no prediction for {escape(cid)}", soft_wrap=True)
+    for failure in report.failures:
+        err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}", soft_wrap=True)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

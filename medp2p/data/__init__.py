@@ -11,6 +11,8 @@ from medp2p.data.cases import (
     DEFAULT_LABEL_VALUES,
     Case,
     DataLayoutError,
+    case_seed,
+    safe_case_id,
     find_cases,
     image_keys,
     label_values,
@@ -22,6 +24,8 @@ from medp2p.data.validate import GridTolerance, Problem, ValidationReport, check
 __all__ = [
     "DEFAULT_LABEL_VALUES",
     "Case",
+    "case_seed",
+    "safe_case_id",
     "DataLayoutError",
     "GridTolerance",
     "PhantomSpec",

@@ -85,6 +85,28 @@ def label_values(key: str, datalist: dict[str, Any] | None = None) -> tuple[int,
     return DEFAULT_LABEL_VALUES.get(key)
 
 
+def safe_case_id(case_id: str) -> str:
+    """A case id made safe as one folder name: letters, digits, ``.``, ``_`` and ``-`` only.
+
+    Path separators and anything else become ``_``; leading dots are dropped, so ``..`` and hidden
+    names cannot occur. Output folders are named with it, so nothing is written outside OUT_DIR.
+
+    Example:
+        >>> safe_case_id("../../evil"), safe_case_id("BraTS-GLI-00001-000")
+        ('_.._evil', 'BraTS-GLI-00001-000')
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", str(case_id)).lstrip(".")
+    return cleaned or "case"
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """A per-case seed that depends only on ``seed`` and the case id (not on case order)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def image_keys(case: Case) -> list[str]:
     """The keys of ``case`` that name files (everything but ``id``)."""
     return [k for k in case if k != "id"]

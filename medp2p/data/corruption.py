@@ -10,6 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medp2p.data.cases import case_seed
+from medp2p.data.intensity import body_mask
+from medp2p.types import Volume
+
 CORRUPTIONS = ("box", "slices", "stripes")
 
 
@@ -105,3 +109,19 @@ def corrupt_volume(
         region[tuple(centre)] = 1
     voided = np.where(region > 0, 0.0, image).astype(np.float32)
     return voided, region
+
+
+def seeded_corruption(image: Volume, case_id: str, seed: int, box_fraction: tuple[float, float] = (0.1, 0.35)) -> tuple[Volume, Volume]:
+    """The evaluation corruption of one case: a box inside the image's own body mask, from ``(seed, case_id)``.
+
+    Validation, ``medp2p predict`` (inpainting a case that has no region) and ``medp2p evaluate``
+    all call this, so they void the same voxels.
+
+    Returns:
+        ``(voided, region)`` volumes on ``image``'s grid.
+
+    Example:
+        >>> voided, region = seeded_corruption(read_volume("case_000/mr.nii.gz"), "case_000", seed=1234)
+    """
+    voided, region = corrupt_volume(image.array, body_mask(image.array), case_seed(seed, case_id), 0, box_fraction)
+    return image.with_array(voided), image.with_array(region)

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from medp2p.data.corruption import corrupt_volume
-from medp2p.data.intensity import body_mask
+from medp2p.data.corruption import seeded_corruption
 from medp2p.data.prepare import Prep
 from medp2p.io import read_volume
 from medp2p.metrics import inpainting_metrics, segmentation_metrics, synthrad_metrics
@@ -34,7 +33,7 @@ class ValCase:
 def load_val_cases(cases: list[dict[str, Any]], prep: Prep, task: Task, eval_seed: int) -> list[ValCase]:
     """Read validation cases; inpainting cases without a region get a seeded box (BraTS-style)."""
     out = []
-    for index, case in enumerate(cases):
+    for case in cases:
         sources = [read_volume(case[k]) for k in prep.source_keys]
         target = read_volume(case[prep.target_key])
         mask = read_volume(case[prep.mask_key]) if prep.mask_key and prep.mask_key in case else None
@@ -45,10 +44,8 @@ def load_val_cases(cases: list[dict[str, Any]], prep: Prep, task: Task, eval_see
                 voided = read_volume(case[task.voided_key]) if task.voided_key in case else sources[0]
                 sources = [voided, *sources[1:]]
             else:
-                body = mask.array if mask is not None else body_mask(sources[0].array)
-                voided, box = corrupt_volume(sources[0].array, body, eval_seed, index)
-                sources = [sources[0].with_array(voided), *sources[1:]]
-                region = sources[0].with_array(box)
+                voided, region = seeded_corruption(sources[0], str(case["id"]), eval_seed)
+                sources = [voided, *sources[1:]]
         out.append(ValCase(str(case["id"]), sources, target, mask, region))
     return out
 

@@ -1,0 +1,11 @@
+"""Evaluation: challenge metrics per case, summaries, and pictures people can look at.
+
+Example:
+    >>> from medp2p.eval import evaluate
+    >>> evaluate("mri2ct", "out/", "data/test/", "report/").summary["metrics"]["mae"]
+"""
+
+from medp2p.eval.evaluate import DEFINITIONS, EvalReport, evaluate, evaluate_case
+from medp2p.eval.montage import case_montage, save_montage
+
+__all__ = ["DEFINITIONS", "EvalReport", "case_montage", "evaluate", "evaluate_case", "save_montage"]

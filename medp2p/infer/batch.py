@@ -1,0 +1,268 @@
+"""``medp2p predict``: a trained model over many inputs, each written beside nothing it should not touch.
+
+Per case: ``OUT_DIR/<case>/sct.nii.gz`` (mri2ct), ``mask.nii.gz`` (seg) or ``inpainted.nii.gz``
+(inpaint), with the source's header; with ``--format dicom|both`` also ``sct_dicom/`` (a CT
+series) or ``mask_seg.dcm`` (DICOM SEG). A case that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medp2p import __version__
+from medp2p.checkpoint import generator_from_checkpoint, load_checkpoint
+from medp2p.config import Config
+from medp2p.data import DataLayoutError, load_datalist, safe_case_id
+from medp2p.data.cases import _is_dicom_folder
+from medp2p.data.corruption import seeded_corruption
+from medp2p.data.prepare import Prep
+from medp2p.io import is_volume_file, read_volume, write_nifti
+from medp2p.io.atomic import atomic_path, full_suffix
+from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
+from medp2p.models.precision import resolve_device, resolve_precision
+from medp2p.tasks import Task, get_task
+from medp2p.tasks.predict import RunOptions, predict_volume
+from medp2p.types import Volume
+
+FORMATS = ("nifti", "dicom", "both")
+DICOM_OUTPUT = {"mri2ct": "sct_dicom", "seg": "mask_seg.dcm"}
+
+
+class OutputExistsError(FileExistsError):
+    """An output is already there and ``overwrite`` was not asked for."""
+
+
+@dataclass
+class Model:
+    """A trained generator with what it needs to predict: its data preparation, config and task."""
+
+    generator: torch.nn.Module
+    prep: Prep
+    cfg: Config
+    task: Task
+    path: str
+    options: RunOptions
+
+
+def load_model(path: str | Path, device: str = "auto", batch_size: int = 16) -> Model:
+    """Load a generator from a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
+
+    Example:
+        >>> model = load_model("runs/mri2ct")
+        >>> sct = predict_volume(model.generator, read_volume("mr.nii.gz"), model.prep, options=model.options)
+    """
+    ckpt = load_checkpoint(path)
+    generator, prep, cfg = generator_from_checkpoint(ckpt)
+    dev = resolve_device(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    generator = generator.to(dev, memory_format=memory_format).eval()
+    options = RunOptions(dev, resolve_precision(dev, cfg.train.precision), batch_size, cfg.train.channels_last)
+    return Model(generator, prep, cfg, get_task(cfg.task), ckpt["path"], options)
+
+
+def _single_input_case(path: Path, key: str, generic: Sequence[str]) -> dict[str, Any]:
+    stem = path.name[: len(path.name) - len(full_suffix(path))] if path.is_file() else path.name
+    # "case_001/mr.nii.gz" is case_001, not "mr"
+    case_id = path.parent.name if stem.lower() in generic else stem
+    return {"id": case_id, key: str(path.resolve())}
+
+
+def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep) -> list[dict[str, Any]]:
+    """Cases to predict from ``inputs``: volume files, DICOM series folders, or datasets.
+
+    A single volume (file or DICOM folder) is one case of a one-source model; its id is the file
+    name without suffix, or its folder's name when the file is named after a key
+    (``case_001/mr.nii.gz`` -> ``case_001``). A dataset (any layout ``medp2p validate`` reads)
+    gives all its cases.
+
+    Raises:
+        DataLayoutError: an input is missing or unreadable as a layout, a one-file input for a
+            multi-source model, or two cases with the same (sanitised) id.
+    """
+    generic = {k.lower() for k in (*prep.source_keys, "image", "img", "input", "mr", "t1", "t2", "flair", "voided")}
+    cases: list[dict[str, Any]] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise DataLayoutError(f"{path}: no such file or folder")
+        single = (path.is_file() and (is_volume_file(path) or path.suffix.lower() in (".dcm", ".ima"))) or (path.is_dir() and _is_dicom_folder(path))
+        if single:
+            if len(prep.source_keys) > 1:
+                raise DataLayoutError(
+                    f"{path}: this model takes {len(prep.source_keys)} images per case {list(prep.source_keys)}; "
+                    "give a dataset folder or datalist .json instead of one volume"
+                )
+            cases.append(_single_input_case(path, prep.source_keys[0], generic))
+        else:
+            datalist = load_datalist(path)
+            for section in ("training", "validation", "test"):
+                cases += datalist.get(section, [])
+    seen: dict[str, str] = {}
+    for case in cases:
+        sid = safe_case_id(case["id"])
+        if sid in seen:
+            raise DataLayoutError(f"two inputs map to the case id {sid!r} ({seen[sid]} and {case['id']!r}); give them distinct names")
+        seen[sid] = str(case["id"])
+    return cases
+
+
+def partition(cases: list[dict[str, Any]], num_parts: int, part_id: int) -> list[dict[str, Any]]:
+    """The cases of part ``part_id`` of ``num_parts``: every ``num_parts``-th case by sorted id."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"--part-id must be in [0, {num_parts - 1}] for --num-parts {num_parts}, got {part_id}")
+    ordered = sorted(cases, key=lambda c: safe_case_id(c["id"]))
+    return ordered[part_id::num_parts]
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_cases` did: outputs per case, failures, and this part's share."""
+
+    written: dict[str, list[Path]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    failures_csv: Path | None = None
+    total_cases: int = 0
+
+
+def _inside(root: Path, path: Path) -> Path:
+    resolved = path.resolve()
+    if root.resolve() not in resolved.parents and resolved != root.resolve():
+        raise ValueError(f"{path}: would be written outside {root}")
+    return path
+
+
+def _replace_tree(staged: Path, dest: Path) -> None:
+    """Move the folder ``staged`` onto ``dest``, replacing it; the old one goes only after the new one is in place."""
+    trash = None
+    if dest.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        dest.rename(trash / dest.name)
+    staged.rename(dest)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def predict_case(model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "nifti", overwrite: bool = False) -> list[Path]:
+    """Predict one case and write its outputs under ``out_dir/<case>/``; returns the written paths."""
+    task, prep = model.task, model.prep
+    case_dir = _inside(out_dir, out_dir / safe_case_id(case["id"]))
+    nifti_path = case_dir / task.output_name
+    dicom_path = case_dir / DICOM_OUTPUT[task.name] if fmt in ("dicom", "both") else None
+    planned = ([nifti_path] if fmt in ("nifti", "both") else []) + ([dicom_path] if dicom_path else [])
+    existing = [p for p in planned if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]}: already exists; pass --overwrite to replace it")
+    source_keys = list(prep.source_keys)
+    region = None
+    if task.region_key is not None and task.region_key in case:
+        region = read_volume(case[task.region_key])
+        if task.voided_key in case:
+            source_keys[0] = task.voided_key
+    missing = [k for k in source_keys if k not in case]
+    if missing:
+        raise KeyError(f"case {case['id']!r} has no {missing} image (it has {sorted(k for k in case if k != 'id')})")
+    sources = [read_volume(case[k]) for k in source_keys]
+    extras: list[tuple[str, Volume, type]] = []
+    if task.region_key is not None and region is None:
+        # no region given: void a seeded box, and keep what was voided beside the output
+        voided, region = seeded_corruption(sources[0], str(case["id"]), model.cfg.inpaint.eval_seed)
+        sources[0] = voided
+        extras = [("voided.nii.gz", voided, np.float32), ("region.nii.gz", region, np.uint8)]
+    prediction = predict_volume(model.generator, sources, prep, region, model.options)
+
+    # Everything is computed; now write. A failed write removes what this call created.
+    created_before = {p for p in planned + [case_dir / name for name, _, _ in extras] if p.exists()}
+    written: list[Path] = []
+    try:
+        for name, vol, dtype in extras:
+            written.append(write_nifti(vol, case_dir / name, dtype=dtype))
+        if fmt in ("nifti", "both"):
+            written.append(write_nifti(prediction, nifti_path, dtype=np.uint8 if task.target_kind == "mask" else np.float32))
+        if dicom_path is not None:
+            if task.name == "mri2ct":
+                staging = Path(tempfile.mkdtemp(prefix=".sct_dicom.", dir=case_dir))
+                staging.rmdir()
+                write_ct_series(prediction, staging, source=sources[0], software_version=f"medp2p {__version__}")
+                _replace_tree(staging, dicom_path)
+            else:
+                write_dicom_seg(prediction, dicom_path, sources[0], software_version=f"medp2p {__version__}")
+            written.append(dicom_path)
+    except BaseException:
+        for path in written:
+            if path not in created_before:
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def predict_cases(
+    model: str | Path | Model,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    fmt: str = "nifti",
+    num_parts: int = 1,
+    part_id: int = 0,
+    overwrite: bool = False,
+    device: str = "auto",
+    batch_size: int = 16,
+    on_case: Callable[[str], None] | None = None,
+) -> PredictReport:
+    """Predict every case of ``inputs`` (this part's share of them) into ``out_dir``.
+
+    Args:
+        model: a run folder, a checkpoint file, or a loaded :class:`Model`.
+        inputs: volume files, DICOM series folders, or datasets.
+        out_dir: where ``<case>/`` folders go.
+        fmt: ``nifti``, ``dicom`` or ``both`` (DICOM: mri2ct CT series, seg DICOM SEG).
+        num_parts, part_id: split the sorted cases into ``num_parts`` and do part ``part_id``.
+        overwrite: replace existing outputs (refused otherwise, per case).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: slices per forward pass.
+        on_case: called with each case id before it is predicted (progress display).
+
+    Returns:
+        The report; failed cases are also written to ``failures.csv`` (``failures_part-K-of-N.csv``
+        when split), with the case, its input and the error.
+
+    Example:
+        >>> report = predict_cases("runs/mri2ct", ["patients/"], "out/", fmt="both")
+        >>> report.failures
+        []
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    model = model if isinstance(model, Model) else load_model(model, device, batch_size)
+    if fmt != "nifti" and model.task.name not in DICOM_OUTPUT:
+        raise ValueError(f"--format {fmt}: DICOM output exists for {sorted(DICOM_OUTPUT)}, not {model.task.name}; use --format nifti")
+    cases = resolve_inputs(inputs, model.task, model.prep)
+    mine = partition(cases, num_parts, part_id)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = PredictReport(total_cases=len(cases))
+    for case in mine:
+        if on_case is not None:
+            on_case(str(case["id"]))
+        try:
+            report.written[str(case["id"])] = predict_case(model, case, out_dir, fmt, overwrite)
+        except Exception as exc:  # one bad case must not stop the others
+            source = case.get(model.prep.source_keys[0]) or next((v for k, v in case.items() if k != "id"), "")
+            report.failures.append({"case": str(case["id"]), "input": str(source), "error": f"{type(exc).__name__}: {exc}"})
+    failures_csv = out_dir / ("failures.csv" if num_parts == 1 else f"failures_part-{part_id}-of-{num_parts}.csv")
+    if not report.failures:
+        failures_csv.unlink(missing_ok=True)  # a previous run's list no longer holds
+    else:
+        report.failures_csv = failures_csv
+        with atomic_path(report.failures_csv) as tmp, tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, ["case", "input", "error"])
+            writer.writeheader()
+            writer.writerows(report.failures)
+    return report
