@@ -35,3 +35,17 @@ def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 2-step tiny run per task (``configs/tiny.yaml``), for prediction and evaluation tests."""
+    from medp2p.config import load_config
+    from medp2p.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for task in ("mri2ct", "seg", "inpaint"):
+        cfg = load_config(task, ROOT / "configs" / "tiny.yaml", ["data.val_cases=1"])
+        runs[task] = train(cfg, tiny_phantom, root / task, stop_step=2, progress=False).run_dir
+    return runs

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 
 def write_series(
@@ -21,12 +21,18 @@ def write_series(
     positions: list[np.ndarray] | None = None,
     shuffle: bool = True,
     prefix: str = "IM",
+    modality: str = "CT",
 ) -> list[Path]:
     """Write ``hu`` (X, Y, Z) as one file per slice; returns the files in slice order.
 
     Positions follow ``origin + k * spacing[2] * normal`` (LPS) unless ``positions`` are given.
     Files are named in a shuffled order so readers must sort by position, not by name.
+    ``modality="MR"`` writes MR Image Storage instances (unsigned, no rescale) of a patient with
+    a full patient/study module, as a scanner would.
     """
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
+    if modality == "MR":
+        intercept = 0.0
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
     study_uid, frame_uid = generate_uid(), generate_uid()
@@ -37,19 +43,22 @@ def write_series(
     files = []
     for k in range(nz):
         slope = 1.0 if slopes is None else slopes[k]
-        stored = np.round((hu[:, :, k].T - intercept) / slope).astype(np.int16)
+        stored = np.round((hu[:, :, k].T - intercept) / slope).astype(np.uint16 if modality == "MR" else np.int16)
         pos = np.asarray(origin) + k * spacing[2] * normal if positions is None else positions[k]
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
+        ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.Modality = "CT"
+        ds.Modality = modality
         ds.PatientName, ds.PatientID = "Test^Phantom", "TEST001"
+        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "S1", "A1"
+        ds.ReferringPhysicianName, ds.PatientPosition = "", "HFS"
         ds.SeriesDescription = "test series"
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [float(v) for v in pos]
@@ -58,8 +67,10 @@ def write_series(
         ds.SliceThickness = spacing[2]
         ds.Rows, ds.Columns = stored.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 0 if modality == "MR" else 1
+        if modality != "MR":
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         ds.PixelData = stored.tobytes()
         path = folder / f"{prefix}{int(order[k]):04d}.dcm"
         ds.save_as(path, enforce_file_format=True)

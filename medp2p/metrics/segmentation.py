@@ -30,6 +30,8 @@ def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
     ref, pred = np.asarray(reference) > 0, np.asarray(prediction) > 0
     if not ref.any() and not pred.any():
         return 1.0
+    if not ref.any() or not pred.any():
+        return 0.0  # MONAI gives NaN for an empty reference; the policy says 0
     return float(compute_dice(_as_batch(pred), _as_batch(ref), include_background=True)[0, 0])
 
 

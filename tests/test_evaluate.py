@@ -1,0 +1,80 @@
+"""`medp2p evaluate`: per-case CSV, summary JSON, montages; cases matched by id; missing cases counted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medp2p.cli import app
+from medp2p.io import read_volume
+from medp2p.metrics import synthrad_metrics
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def predictions(tiny_runs: dict, tiny_phantom: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pred")
+    out = {}
+    for task, run in tiny_runs.items():
+        result = runner.invoke(app, ["predict", "--model", str(run), "-i", str(tiny_phantom), "-o", str(root / task)])
+        assert result.exit_code == 0, result.output
+        out[task] = root / task
+    return out
+
+
+@pytest.mark.parametrize("task, metrics", [
+    ("mri2ct", ["mae", "psnr", "ssim", "mae_air", "mae_soft_tissue", "mae_bone"]),
+    ("seg", ["dice", "hd95"]),
+    ("inpaint", ["ssim", "psnr", "mse"]),
+])
+def test_reports_per_case_and_summary(predictions: dict, tiny_phantom: Path, tmp_path: Path, task: str, metrics: list[str]) -> None:
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["evaluate", "--task", task, "--pred", str(predictions[task]), "--ref", str(tiny_phantom), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["case"] for r in rows] == ["case_000", "case_001", "case_002"]
+    assert list(rows[0]) == ["case", *metrics]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 3 and summary["missing"] == [] and summary["definitions"]
+    first = metrics[0]
+    values = [float(r[first]) for r in rows]
+    assert summary["metrics"][first]["mean"] == pytest.approx(np.mean(values), rel=1e-4)
+    assert summary["metrics"][first]["median"] == pytest.approx(np.median(values), rel=1e-4)
+    assert summary["metrics"][first]["std"] == pytest.approx(np.std(values), rel=1e-3, abs=1e-6)
+    assert sorted(p.name for p in out.glob("*.png")) == ["case_000.png", "case_001.png", "case_002.png"]
+
+
+def test_mri2ct_values_are_the_synthrad_metrics(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    runner.invoke(app, ["evaluate", "--task", "mri2ct", "--pred", str(predictions["mri2ct"]), "--ref", str(tiny_phantom), "-o", str(tmp_path)])
+    row = next(csv.DictReader((tmp_path / "metrics.csv").open()))
+    ct = read_volume(tiny_phantom / "case_000/ct.nii.gz").array
+    sct = read_volume(predictions["mri2ct"] / "case_000/sct.nii.gz").array
+    body = read_volume(tiny_phantom / "case_000/mask.nii.gz").array
+    expected = synthrad_metrics(ct, sct, body)
+    for key in ("mae", "psnr", "ssim"):
+        assert float(row[key]) == pytest.approx(expected[key], rel=1e-5)
+
+
+def test_missing_prediction_is_reported(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    pred = tmp_path / "pred"
+    shutil.copytree(predictions["seg"], pred)
+    shutil.rmtree(pred / "case_001")
+    result = runner.invoke(app, ["evaluate", "--task", "seg", "--pred", str(pred), "--ref", str(tiny_phantom), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "case_001" in result.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["cases"] == 2 and summary["missing"] == ["case_001"]
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert runner.invoke(app, ["evaluate", "--task", "seg", "--pred", str(empty), "--ref", str(tiny_phantom), "-o", str(tmp_path / "r2")]).exit_code == 2
+
+
+def test_inpaint_regions_must_match_the_seed(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--task", "inpaint", "--pred", str(predictions["inpaint"]), "--ref", str(tiny_phantom), "-o", str(tmp_path), "--seed", "99"])
+    assert result.exit_code == 1 and "another region" in result.output

@@ -1,0 +1,156 @@
+"""Prediction: outputs on the input's exact grid, batch CLI, parts, overwrite refusal, safe case ids."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medp2p.cli import app
+from medp2p.data.intensity import HU_WINDOW, mr_window
+from medp2p.data.prepare import Prep
+from medp2p.infer import load_model, predict_volume
+from medp2p.io import read_volume, write_nifti
+from medp2p.tasks.predict import RunOptions
+from medp2p.types import Volume
+from tests.test_io_volumes import AFFINES
+
+runner = CliRunner()
+
+
+class CentreChannel(torch.nn.Module):
+    """A stand-in generator that returns its centre input channel: prediction = normalised input."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.k : self.k + 1]
+
+
+@pytest.mark.parametrize("name", ["LAS", "LPS", "RAS", "oblique", "oblique_left_handed"])
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_prediction_lands_voxel_for_voxel_on_the_input_grid(rng: np.random.Generator, name: str, axis: str) -> None:
+    array = rng.uniform(0, 1000, (13, 11, 7)).astype(np.float32)
+    mr = Volume(array, AFFINES[name])
+    prep = Prep(("mr",), "ct", "hu", axis=axis, context_slices=1, size_multiple=8)
+    sct = predict_volume(CentreChannel(1), mr, prep, options=RunOptions(batch_size=3))
+    assert sct.shape == mr.shape
+    np.testing.assert_allclose(sct.affine, mr.affine, atol=1e-4)
+    expected = HU_WINDOW.inverse(mr_window(array).forward(array))
+    np.testing.assert_allclose(sct.array, expected, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["LAS", "LPS", "oblique"])
+def test_trained_model_predicts_files_on_their_grid(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, name: str) -> None:
+    src = read_volume(tiny_phantom / "case_000/mr.nii.gz")
+    path = write_nifti(Volume(src.array, AFFINES[name]), tmp_path / "in" / f"{name}.nii.gz")
+    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    img = nib.load(tmp_path / "out" / name / "sct.nii.gz")
+    assert img.shape == src.shape and img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.affine, AFFINES[name], atol=1e-4)
+    np.testing.assert_allclose(img.header.get_qform(), img.header.get_sform(), atol=1e-4)
+    assert -1024.5 <= img.get_fdata().min() and img.get_fdata().max() <= 3000.5
+
+
+def test_seg_and_inpaint_outputs(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seg"
+    assert runner.invoke(app, ["predict", "--model", str(tiny_runs["seg"]), "-i", str(tiny_phantom), "-o", str(out)]).exit_code == 0
+    mask = nib.load(out / "case_001" / "mask.nii.gz")
+    assert mask.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    out = tmp_path / "inp"
+    assert runner.invoke(app, ["predict", "--model", str(tiny_runs["inpaint"]), "-i", str(tiny_phantom), "-o", str(out)]).exit_code == 0
+    mr = read_volume(tiny_phantom / "case_002/mr.nii.gz").array
+    inpainted = read_volume(out / "case_002/inpainted.nii.gz").array
+    region = read_volume(out / "case_002/region.nii.gz").array > 0
+    assert region.any()
+    np.testing.assert_array_equal(inpainted[~region], mr[~region])  # untouched voxels are the input's
+    assert not np.array_equal(inpainted[region], mr[region])
+
+
+def test_model_loads_from_run_folder_or_file(tiny_runs: dict) -> None:
+    a = load_model(tiny_runs["seg"])
+    b = load_model(tiny_runs["seg"] / "last.pt")
+    assert a.path.endswith("best.pt") and b.path.endswith("last.pt") and a.task.name == "seg"
+    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["seg"] / "nope.pt"), "-i", ".", "-o", "x"])
+    assert result.exit_code == 2 and "nope.pt" in result.output
+
+
+def _dataset(tiny_phantom: Path, root: Path, ids: list[str]) -> Path:
+    cases = [{"id": cid, "mr": str(tiny_phantom / f"case_00{i % 3}/mr.nii.gz")} for i, cid in enumerate(ids)]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "list.json").write_text(json.dumps({"test": cases}))
+    return root / "list.json"
+
+
+def test_parts_write_each_case_exactly_once(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    data = _dataset(tiny_phantom, tmp_path, ["p1", "p2", "p3", "p4"])
+    out = tmp_path / "out"
+    seen = []
+    for part in (0, 1):
+        result = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(out), "--num-parts", "2", "--part-id", str(part)])
+        assert result.exit_code == 0, result.output
+        seen.append({line.split(":")[0] for line in result.stdout.splitlines() if line.strip()})
+    assert seen[0] | seen[1] == {"p1", "p2", "p3", "p4"} and not seen[0] & seen[1]
+    assert len(seen[0]) == len(seen[1]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["p1", "p2", "p3", "p4"]
+    assert runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(out), "--num-parts", "2", "--part-id", "2"]).exit_code == 2
+
+
+def test_existing_output_is_refused_without_overwrite(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    args = ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom / "case_000/mr.nii.gz"), "-o", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    target = tmp_path / "case_000" / "sct.nii.gz"
+    target.write_bytes(b"my own file")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert target.read_bytes() == b"my own file"
+    with (tmp_path / "failures.csv").open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["case"] == "case_000" and "already exists" in row["error"] and row["input"].endswith("mr.nii.gz")
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert target.read_bytes() != b"my own file"
+    assert not (tmp_path / "failures.csv").exists()
+
+
+def test_case_ids_cannot_escape_the_output_folder(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    data = _dataset(tiny_phantom, tmp_path / "data", ["../../evil", "/abs/olute", "ok"])
+    out = tmp_path / "deep" / "out"
+    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("sct.nii.gz")}
+    assert all(str(p).startswith("deep/out/") for p in written) and len(written) == 3
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "deep" / "evil").exists()
+
+
+def test_a_failing_case_does_not_stop_the_others(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    data = _dataset(tiny_phantom, tmp_path / "data", ["good", "bad"])
+    listing = json.loads(data.read_text())
+    (tmp_path / "data" / "broken.nii.gz").write_bytes(b"not an image")
+    listing["test"][1]["mr"] = "broken.nii.gz"
+    data.write_text(json.dumps(listing))
+    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert (tmp_path / "out" / "good" / "sct.nii.gz").exists()
+    assert not (tmp_path / "out" / "bad").exists()  # nothing partial for the failed case
+    rows = list(csv.DictReader((tmp_path / "out" / "failures.csv").open()))
+    assert [r["case"] for r in rows] == ["bad"] and "broken.nii.gz" in rows[0]["error"]
+
+
+def test_multi_source_model_needs_a_dataset(tiny_phantom: Path, tmp_path: Path) -> None:
+    from medp2p.config import load_config
+    from medp2p.train import train
+
+    cfg = load_config("seg", Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", ["data.source_keys=[mr, ct]"])
+    run = train(cfg, tiny_phantom, tmp_path / "run", stop_step=1, progress=False).run_dir
+    result = runner.invoke(app, ["predict", "--model", str(run), "-i", str(tiny_phantom / "case_000/mr.nii.gz"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "takes 2 images per case" in result.output
+    assert runner.invoke(app, ["predict", "--model", str(run), "-i", str(tiny_phantom), "-o", str(tmp_path / "o")]).exit_code == 0
