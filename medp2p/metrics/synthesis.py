@@ -76,6 +76,8 @@ def psnr_hu(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_
     lo, hi = hu_range
     ref = np.clip(ct[m].astype(np.float64), lo, hi)
     pred = np.clip(sct[m].astype(np.float64), lo, hi)
+    if np.array_equal(ref, pred):
+        return float("inf")  # identical: no noise
     return float(peak_signal_noise_ratio(ref, pred, data_range=hi - lo))
 
 
@@ -156,8 +158,9 @@ def inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, voided: np
     )
     ref_m, pred_m = ref[m], pred[m]
     target_range = float(ref_m.max() - ref_m.min()) or 1.0
+    mse = float(mean_squared_error(ref_m, pred_m))
     return {
         "ssim": float(smap[m].mean(dtype=np.float64)),
-        "psnr": float(peak_signal_noise_ratio(ref_m, pred_m, data_range=target_range)),
-        "mse": float(mean_squared_error(ref_m, pred_m)),
+        "psnr": float(peak_signal_noise_ratio(ref_m, pred_m, data_range=target_range)) if mse > 0 else float("inf"),
+        "mse": mse,
     }
