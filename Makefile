@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_out
+DEMO_MINUTES ?= 4
 
 .PHONY: install demo test clean
 
@@ -16,8 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/medp2p phantom $(DEMO_DIR)/phantom --cases 4 --seed 0 --overwrite
-	$(VENV)/bin/medp2p validate $(DEMO_DIR)/phantom --task mri2ct
+	$(VENV)/bin/medp2p demo --out $(DEMO_DIR) --minutes $(DEMO_MINUTES)
 
 test: install
 	$(PY) -m pytest -q

@@ -1,6 +1,6 @@
 """The package layers of DESIGN.md: a module imports only from layers to its left.
 
-``types | io, metrics, models | data | tasks | config | checkpoint | train, infer | eval | cli``
+``types | io, metrics, models | data | tasks | config | checkpoint | train, infer | eval | demo | cli``
 (``config`` and ``checkpoint`` sit on top of ``tasks``: a run's config resolves the task's
 defaults, and both training and inference build networks from it); ``io`` is the only code
 touching nibabel, SimpleITK, pydicom and highdicom, and it never imports torch; ``models`` is torch
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medp2p"
-LAYERS = [{"types"}, {"io", "metrics", "models"}, {"data"}, {"tasks"}, {"config"}, {"checkpoint"}, {"train", "infer"}, {"eval"}, {"cli"}]
+LAYERS = [{"types"}, {"io", "metrics", "models"}, {"data"}, {"tasks"}, {"config"}, {"checkpoint"}, {"train", "infer"}, {"eval"}, {"demo"}, {"cli"}]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 FILE_LIBRARIES = {"nibabel", "SimpleITK", "pydicom", "highdicom"}
 
