@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -36,13 +37,14 @@ from medp2p.io.atomic import atomic_path
 from medp2p.models.precision import resolve_device, resolve_precision
 from medp2p.tasks import get_task
 from medp2p.tasks.predict import RunOptions
+from medp2p.train.distributed import init_distributed, weights_digest
 from medp2p.train.logs import MetricsLog
 from medp2p.train.steps import LossSpec, Pix2PixStep
 from medp2p.train.validation import ValCase, load_val_cases, validate
 from medp2p.types import MASK, REGION, SOURCE, TARGET
 
 #: Files and folders a run writes; ``--overwrite`` removes exactly these.
-RUN_ARTIFACTS = ("config.yaml", "run.json", "versions.json", "last.pt", "best.pt", "metrics.csv", "tb", "previews")
+RUN_ARTIFACTS = ("config.yaml", "run.json", "versions.json", "last.pt", "best.pt", "metrics.csv", "tb", "previews", "ddp.json")
 
 
 class RunExistsError(FileExistsError):
@@ -179,7 +181,10 @@ def train(
         >>> train(cfg, "phantom/", "runs/tiny").val_metrics["mae"]
     """
     out = Path(out)
-    _prepare_run_dir(out, resume, overwrite)
+    ddp = init_distributed(device or (cfg.train.device if cfg is not None else "auto"))
+    if ddp.main:
+        _prepare_run_dir(out, resume, overwrite)
+    ddp.barrier()
     ckpt = load_checkpoint(out / "last.pt") if resume else None
     if ckpt is not None:
         cfg = config_from_dict(ckpt["config"])
@@ -204,9 +209,12 @@ def train(
 
     # --- networks and optimisers ----------------------------------------------------------------
     torch_device = resolve_device(t.device)
+    if ddp.enabled and torch_device.type == "cuda":
+        torch_device = torch.device("cuda", ddp.local_rank)
     dtype = resolve_precision(torch_device, t.precision)
-    torch.manual_seed(t.seed)
-    gen = torch.Generator().manual_seed(t.seed)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    # each rank its own slice stream (rank 0's is the single-process stream)
+    gen = torch.Generator().manual_seed(t.seed + 1_000_003 * ddp.rank)
     G = build_generator_for(cfg, prep).to(torch_device)
     use_gan = cfg.loss.gan > 0
     D = build_discriminator_for(cfg, prep).to(torch_device) if use_gan else None
@@ -231,19 +239,33 @@ def train(
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         step, best = int(ckpt["step"]), dict(ckpt.get("best") or {})
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        gen.set_state(ckpt["rng"]["data"])
-        if torch_device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        rng = ckpt["rng"]
+        if len(rng["data"]) == ddp.world:
+            torch.set_rng_state(rng["torch"][ddp.rank])
+            gen.set_state(rng["data"][ddp.rank])
+            if torch_device.type == "cuda" and rng["cuda"][ddp.rank] is not None:
+                torch.cuda.set_rng_state(rng["cuda"][ddp.rank])
+        else:
+            warnings.warn(f"{out / 'last.pt'}: saved by {len(rng['data'])} process(es), resumed by {ddp.world}: "
+                          "random streams restart from the seed, so the run is not bit-identical to an uninterrupted one")
+            gen.manual_seed(t.seed + 1_000_003 * ddp.rank + step)
+    elif ddp.rank:
+        torch.manual_seed(t.seed + 1_000_003 * ddp.rank)  # per-rank dropout masks
     G_run = torch.compile(G) if t.compile else G
     D_run = torch.compile(D) if (t.compile and D is not None) else D
-    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, _loss_spec(cfg), torch_device, dtype, scaler, memory_format)
+    if ddp.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [torch_device.index] if torch_device.type == "cuda" else None
+        G_run = DDP(G_run, device_ids=ids)
+        D_run = DDP(D_run, device_ids=ids) if D_run is not None else None
+    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, _loss_spec(cfg), torch_device, dtype, scaler, memory_format, ddp.any)
     batcher = SliceBatcher(cases, t.batch_size, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
     aug = AugmentSpec(**cfg.augment.model_dump())
     val_options = RunOptions(torch_device, dtype, t.val_batch_size, t.channels_last)
 
     # --- run folder -----------------------------------------------------------------------------
-    if ckpt is None:
+    if ckpt is None and ddp.main:
         save_config(cfg, out / "config.yaml")
         _write_json(out / "versions.json", _versions())
         _write_json(out / "run.json", {
@@ -251,22 +273,26 @@ def train(
             "val_data": str(Path(val_data).resolve()) if val_data else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
-    log = MetricsLog(out, resume_step=step, tensorboard=t.tensorboard)
+    log = MetricsLog(out, resume_step=step, tensorboard=t.tensorboard, enabled=ddp.main)
 
-    def state() -> dict[str, Any]:
+    def gathered_rng() -> dict[str, list]:
+        """Every rank's random states (a collective), so a resume continues every stream."""
+        mine = (torch.get_rng_state(), gen.get_state(), torch.cuda.get_rng_state() if torch_device.type == "cuda" else None)
+        states = ddp.gather(mine)
+        return {"torch": [s[0] for s in states], "data": [s[1] for s in states], "cuda": [s[2] for s in states]}
+
+    def state(rng: dict[str, list]) -> dict[str, Any]:
         return {
             "generator": G.state_dict(), "discriminator": D.state_dict() if D is not None else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict() if opt_d is not None else None,
             "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict() if sched_d is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": step, "config": cfg.to_dict(), "best": best,
-            "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state() if torch_device.type == "cuda" else None},
+            "step": step, "config": cfg.to_dict(), "best": best, "world_size": ddp.world, "rng": rng,
         }
 
-    def run_validation() -> dict[str, float]:
+    def run_validation(rng: dict[str, list]) -> dict[str, float]:
         nonlocal best
-        if not val_cases:
+        if not val_cases or not ddp.main:
             return {}
         metrics = validate(G, val_cases, prep_from_config(cfg, for_training=False), task, val_options,
                            out / "previews", t.preview_count, step)
@@ -275,7 +301,7 @@ def train(
         value = metrics.get(task.best_metric, float("nan"))
         if _better(value, best.get("value"), task.higher_is_better):
             best = {"metric": task.best_metric, "value": value, "step": step}
-            save_checkpoint(state(), out / "best.pt")
+            save_checkpoint(state(rng), out / "best.pt")
         return metrics
 
     # --- the loop -------------------------------------------------------------------------------
@@ -288,7 +314,7 @@ def train(
     val_metrics: dict[str, float] = {}
     # In a log file (no terminal), a line every 30 s instead of ten a second.
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=stop, initial=min(step, stop), disable=not progress, desc=f"train {cfg.task}", unit="step",
+    bar = tqdm(total=stop, initial=min(step, stop), disable=not progress or not ddp.main, desc=f"train {cfg.task}", unit="step",
                dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
     try:
         while step < stop:
@@ -302,14 +328,31 @@ def train(
             if step % t.log_every == 0 or step == stop:
                 log.log(step, "train", {**losses, "lr": sched_g.get_last_lr()[0]})
                 bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("loss_G", "loss_D")}, refresh=False)
-            if step % t.val_every == 0 or step == stop:
-                val_metrics = run_validation() or val_metrics
-            if step % t.checkpoint_every == 0 or step == stop:
-                save_checkpoint(state(), out / "last.pt")
+            validate_now = step % t.val_every == 0 or step == stop
+            save_now = step % t.checkpoint_every == 0 or step == stop
+            if validate_now or save_now:
+                rng = gathered_rng()
+                if validate_now:
+                    val_metrics = run_validation(rng) or val_metrics
+                if save_now and ddp.main:
+                    save_checkpoint(state(rng), out / "last.pt")
+                ddp.barrier()
+        if ddp.enabled:
+            _check_replicas(ddp, G, D, out)
     finally:
         bar.close()
         log.close()
     return TrainResult(out, step, losses, val_metrics, best)
+
+
+def _check_replicas(ddp, G: torch.nn.Module, D: torch.nn.Module | None, out: Path) -> None:
+    """Under torchrun: every rank must hold the same weights; rank 0 records the digests in ``ddp.json``."""
+    digests = ddp.gather({"generator": weights_digest(G), "discriminator": weights_digest(D) if D is not None else None})
+    in_sync = all(d == digests[0] for d in digests)
+    if ddp.main:
+        _write_json(out / "ddp.json", {"world_size": ddp.world, "in_sync": in_sync, "digests": digests})
+    if not in_sync:
+        raise RuntimeError(f"ranks hold different weights after training (see {out / 'ddp.json'})")
 
 
 def _augmented_batch(batcher: SliceBatcher, aug: AugmentSpec, cfg: Config, prep: Prep, gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,11 +42,12 @@ def _set_requires_grad(net: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _check(step: int, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+def _check(step: int, losses: dict[str, torch.Tensor], any_rank: Callable[[bool], bool] = bool) -> dict[str, float]:
     values = {k: float(v.detach()) for k, v in losses.items()}
     bad = {k: v for k, v in values.items() if not torch.isfinite(torch.tensor(v))}
-    if bad:
-        named = ", ".join(f"{k}={v}" for k, v in bad.items())
+    # Under torchrun every rank must stop together, before any gradient all-reduce.
+    if any_rank(bool(bad)):
+        named = ", ".join(f"{k}={v}" for k, v in bad.items()) or "on another rank"
         raise NonFiniteLossError(
             f"step {step}: non-finite loss ({named}); stopped before updating the weights. "
             "Check the inputs for NaN/Inf voxels (medp2p validate), or lower train.lr"
@@ -64,10 +66,16 @@ class Pix2PixStep:
         dtype: autocast dtype, or None for float32.
         scaler: a ``torch.amp.GradScaler`` for float16, else None.
         memory_format: ``torch.channels_last`` or ``torch.contiguous_format``.
+        any_rank: under torchrun, a collective "is this True on any rank?" (the NaN guard).
     """
 
-    def __init__(self, generator, discriminator, opt_g, opt_d, loss: LossSpec, device, dtype, scaler=None, memory_format=torch.contiguous_format):
+    def __init__(self, generator, discriminator, opt_g, opt_d, loss: LossSpec, device, dtype, scaler=None,
+                 memory_format=torch.contiguous_format, any_rank: Callable[[bool], bool] = bool):
         self.G, self.D = generator, discriminator
+        # The G step only reads D (its weights are frozen there): run the plain module, not the
+        # DDP wrapper, which would wait for gradients that never come.
+        self.D_plain = getattr(discriminator, "module", discriminator)
+        self.any_rank = any_rank
         self.opt_g, self.opt_d = opt_g, opt_d
         self.loss = loss
         self.device, self.dtype = device, dtype
@@ -97,7 +105,7 @@ class Pix2PixStep:
         loss_d_fake = gan_loss(pred_fake, False, self.loss.gan_mode)
         loss_d_real = gan_loss(pred_real, True, self.loss.gan_mode)
         loss_d = 0.5 * (loss_d_fake + loss_d_real)
-        values = _check(step, {"loss_D": loss_d, "loss_D_real": loss_d_real, "loss_D_fake": loss_d_fake})
+        values = _check(step, {"loss_D": loss_d, "loss_D_real": loss_d_real, "loss_D_fake": loss_d_fake}, self.any_rank)
         self._backward(loss_d, self.opt_d)
         return values
 
@@ -108,7 +116,7 @@ class Pix2PixStep:
         if w.gan > 0:
             _set_requires_grad(self.D, False)
             with autocast(self.device, self.dtype):
-                pred = self.D(torch.cat([source, self._to_image(fake)], 1))
+                pred = self.D_plain(torch.cat([source, self._to_image(fake)], 1))
             terms["loss_G_GAN"] = gan_loss(pred, True, w.gan_mode)
         if w.l1 > 0:
             terms["loss_G_L1"] = weighted_l1(self._to_image(fake), target * 2 - 1 if w.logits else target, weight)
@@ -118,7 +126,7 @@ class Pix2PixStep:
             terms["loss_G_BCE"] = F.binary_cross_entropy_with_logits(fake.float(), target.float())
         scale = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_Dice": w.dice, "loss_G_BCE": w.bce}
         loss_g = sum(scale[k] * v for k, v in terms.items())
-        values = _check(step, {"loss_G": loss_g, **terms})
+        values = _check(step, {"loss_G": loss_g, **terms}, self.any_rank)
         self._backward(loss_g, self.opt_g)
         return values
 
