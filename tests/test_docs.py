@@ -50,14 +50,15 @@ def test_every_option_is_documented_and_every_documented_option_exists(command: 
 def _commands_in(path: Path) -> list[tuple[int, list[str]]]:
     found = []
     in_code = False
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    text = re.sub(r"\\\n\s*", " ", path.read_text())  # shell line continuations
+    for n, line in enumerate(text.splitlines(), 1):
         if line.startswith("```"):
             in_code = not in_code
             continue
         candidates = [line] if in_code else re.findall(r"`((?:\.venv/bin/)?medp2p [^`]+)`", line)
         for text in candidates:
             text = text.strip()
-            m = re.search(r"(?:^|\s)(?:\.venv/bin/)?medp2p (\w+)(.*)$", text.split("#")[0])
+            m = re.search(r"(?:^|\s)(?:\.venv/bin/)?medp2p(?:\.cli)? (\w+)(.*)$", text.split("#")[0])
             if m:
                 found.append((n, [m.group(1), *shlex.split(m.group(2).replace("\\|", "|"))]))
     return found
