@@ -8,7 +8,6 @@ the validation cases to NIfTI and DICOM -> evaluation -> the same evaluation of 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,10 @@ from medp2p.data import PhantomSpec, find_cases, write_phantom
 from medp2p.eval import IntensityLookup, evaluate
 from medp2p.infer import predict_cases
 from medp2p.io import read_volume, write_nifti
+from medp2p.io.atomic import remove_outputs
 from medp2p.models.precision import resolve_device, resolve_precision
 from medp2p.train import train
-from medp2p.train.run import _loss_spec
+from medp2p.train.run import loss_spec
 from medp2p.train.steps import Pix2PixStep
 
 #: The demo's model and schedule: a 7-level U-Net (128x128 slices), 2.5D, batch 8.
@@ -63,12 +63,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists() and not overwrite:
             raise FileExistsError(f"{out}: holds files that are not a medp2p demo; choose another --out or pass --overwrite")
-        for name in (*SUBFOLDERS, MARKER):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_outputs(out, (*SUBFOLDERS, MARKER))
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -80,7 +75,7 @@ def seconds_per_step(cfg, steps: int = 3) -> float:
     mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     G = build_generator_for(cfg, prep).to(device, memory_format=mf)
     D = build_discriminator_for(cfg, prep).to(device, memory_format=mf)
-    step = Pix2PixStep(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()), _loss_spec(cfg), device, dtype, None, mf)
+    step = Pix2PixStep(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()), loss_spec(cfg), device, dtype, None, mf)
     b, (h, w) = cfg.train.batch_size, cfg.data.image_size
     batch = {"source": torch.rand(b, prep.in_channels, h, w) * 2 - 1, "target": torch.rand(b, 1, h, w) * 2 - 1}
     step(0, batch)

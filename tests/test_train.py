@@ -21,7 +21,7 @@ from medp2p.data.augment import AugmentSpec
 from medp2p.data.prepare import prepare_case
 from medp2p.data.sampling import SliceBatcher
 from medp2p.train import NonFiniteLossError, Pix2PixStep, train
-from medp2p.train.run import _augmented_batch, _loss_spec
+from medp2p.train.run import _augmented_batch, loss_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -82,7 +82,7 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
     batch = _augmented_batch(batcher, no_aug, cfg, prep, gen)
     torch.manual_seed(0)
     G, D = build_generator_for(cfg, prep), build_discriminator_for(cfg, prep)
-    spec = _loss_spec(cfg)
+    spec = loss_spec(cfg)
     step = Pix2PixStep(
         G, D if spec.gan else None, torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999)),
         torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)), spec, torch.device("cpu"), None,

@@ -7,6 +7,6 @@ Example:
 
 from medp2p.eval.baseline import IntensityLookup, mean_hu
 from medp2p.eval.evaluate import DEFINITIONS, EvalReport, evaluate, evaluate_case
-from medp2p.eval.montage import case_montage, save_montage
+from medp2p.eval.montage import case_montage
 
-__all__ = ["DEFINITIONS", "EvalReport", "IntensityLookup", "mean_hu", "case_montage", "evaluate", "evaluate_case", "save_montage"]
+__all__ = ["DEFINITIONS", "EvalReport", "IntensityLookup", "mean_hu", "case_montage", "evaluate", "evaluate_case"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medp2p.io.atomic import atomic_path
+from medp2p.train.logs import save_preview
 
 #: Display windows (fixed, so pictures of different cases compare).
 HU_DISPLAY = (-1000.0, 1500.0)
@@ -17,34 +17,6 @@ def _best_slice(mask: np.ndarray | None, depth: int) -> int:
     if mask is None or not np.any(mask):
         return depth // 2
     return int(np.argmax(np.asarray(mask > 0).sum(axis=(0, 1))))
-
-
-def save_montage(
-    path: Path,
-    panels: list[tuple[str, np.ndarray, tuple[float, float], str]],
-    outline: np.ndarray | None,
-    title: str,
-) -> Path:
-    """Save a row of axial slices ``(label, 2D image, (vmin, vmax), cmap)`` with ``outline`` drawn on each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.7), squeeze=False)
-    for ax, (label, image, (vmin, vmax), cmap) in zip(axes[0], panels):
-        shown = ax.imshow(np.rot90(image), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        if outline is not None and np.any(outline) and not np.all(outline):
-            ax.contour(np.rot90(outline.astype(float)), levels=[0.5], colors="yellow", linewidths=0.8)
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    return path
 
 
 def case_montage(
@@ -84,4 +56,4 @@ def case_montage(
             ("reference", ref, win, "gray"),
             ("inpainted - reference", prediction[:, :, z] - ref, (-0.3 * span, 0.3 * span), "coolwarm"),
         ]
-    return save_montage(path, panels, out_mask, title)
+    return save_preview(path, panels, title, outline=out_mask, colorbars=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +71,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def remove_outputs(folder: str | Path, names: tuple[str, ...]) -> None:
+    """Remove the files and folders called ``names`` in ``folder`` (what a tool wrote there), and nothing else.
+
+    Example:
+        >>> remove_outputs("runs/mri2ct", ("last.pt", "best.pt", "previews"))
+    """
+    for name in names:
+        target = Path(folder) / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()

@@ -6,7 +6,7 @@ Example:
     >>> result = train(load_config("mri2ct", "configs/tiny.yaml"), "phantom/", "runs/tiny")
 """
 
-from medp2p.train.run import RUN_ARTIFACTS, RunExistsError, TrainResult, train
+from medp2p.train.run import RUN_ARTIFACTS, RunExistsError, TrainResult, loss_spec, train
 from medp2p.train.steps import LossSpec, NonFiniteLossError, Pix2PixStep
 
-__all__ = ["LossSpec", "NonFiniteLossError", "Pix2PixStep", "RUN_ARTIFACTS", "RunExistsError", "TrainResult", "train"]
+__all__ = ["LossSpec", "NonFiniteLossError", "Pix2PixStep", "RUN_ARTIFACTS", "RunExistsError", "TrainResult", "loss_spec", "train"]

@@ -66,22 +66,41 @@ def middle_slice(mask: np.ndarray | None, depth_axis: int, depth: int) -> int:
     return int(np.argmax(counts))
 
 
-def save_preview(path: Path, panels: list[tuple[str, np.ndarray, tuple[float, float]]], title: str = "") -> Path:
-    """A row of 2D images (``(label, image, (vmin, vmax))``) saved as a PNG, atomically."""
+def save_preview(
+    path: Path,
+    panels: list[tuple[str, np.ndarray, tuple[float, float]] | tuple[str, np.ndarray, tuple[float, float], str]],
+    title: str = "",
+    outline: np.ndarray | None = None,
+    colorbars: bool = False,
+) -> Path:
+    """A row of 2D images saved as a PNG, atomically.
+
+    Args:
+        path: the PNG to write.
+        panels: ``(label, image, (vmin, vmax))`` or ``(label, image, (vmin, vmax), colormap)``.
+        title: above the row.
+        outline: a 2D mask whose edge is drawn (yellow) on every panel.
+        colorbars: a colour bar beside each panel.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (label, image, (vmin, vmax)) in zip(axes[0], panels):
-        ax.imshow(np.rot90(image), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+    width = 3.3 if colorbars else 3.2
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
+    for ax, (label, image, (vmin, vmax), *cmap) in zip(axes[0], panels):
+        shown = ax.imshow(np.rot90(image), cmap=cmap[0] if cmap else "gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        if outline is not None and np.any(outline) and not np.all(outline):
+            ax.contour(np.rot90(outline.astype(float)), levels=[0.5], colors="yellow", linewidths=0.8)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
+        if colorbars:
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return path

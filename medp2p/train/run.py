@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
-import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -28,12 +27,12 @@ from medp2p.checkpoint import (
     save_checkpoint,
 )
 from medp2p.config import Config, config_from_dict, save_config
-from medp2p.data import find_cases, load_datalist
+from medp2p.data import load_datalist
 from medp2p.data.augment import AugmentSpec, augment
 from medp2p.data.corruption import corruption_regions
-from medp2p.data.prepare import BACKGROUND, PrepareCased, Prep
+from medp2p.data.prepare import BACKGROUND, Prep, PrepareCased
 from medp2p.data.sampling import BODY, SliceBatcher
-from medp2p.io.atomic import atomic_path
+from medp2p.io.atomic import atomic_path, remove_outputs
 from medp2p.models.precision import resolve_device, resolve_precision
 from medp2p.tasks import get_task
 from medp2p.tasks.predict import RunOptions
@@ -89,12 +88,7 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise RunExistsError(f"{out}: already holds files; pass --resume to continue the run or --overwrite to replace it")
-        for name in RUN_ARTIFACTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_outputs(out, RUN_ARTIFACTS)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -130,7 +124,8 @@ def _lr_lambda(total: int, decay_start: float):
     return factor
 
 
-def _loss_spec(cfg: Config) -> LossSpec:
+def loss_spec(cfg: Config) -> LossSpec:
+    """The resolved loss weights and options of ``cfg`` (task defaults filled in)."""
     task = get_task(cfg.task)
     ls = cfg.loss
     return LossSpec(
@@ -259,7 +254,7 @@ def train(
         ids = [torch_device.index] if torch_device.type == "cuda" else None
         G_run = DDP(G_run, device_ids=ids)
         D_run = DDP(D_run, device_ids=ids) if D_run is not None else None
-    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, _loss_spec(cfg), torch_device, dtype, scaler, memory_format, ddp.any)
+    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, loss_spec(cfg), torch_device, dtype, scaler, memory_format, ddp.any)
     batcher = SliceBatcher(cases, t.batch_size, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
     aug = AugmentSpec(**cfg.augment.model_dump())
     val_options = RunOptions(torch_device, dtype, t.val_batch_size, t.channels_last)
