@@ -40,8 +40,6 @@ def _setup_logging() -> None:
 
 def _usage_error(message: str) -> typer.Exit:
     # soft_wrap: a message naming a path must not be broken over lines.
-    from rich.markup import escape
-
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
@@ -79,8 +77,7 @@ def validate(
 ) -> None:
     """Check every case of DATA: decodable files, finite voxels, sane geometry, shared grids, label values.
 
-    Prints one line per problem naming the file. Exit 0 when clean, 1 when problems were found,
-    2 on usage errors.
+    Prints one line per problem naming the file. Exit 0 when clean, 1 when problems were found, 2 on usage errors.
     """
     from medp2p.data import DataLayoutError, GridTolerance, validate_data
 
@@ -153,8 +150,7 @@ def train(
 ) -> None:
     """Train pix2pix for a task: slices from volumes, validation on held-out cases, exact resume.
 
-    Exit 0 when the run finished, 1 when it failed (bad input file, non-finite loss), 2 on usage
-    errors (unknown config key, existing run without --resume/--overwrite).
+    Exit 0 when the run finished, 1 when it failed (bad input file, non-finite loss), 2 on usage errors (unknown config key, existing run without --resume/--overwrite).
     """
     from medp2p.config import ConfigError, load_config
     from medp2p.data import DataLayoutError

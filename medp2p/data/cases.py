@@ -222,7 +222,7 @@ def _read_nnunet(folder: Path) -> dict[str, Any]:
 # --- per-case folders (SynthRAD, BraTS) ----------------------------------------------------------
 
 
-def _is_dicom_folder(folder: Path) -> bool:
+def is_dicom_folder(folder: Path) -> bool:
     """True when one of the first few files in ``folder`` is a DICOM image slice."""
     files = sorted(f for f in folder.iterdir() if f.is_file())
     files.sort(key=lambda f: f.suffix.lower() != ".dcm")
@@ -233,7 +233,7 @@ def _is_case_folder(folder: Path) -> bool:
     entries = list(folder.iterdir())
     if any(f.is_file() and is_volume_file(f) for f in entries):
         return True
-    return any(d.is_dir() and _is_dicom_folder(d) for d in entries)
+    return any(d.is_dir() and is_dicom_folder(d) for d in entries)
 
 
 def _case_from_folder(folder: Path) -> Case | None:
@@ -252,7 +252,7 @@ def _case_from_folder(folder: Path) -> Case | None:
             raise DataLayoutError(f"{f}: key '{key}' appears twice in {folder} (e.g. ct.nii.gz and ct.mha); keep one")
         case[key] = str(f.resolve())
     for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
-        if sub.name.lower() not in case and _is_dicom_folder(sub):
+        if sub.name.lower() not in case and is_dicom_folder(sub):
             case[sub.name.lower()] = str(sub.resolve())
     return case if len(case) > 1 else None
 

@@ -22,7 +22,7 @@ from medp2p import __version__
 from medp2p.checkpoint import generator_from_checkpoint, load_checkpoint
 from medp2p.config import Config
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
-from medp2p.data.cases import _is_dicom_folder
+from medp2p.data.cases import is_dicom_folder
 from medp2p.data.corruption import seeded_corruption
 from medp2p.data.prepare import Prep
 from medp2p.io import is_volume_file, read_volume, write_nifti
@@ -94,7 +94,7 @@ def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep) -> list
         path = Path(raw).expanduser()
         if not path.exists():
             raise DataLayoutError(f"{path}: no such file or folder")
-        single = (path.is_file() and (is_volume_file(path) or path.suffix.lower() in (".dcm", ".ima"))) or (path.is_dir() and _is_dicom_folder(path))
+        single = (path.is_file() and (is_volume_file(path) or path.suffix.lower() in (".dcm", ".ima"))) or (path.is_dir() and is_dicom_folder(path))
         if single:
             if len(prep.source_keys) > 1:
                 raise DataLayoutError(

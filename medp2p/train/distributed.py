@@ -70,9 +70,13 @@ def init_distributed(device_name: str) -> Dist:
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers, to compare replicas across ranks."""
+    """SHA-256 of a module's parameters, to compare replicas across ranks.
+
+    Buffers are left out: BatchNorm running statistics are updated locally after DDP broadcasts
+    them, so they legitimately differ between ranks at the end of a step.
+    """
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
+    for name, t in sorted(module.named_parameters()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
