@@ -91,8 +91,15 @@ def _check_grid(ref: Volume, other: Volume, key: str, ref_key: str) -> None:
         )
 
 
-def prepare_source(volumes: list[Volume], prep: Prep, grid: GridMap | None = None) -> tuple[torch.Tensor, GridMap, list[IntensityWindow]]:
+def prepare_source(
+    volumes: list[Volume], prep: Prep, bodies: list[np.ndarray] | None = None
+) -> tuple[torch.Tensor, GridMap, list[IntensityWindow]]:
     """Normalise source images (MR percentiles inside the body) and stack them in model space ``(S, D, H, W)``.
+
+    Args:
+        volumes: one image per ``prep.source_keys``, on one grid.
+        prep: the preparation.
+        bodies: each image's :func:`body_mask`, when the caller has them already.
 
     Example:
         >>> stack, grid, windows = prepare_source([read_volume("case/mr.nii.gz")], prep)
@@ -100,9 +107,10 @@ def prepare_source(volumes: list[Volume], prep: Prep, grid: GridMap | None = Non
     ref = volumes[0]
     for key, vol in zip(prep.source_keys[1:], volumes[1:]):
         _check_grid(ref, vol, key, prep.source_keys[0])
-    if grid is None:
-        grid = plan_grid(ref.affine, ref.shape, prep.axis, prep.spacing_mm, prep.size_multiple, prep.min_size)
-    windows = [mr_window(v.array, percentiles=prep.mr_percentiles) for v in volumes]
+    grid = plan_grid(ref.affine, ref.shape, prep.axis, prep.spacing_mm, prep.size_multiple, prep.min_size)
+    if bodies is None:
+        bodies = [body_mask(v.array) for v in volumes]
+    windows = [mr_window(v.array, body, prep.mr_percentiles) for v, body in zip(volumes, bodies)]
     stack = torch.stack([to_model_space(w.forward(v.array), grid, "linear", BACKGROUND) for w, v in zip(windows, volumes)])
     return stack, grid, windows
 
@@ -129,7 +137,8 @@ def prepare_case(case: dict[str, Any], prep: Prep) -> PreparedCase:
     if missing:
         raise KeyError(f"case {cid!r} has no {missing} (it has {sorted(k for k in case if k != 'id')})")
     sources = [read_volume(case[k]) for k in prep.source_keys]
-    stack, grid, windows = prepare_source(sources, prep)
+    bodies = [body_mask(v.array) for v in sources]  # for the MR windows, and for sampling when there is no mask
+    stack, grid, windows = prepare_source(sources, prep, bodies)
     target = read_volume(case[prep.target_key])
     _check_grid(sources[0], target, prep.target_key, prep.source_keys[0])
     target_kind_mode = "nearest" if prep.target_kind == "mask" else "linear"
@@ -143,7 +152,7 @@ def prepare_case(case: dict[str, Any], prep: Prep) -> PreparedCase:
         mask_t = to_model_space(body_arr, grid, "nearest", 0.0)[None]
         body_t = mask_t
     else:
-        body_t = to_model_space(body_mask(sources[0].array).astype(np.float32), grid, "nearest", 0.0)[None]
+        body_t = to_model_space(bodies[0].astype(np.float32), grid, "nearest", 0.0)[None]
     has_body = body_t[0].flatten(1).amax(1) > 0
     weights = torch.where(has_body, 1.0, float(prep.empty_slice_weight))
     if prep.slice_range is not None:

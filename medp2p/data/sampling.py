@@ -39,7 +39,6 @@ class SliceBatcher:
         self.cases = list(cases)
         self.batch_size = batch_size
         self.crop = crop
-        self.k = context_slices
         self.gen = gen
         self.owner = torch.cat([torch.full((c.weights.shape[0],), i) for i, c in enumerate(self.cases)])
         self.slice_of = torch.cat([torch.arange(c.weights.shape[0]) for c in self.cases])

@@ -200,7 +200,8 @@ def train(
     if not train_cases:
         raise ValueError(f"{data}: no training cases")
     cases = _load_training_cases(train_cases, prep, cfg.data.num_workers)
-    val_cases: list[ValCase] = load_val_cases(val_cases_raw, prep_from_config(cfg, for_training=False), task, cfg.inpaint.eval_seed)
+    val_prep = prep_from_config(cfg, for_training=False)
+    val_cases: list[ValCase] = load_val_cases(val_cases_raw, val_prep, task, cfg.inpaint.eval_seed)
 
     # --- networks and optimisers ----------------------------------------------------------------
     torch_device = resolve_device(t.device)
@@ -289,8 +290,7 @@ def train(
         nonlocal best
         if not val_cases or not ddp.main:
             return {}
-        metrics = validate(G, val_cases, prep_from_config(cfg, for_training=False), task, val_options,
-                           out / "previews", t.preview_count, step)
+        metrics = validate(G, val_cases, val_prep, task, val_options, out / "previews", t.preview_count, step)
         G.train()
         log.log(step, "val", metrics)
         value = metrics.get(task.best_metric, float("nan"))
