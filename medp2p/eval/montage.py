@@ -6,17 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medp2p.train.logs import save_preview
+from medp2p.train.logs import HU_DISPLAY, display_window, middle_slice, save_preview
 
-#: Display windows (fixed, so pictures of different cases compare).
-HU_DISPLAY = (-1000.0, 1500.0)
+#: Difference window (fixed, so pictures of different cases compare).
 HU_DIFF_DISPLAY = (-500.0, 500.0)
-
-
-def _best_slice(mask: np.ndarray | None, depth: int) -> int:
-    if mask is None or not np.any(mask):
-        return depth // 2
-    return int(np.argmax(np.asarray(mask > 0).sum(axis=(0, 1))))
 
 
 def case_montage(
@@ -24,10 +17,9 @@ def case_montage(
     mask: np.ndarray | None, metrics: dict[str, float],
 ) -> Path:
     """The montage of one evaluated case at the slice with the most mask (or the middle slice)."""
-    z = _best_slice(mask, prediction.shape[2])
+    z = middle_slice(mask, 2, prediction.shape[2])
     src = source[:, :, z]
-    lo, hi = (np.percentile(src, [1, 99]) if src.size else (0.0, 1.0))
-    src_win = (float(lo), float(hi) if hi > lo else float(lo) + 1)
+    src_win = display_window(src)
     out_mask = None if mask is None else mask[:, :, z]
     summary = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k in ("mae", "psnr", "ssim", "dice", "hd95", "mse"))
     title = f"{case_id} (slice {z}): {summary}"
@@ -47,8 +39,7 @@ def case_montage(
         ]
     else:
         ref = reference[:, :, z]
-        rlo, rhi = np.percentile(reference, [0.5, 99.5])
-        win = (float(rlo), float(rhi) if rhi > rlo else float(rlo) + 1)
+        win = display_window(reference, (0.5, 99.5))
         span = win[1] - win[0]
         panels = [
             ("voided input", src, win, "gray"),

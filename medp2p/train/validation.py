@@ -15,7 +15,7 @@ from medp2p.io import read_volume
 from medp2p.metrics import inpainting_metrics, segmentation_metrics, synthrad_metrics
 from medp2p.tasks import Task
 from medp2p.tasks.predict import RunOptions, predict_volume
-from medp2p.train.logs import middle_slice, save_preview
+from medp2p.train.logs import HU_DISPLAY, display_window, middle_slice, save_preview
 from medp2p.types import Volume
 
 
@@ -79,15 +79,15 @@ def _preview(path: Path, task: Task, case: ValCase, pred: Volume, step: int) -> 
     focus = case.region if case.region is not None else (case.mask if case.mask is not None else case.target)
     z = middle_slice(focus.array, 2, pred.shape[2])
     src = case.sources[0].array[:, :, z]
-    lo, hi = np.percentile(src, [1, 99]) if src.size else (0, 1)
+    src_window = display_window(src)
     if task.target_kind == "hu":
-        window = (-1000.0, 1500.0)
+        window = HU_DISPLAY
     elif task.target_kind == "mask":
         window = (0.0, 1.0)
     else:
-        window = (float(lo), float(hi))
+        window = src_window
     panels = [
-        ("source", src, (float(lo), float(hi) if hi > lo else float(lo) + 1)),
+        ("source", src, src_window),
         ("prediction", pred.array[:, :, z], window),
         ("target", case.target.array[:, :, z] if task.target_kind != "mask" else (case.target.array[:, :, z] > 0), window),
     ]
