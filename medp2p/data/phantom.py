@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from medp2p.io import write_nifti
-from medp2p.io.atomic import default_mode
+from medp2p.io.atomic import default_mode, replace_folder
 from medp2p.types import HU_AIR, Volume
 
 #: Phantom generator version, written beside the cases so results can be traced to it.
@@ -217,13 +217,7 @@ def write_phantom(
             names.append(name)
         info = {"generator": "medp2p.data.phantom", "version": PHANTOM_VERSION, "seed": seed, "cases": cases, **asdict(spec)}
         (staging / "phantom_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(trash / out.name)
-            staging.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

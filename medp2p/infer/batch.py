@@ -26,7 +26,7 @@ from medp2p.data.cases import is_dicom_folder
 from medp2p.data.corruption import seeded_corruption
 from medp2p.data.prepare import Prep
 from medp2p.io import is_volume_file, read_volume, write_nifti
-from medp2p.io.atomic import atomic_path, full_suffix
+from medp2p.io.atomic import atomic_path, full_suffix, replace_folder
 from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
 from medp2p.models.precision import resolve_device, resolve_precision
 from medp2p.tasks import Task, get_task
@@ -140,17 +140,6 @@ def _inside(root: Path, path: Path) -> Path:
     return path
 
 
-def _replace_tree(staged: Path, dest: Path) -> None:
-    """Move the folder ``staged`` onto ``dest``, replacing it; the old one goes only after the new one is in place."""
-    trash = None
-    if dest.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-        dest.rename(trash / dest.name)
-    staged.rename(dest)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
 def predict_case(model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "nifti", overwrite: bool = False) -> list[Path]:
     """Predict one case and write its outputs under ``out_dir/<case>/``; returns the written paths."""
     task, prep = model.task, model.prep
@@ -192,7 +181,7 @@ def predict_case(model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "
                 staging = Path(tempfile.mkdtemp(prefix=".sct_dicom.", dir=case_dir))
                 staging.rmdir()
                 write_ct_series(prediction, staging, source=sources[0], software_version=f"medp2p {__version__}")
-                _replace_tree(staging, dicom_path)
+                replace_folder(staging, dicom_path)
             else:
                 write_dicom_seg(prediction, dicom_path, sources[0], software_version=f"medp2p {__version__}")
             written.append(dicom_path)

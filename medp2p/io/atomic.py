@@ -85,3 +85,23 @@ def remove_outputs(folder: str | Path, names: tuple[str, ...]) -> None:
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
+
+
+def replace_folder(staged: str | Path, dest: str | Path) -> Path:
+    """Move the finished folder ``staged`` onto ``dest`` (same parent), replacing what is there.
+
+    The old ``dest`` is moved aside first and deleted only once the new one is in place, so
+    ``dest`` is never half old, half new.
+
+    Example:
+        >>> replace_folder("out/.sct_dicom.tmp", "out/sct_dicom")
+    """
+    staged, dest = Path(staged), Path(dest)
+    trash = None
+    if dest.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        dest.rename(trash / dest.name)
+    staged.rename(dest)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    return dest

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from medp2p.io.atomic import default_mode
+from medp2p.io.atomic import atomic_path, default_mode
 from medp2p.io.geometry import itk_from_affine, shear
 from medp2p.types import Volume
 
@@ -240,8 +240,6 @@ def write_dicom_seg(
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    from medp2p.io.atomic import atomic_path
 
     src_ds = source.meta.get("dicom_datasets")
     if not src_ds:
