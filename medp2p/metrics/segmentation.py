@@ -18,6 +18,13 @@ def _as_batch(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0))[None, None]
 
 
+def _binary_pair(reference: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks as booleans (values > 0), after checking they share a shape."""
+    if reference.shape != prediction.shape:
+        raise ValueError(f"prediction shape {prediction.shape} != reference shape {reference.shape}")
+    return np.asarray(reference) > 0, np.asarray(prediction) > 0
+
+
 def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
     """Dice of two binary masks (values > 0 are foreground); 1.0 when both are empty.
 
@@ -25,9 +32,7 @@ def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
         >>> dice(tumor_ref, tumor_pred)
         0.87
     """
-    if reference.shape != prediction.shape:
-        raise ValueError(f"prediction shape {prediction.shape} != reference shape {reference.shape}")
-    ref, pred = np.asarray(reference) > 0, np.asarray(prediction) > 0
+    ref, pred = _binary_pair(reference, prediction)
     if not ref.any() and not pred.any():
         return 1.0
     if not ref.any() or not pred.any():
@@ -37,9 +42,7 @@ def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
 
 def hd95_mm(reference: np.ndarray, prediction: np.ndarray, spacing_mm: tuple[float, ...] = (1.0, 1.0, 1.0)) -> float:
     """95th-percentile symmetric Hausdorff distance between mask surfaces, in mm (see the empty-mask policy)."""
-    if reference.shape != prediction.shape:
-        raise ValueError(f"prediction shape {prediction.shape} != reference shape {reference.shape}")
-    ref, pred = np.asarray(reference) > 0, np.asarray(prediction) > 0
+    ref, pred = _binary_pair(reference, prediction)
     if not ref.any() and not pred.any():
         return 0.0
     if not ref.any() or not pred.any():
