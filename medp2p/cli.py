@@ -239,20 +239,33 @@ def evaluate(
     target_key: Annotated[Optional[str], typer.Option(help="Reference image key (default the task's: ct, tumor, mr).")] = None,
     seed: Annotated[int, typer.Option(help="inpaint: seed of the generated regions (inpaint.eval_seed).")] = 1234,
     montages: Annotated[bool, typer.Option(help="Write one montage PNG per case.")] = True,
+    slice_range: Annotated[
+        Optional[tuple[float, float]],
+        typer.Option(help="Score only this fraction [START, END) of the slices along --axis, as data.slice_range trains on them (slab splits)."),
+    ] = None,
+    axis: Annotated[str, typer.Option(help="Slicing axis of --slice-range: axial, coronal, sagittal.")] = "axial",
 ) -> None:
     """Score predictions against references with the challenges' metric definitions.
 
     Exit 0 when every reference case was scored, 1 when a case was missing or failed, 2 on usage errors.
     """
     from medp2p.data import DataLayoutError
+    from medp2p.data.geometry import SLICE_AXES
     from medp2p.eval import evaluate as run_evaluation
     from medp2p.tasks import TASKS
 
     if task not in TASKS:
         raise _usage_error(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+    if axis not in SLICE_AXES:
+        raise _usage_error(f"unknown --axis {axis!r}; choose from {sorted(SLICE_AXES)}")
+    if slice_range is not None and not 0 <= slice_range[0] < slice_range[1] <= 1:
+        raise _usage_error(f"--slice-range is a fraction START END with 0 <= START < END <= 1, got {slice_range[0]} {slice_range[1]}")
+    slab = None if slice_range is None else (axis, (float(slice_range[0]), float(slice_range[1])))
     try:
         with err.status("evaluating...") as status:
-            report = run_evaluation(task, pred, ref, out, target_key, seed, montages, on_case=lambda c: status.update(f"evaluating {escape(c)}"))
+            report = run_evaluation(
+                task, pred, ref, out, target_key, seed, montages, on_case=lambda c: status.update(f"evaluating {escape(c)}"), slab=slab
+            )
     except DataLayoutError as exc:
         raise _usage_error(str(exc)) from None
     from rich.table import Table

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medp2p.cli import app
+from medp2p.data.geometry import slab_mask
 from medp2p.io import read_volume
 from medp2p.metrics import synthrad_metrics
 
@@ -78,3 +79,31 @@ def test_missing_prediction_is_reported(predictions: dict, tiny_phantom: Path, t
 def test_inpaint_regions_must_match_the_seed(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", "--task", "inpaint", "--pred", str(predictions["inpaint"]), "--ref", str(tiny_phantom), "-o", str(tmp_path), "--seed", "99"])
     assert result.exit_code == 1 and "another region" in result.output
+
+
+def test_slice_range_scores_only_that_slab(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    args = ["evaluate", "--task", "mri2ct", "--pred", str(predictions["mri2ct"]), "--ref", str(tiny_phantom), "--no-montages"]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "upper"), "--slice-range", "0.5", "1.0"])
+    assert result.exit_code == 0, result.output
+    row = next(csv.DictReader((tmp_path / "upper" / "metrics.csv").open()))
+    ct_vol = read_volume(tiny_phantom / "case_000/ct.nii.gz")
+    sct = read_volume(predictions["mri2ct"] / "case_000/sct.nii.gz").array
+    body = read_volume(tiny_phantom / "case_000/mask.nii.gz").array > 0
+    upper = slab_mask(ct_vol.shape, ct_vol.affine, "axial", (0.5, 1.0))
+    assert upper.any() and not upper.all()
+    expected = synthrad_metrics(ct_vol.array, sct, body & upper)
+    assert float(row["mae"]) == pytest.approx(expected["mae"], rel=1e-5)
+    assert json.loads((tmp_path / "upper" / "summary.json").read_text())["slab"] == {"axis": "axial", "slice_range": [0.5, 1.0]}
+    bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--slice-range", "0.6", "0.2"])
+    assert bad.exit_code == 2 and "--slice-range" in bad.output
+
+
+def test_mri2ct_case_without_a_body_mask_uses_ct_above_minus_500(tiny_phantom: Path, tmp_path: Path) -> None:
+    from medp2p.checkpoint import prep_from_config
+    from medp2p.config import load_config
+    from medp2p.data.prepare import prepare_case
+
+    case = {"id": "c", "mr": str(tiny_phantom / "case_000/mr.nii.gz"), "ct": str(tiny_phantom / "case_000/ct.nii.gz")}
+    prepared = prepare_case(case, prep_from_config(load_config("mri2ct", None, ["data.image_size=[32, 32]"])))
+    ct = read_volume(case["ct"]).array
+    assert prepared.mask is not None and int(prepared.mask.sum()) == int((ct > -500).sum())

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medp2p.data.geometry import SLICE_AXES, canonical_orientation, context_indices, from_model_space, gather_slices, plan_grid, to_model_space
+from medp2p.data.geometry import (
+    SLICE_AXES, canonical_orientation, context_indices, from_model_space, gather_slices, plan_grid, slab_bounds, slab_mask, to_model_space,
+)
 from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, mr_window
 from tests.test_io_volumes import AFFINES
 
@@ -90,3 +92,19 @@ def test_body_mask_of_the_phantom(tiny_phantom) -> None:
     est = body_mask(mr)
     dice = 2 * (est & truth).sum() / (est.sum() + truth.sum())
     assert dice > 0.9
+
+
+@pytest.mark.parametrize("name", list(AFFINES))
+@pytest.mark.parametrize("axis", list(SLICE_AXES))
+def test_slab_mask_selects_the_slices_slice_range_trains_on(name: str, axis: str) -> None:
+    shape = (7, 6, 5)
+    grid = plan_grid(AFFINES[name], shape, axis)
+    model = to_model_space(np.zeros(shape, np.float32), grid)
+    depth = model.shape[0]
+    # each voxel labelled with the model-space slice it lands on
+    marker = from_model_space(torch.arange(depth, dtype=torch.float32)[:, None, None].expand_as(model), grid, "nearest")
+    for fraction in [(0.0, 0.5), (0.5, 1.0), (0.2, 0.6)]:
+        lo, hi = slab_bounds(depth, fraction)
+        assert np.array_equal(slab_mask(shape, AFFINES[name], axis, fraction), (marker >= lo) & (marker < hi))
+    lower, upper = slab_mask(shape, AFFINES[name], axis, (0.0, 0.5)), slab_mask(shape, AFFINES[name], axis, (0.5, 1.0))
+    assert not (lower & upper).any() and (lower | upper).all()

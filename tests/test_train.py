@@ -234,3 +234,32 @@ def test_torchrun_two_processes_keep_identical_weights_and_resume(tiny_phantom: 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
     assert json.loads((out / "ddp.json").read_text())["in_sync"] is True
+
+
+def test_a_case_missing_an_image_is_named_not_hidden_behind_monai(tiny_phantom: Path, tmp_path: Path) -> None:
+    import json
+
+    case = {"id": "lonely", "mr": str(tiny_phantom / "case_000/mr.nii.gz")}
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"training": [case]}))
+    result = _cli("--task", "seg", "--data", str(datalist), "--out", str(tmp_path / "run"), "--config", TINY, "--steps", "1")
+    assert result.exit_code == 1
+    assert "lonely" in result.output and "tumor" in result.output and "applying transform" not in result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_small_crops_are_centred_on_the_body() -> None:
+    from medp2p.data.prepare import PreparedCase
+
+    d, h, w = 6, 64, 64
+    body = torch.zeros(1, d, h, w)
+    body[:, :, 50:60, 2:12] = 1  # a small body in a corner
+    body[:, 0] = 0  # one slice without body
+    case = PreparedCase("c", torch.randn(1, d, h, w), torch.randn(1, d, h, w), None, body, torch.ones(d), None, None)
+    batcher = SliceBatcher([case], 64, (16, 16), 0, torch.Generator().manual_seed(0))
+    batch = batcher.next()
+    assert batch["source"].shape == (64, 1, 16, 16)
+    has_body = batch["body"].flatten(1).amax(1) > 0
+    # every crop of a slice with body shows body (only slice 0 has none)
+    picks = torch.multinomial(torch.ones(d, dtype=torch.double), 64, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert has_body[picks > 0].all() and not has_body[picks == 0].any()

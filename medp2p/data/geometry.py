@@ -234,3 +234,37 @@ def gather_slices(stack: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     s, _, h, w = stack.shape
     picked = stack[:, indices]  # (S, B, 2k+1, H, W)
     return picked.permute(1, 0, 2, 3, 4).reshape(indices.shape[0], s * indices.shape[1], h, w)
+
+
+def slab_bounds(depth: int, fraction: tuple[float, float]) -> tuple[int, int]:
+    """Slice indices ``[lo, hi)`` of the fraction ``[start, end)`` of an axis with ``depth`` slices.
+
+    Example:
+        >>> slab_bounds(94, (0.0, 0.5)), slab_bounds(94, (0.5, 1.0))
+        ((0, 47), (47, 94))
+    """
+    return int(round(fraction[0] * depth)), int(round(fraction[1] * depth))
+
+
+def slab_mask(shape: tuple[int, ...], affine: np.ndarray, axis: str, fraction: tuple[float, float]) -> np.ndarray:
+    """Boolean mask, on a volume's own voxel grid, of the slab ``data.slice_range`` trains on.
+
+    The fraction runs along the canonical (RAS+) slicing axis, as in model space (axial:
+    inferior -> superior), whatever the file's orientation; training (``data.slice_range``) and
+    evaluation (``medp2p evaluate --slice-range``) select the same slices through this rule.
+
+    Example:
+        >>> slab_mask((2, 2, 4), np.diag([-1.0, -1.0, -1.0, 1.0]), "axial", (0.0, 0.5))[0, 0].tolist()
+        [False, False, True, True]
+    """
+    perm, flips = canonical_orientation(affine)
+    world = SLICE_AXES[axis]
+    array_axis, depth = perm[world], shape[perm[world]]
+    lo, hi = slab_bounds(depth, fraction)
+    keep = np.zeros(depth, bool)
+    keep[lo:hi] = True
+    if flips[world]:
+        keep = keep[::-1]
+    view = [1] * len(shape)
+    view[array_axis] = depth
+    return np.broadcast_to(keep.reshape(view), tuple(shape)).copy()

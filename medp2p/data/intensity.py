@@ -54,6 +54,18 @@ class IntensityWindow:
 #: CT: [-1024, 3000] HU <-> [-1, 1].
 HU_WINDOW = IntensityWindow(HU_MIN, HU_MAX, clip=(-1.0, 1.0))
 
+#: Body threshold of a CT without a body mask (SynthRAD-style): reference HU above it is body.
+CT_BODY_HU = -500.0
+
+
+def ct_body(ct: np.ndarray) -> np.ndarray:
+    """The body of a CT that comes without a mask: voxels above :data:`CT_BODY_HU`.
+
+    Training losses, validation and ``medp2p evaluate`` all use this one rule for mri2ct cases
+    that have no ``mask`` image.
+    """
+    return np.asarray(ct) > CT_BODY_HU
+
 
 def body_mask(image: np.ndarray) -> np.ndarray:
     """Foreground (head/body) of an MR or CT volume: Otsu threshold, closed, holes filled, largest component.

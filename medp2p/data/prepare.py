@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from medp2p.data.geometry import GridMap, plan_grid, to_model_space
-from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, mr_window
+from medp2p.data.geometry import GridMap, plan_grid, slab_bounds, to_model_space
+from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, ct_body, mr_window
 from medp2p.data.validate import compare_grids
 from medp2p.io import read_volume
 from medp2p.types import Volume
@@ -132,7 +132,9 @@ def prepare_case(case: dict[str, Any], prep: Prep) -> PreparedCase:
         ValueError: an image is not on the first source's grid (names both files).
     """
     cid = str(case.get("id"))
-    needed = [*prep.source_keys, prep.target_key] + ([prep.mask_key] if prep.mask_key else [])
+    # a CT target without a body mask gets the body evaluation uses (reference HU > -500)
+    mask_optional = prep.target_kind == "hu"
+    needed = [*prep.source_keys, prep.target_key] + ([prep.mask_key] if prep.mask_key and not mask_optional else [])
     missing = [k for k in needed if k not in case]
     if missing:
         raise KeyError(f"case {cid!r} has no {missing} (it has {sorted(k for k in case if k != 'id')})")
@@ -145,10 +147,13 @@ def prepare_case(case: dict[str, Any], prep: Prep) -> PreparedCase:
     target_pad = 0.0 if prep.target_kind == "mask" else BACKGROUND
     target_t = to_model_space(normalise_target(target, prep, windows), grid, target_kind_mode, target_pad)[None]
     mask_t = None
-    if prep.mask_key:
-        mask_vol = read_volume(case[prep.mask_key])
-        _check_grid(sources[0], mask_vol, prep.mask_key, prep.source_keys[0])
-        body_arr = (mask_vol.array > 0).astype(np.float32)
+    if prep.mask_key and (prep.mask_key in case or mask_optional):
+        if prep.mask_key in case:
+            mask_vol = read_volume(case[prep.mask_key])
+            _check_grid(sources[0], mask_vol, prep.mask_key, prep.source_keys[0])
+            body_arr = (mask_vol.array > 0).astype(np.float32)
+        else:
+            body_arr = ct_body(target.array).astype(np.float32)
         mask_t = to_model_space(body_arr, grid, "nearest", 0.0)[None]
         body_t = mask_t
     else:
@@ -157,7 +162,7 @@ def prepare_case(case: dict[str, Any], prep: Prep) -> PreparedCase:
     weights = torch.where(has_body, 1.0, float(prep.empty_slice_weight))
     if prep.slice_range is not None:
         depth = weights.shape[0]
-        lo, hi = int(round(prep.slice_range[0] * depth)), int(round(prep.slice_range[1] * depth))
+        lo, hi = slab_bounds(depth, prep.slice_range)
         keep = torch.zeros(depth, dtype=torch.bool)
         keep[lo:hi] = True
         weights = torch.where(keep, weights, 0.0)

@@ -23,14 +23,14 @@ import numpy as np
 
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
 from medp2p.data.corruption import seeded_corruption
+from medp2p.data.geometry import slab_mask
+from medp2p.data.intensity import ct_body
 from medp2p.eval.montage import case_montage
 from medp2p.io import read_volume
 from medp2p.io.atomic import atomic_path
 from medp2p.metrics import inpainting_metrics, segmentation_metrics, synthrad_metrics
 from medp2p.tasks import get_task
 
-#: Body threshold used when a mri2ct reference case has no body mask.
-BODY_HU = -500.0
 DEFINITIONS = {
     "mri2ct": "SynthRAD2023: MAE in HU over body-mask voxels (no clipping); PSNR with both volumes clipped to "
               "[-1024, 3000] HU, data range 4024, over mask voxels; SSIM (scikit-image, 7-voxel window) of the "
@@ -69,21 +69,32 @@ def _summary(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[s
     return out
 
 
-def evaluate_case(task_name: str, case: dict[str, Any], pred_dir: Path, target_key: str, seed: int) -> tuple[dict[str, float], tuple]:
-    """Metrics of one case, and what its montage shows ``(source, prediction, reference, mask)``."""
+#: ``(axis, (start, end))``: a fraction of the slices along a canonical axis (``data.slice_range``).
+Slab = tuple[str, tuple[float, float]]
+
+
+def evaluate_case(
+    task_name: str, case: dict[str, Any], pred_dir: Path, target_key: str, seed: int, slab: Slab | None = None
+) -> tuple[dict[str, float], tuple]:
+    """Metrics of one case, and what its montage shows ``(source, prediction, reference, mask)``.
+
+    ``slab`` ``(axis, (start, end))`` restricts scoring to those slices (see :func:`slab_mask`).
+    """
     task = get_task(task_name)
     pred = read_volume(pred_dir / task.output_name)
     reference = read_volume(case[target_key])
     if pred.shape != reference.shape or not np.allclose(pred.affine, reference.affine, atol=1e-3):
         raise ValueError(f"{pred.path}: prediction grid {pred.shape} does not match reference {reference.path} {reference.shape}")
+    keep = np.ones(reference.shape, bool) if slab is None else slab_mask(reference.shape, reference.affine, *slab)
     source_key = task.source_keys[0]
     source = read_volume(case[source_key]).array if source_key in case else reference.array
     if task_name == "mri2ct":
-        mask = read_volume(case[task.mask_key]).array > 0 if task.mask_key in case else reference.array > BODY_HU
+        mask = read_volume(case[task.mask_key]).array > 0 if task.mask_key in case else ct_body(reference.array)
+        mask &= keep
         return synthrad_metrics(reference.array, pred.array, mask), (source, pred.array, reference.array, mask)
     if task_name == "seg":
-        ref = reference.array > 0
-        return segmentation_metrics(ref, pred.array > 0, reference.spacing_mm), (source, pred.array, reference.array, ref)
+        ref, predicted = (reference.array > 0) & keep, (pred.array > 0) & keep
+        return segmentation_metrics(ref, predicted, reference.spacing_mm), (source, pred.array, reference.array, ref)
     region_key = "region_healthy" if "region_healthy" in case else "region"
     if region_key in case and "voided" in case:
         region, voided = read_volume(case[region_key]).array, read_volume(case["voided"]).array
@@ -93,7 +104,8 @@ def evaluate_case(task_name: str, case: dict[str, Any], pred_dir: Path, target_k
         used = pred_dir / "region.nii.gz"
         if used.exists() and not np.array_equal(read_volume(used).array > 0, region > 0):
             raise ValueError(f"{used}: the prediction was made with another region than seed {seed} gives; pass the seed it used (--seed)")
-    return inpainting_metrics(reference.array, pred.array, voided, region), (voided, pred.array, reference.array, region > 0)
+    region = (region > 0) & keep
+    return inpainting_metrics(reference.array, pred.array, voided, region), (voided, pred.array, reference.array, region)
 
 
 def evaluate(
@@ -105,6 +117,7 @@ def evaluate(
     seed: int = 1234,
     montages: bool = True,
     on_case: Callable[[str], None] | None = None,
+    slab: Slab | None = None,
 ) -> EvalReport:
     """Score every reference case that has a prediction; write ``metrics.csv``, ``summary.json`` and montages.
 
@@ -117,6 +130,8 @@ def evaluate(
         seed: inpainting: the seed of generated regions (``inpaint.eval_seed``).
         montages: write one PNG per case.
         on_case: called with each case id (progress display).
+        slab: ``(axis, (start, end))``: score only that fraction of the slices, as
+            ``data.slice_range`` selects them for training (slab splits of one volume).
 
     Example:
         >>> report = evaluate("mri2ct", "out/", "data/test/", "report/")
@@ -144,7 +159,7 @@ def evaluate(
         try:
             if target_key not in case:
                 raise KeyError(f"reference case {cid!r} has no {target_key!r} image (it has {sorted(k for k in case if k != 'id')})")
-            metrics, shown = evaluate_case(task, case, case_dir, target_key, seed)
+            metrics, shown = evaluate_case(task, case, case_dir, target_key, seed, slab)
             report.rows.append({"case": cid, **metrics})
             if montages:
                 case_montage(out / f"{safe_case_id(cid)}.png", task, cid, *shown, metrics)
@@ -161,6 +176,7 @@ def evaluate(
     report.summary = {
         "task": task, "cases": len(report.rows), "metrics": _summary(report.rows, metric_names),
         "missing": report.missing, "failures": report.failures, "definitions": DEFINITIONS[task],
+        "slab": None if slab is None else {"axis": slab[0], "slice_range": list(slab[1])},
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(report.summary, indent=2) + "\n")

@@ -109,8 +109,16 @@ def _split_cases(cfg: Config, data: str | Path, val_data: str | Path | None) -> 
 def _load_training_cases(cases: list[dict], prep: Prep, workers: int) -> list:
     from monai.data import CacheDataset
 
-    ds = CacheDataset(data=cases, transform=PrepareCased(prep), cache_rate=1.0, num_workers=workers or None, copy_cache=False, progress=False)
-    return [ds[i]["case"] for i in range(len(ds))]
+    try:
+        ds = CacheDataset(data=cases, transform=PrepareCased(prep), cache_rate=1.0, num_workers=workers or None, copy_cache=False, progress=False)
+        return [ds[i]["case"] for i in range(len(ds))]
+    except RuntimeError as exc:  # MONAI wraps a transform's error as "applying transform ...": show the cause
+        cause: BaseException = exc
+        while isinstance(cause, RuntimeError) and str(cause).startswith("applying transform") and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is exc:
+            raise
+        raise cause from None
 
 
 def _lr_lambda(total: int, decay_start: float):

@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from medp2p.data.corruption import seeded_corruption
+from medp2p.data.intensity import ct_body
 from medp2p.data.prepare import Prep
 from medp2p.io import read_volume
 from medp2p.metrics import inpainting_metrics, segmentation_metrics, synthrad_metrics
@@ -53,7 +54,8 @@ def load_val_cases(cases: list[dict[str, Any]], prep: Prep, task: Task, eval_see
 def score(task: Task, case: ValCase, prediction: Volume) -> dict[str, float]:
     """The task's metrics for one predicted case."""
     if task.target_kind == "hu":
-        return synthrad_metrics(case.target.array, prediction.array, None if case.mask is None else case.mask.array)
+        body = ct_body(case.target.array) if case.mask is None else case.mask.array
+        return synthrad_metrics(case.target.array, prediction.array, body)
     if task.target_kind == "mask":
         return segmentation_metrics(case.target.array > 0, prediction.array > 0, case.target.spacing_mm)
     assert case.region is not None
