@@ -11,7 +11,7 @@ from medp2p.config import Config, ConfigError, config_from_dict, load_config, pa
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["mri2ct", "seg", "inpaint", "tiny"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load_config(None, ROOT / "configs" / f"{name}.yaml")
     assert isinstance(cfg, Config)
