@@ -26,7 +26,7 @@ from medp2p.checkpoint import (
     prep_from_config,
     save_checkpoint,
 )
-from medp2p.config import Config, config_from_dict, save_config
+from medp2p.config import Config, TrainConfig, config_from_dict, save_config
 from medp2p.data import load_datalist
 from medp2p.data.augment import AugmentSpec, augment
 from medp2p.data.corruption import corruption_regions
@@ -119,6 +119,11 @@ def _load_training_cases(cases: list[dict], prep: Prep, workers: int) -> list:
         if cause is exc:
             raise
         raise cause from None
+
+
+def make_optimizer(net: torch.nn.Module, t: TrainConfig) -> torch.optim.Adam:
+    """Adam as pix2pix sets it up (``train.lr``, ``beta1``, ``beta2``)."""
+    return torch.optim.Adam(net.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
 
 
 def _lr_lambda(total: int, decay_start: float):
@@ -226,8 +231,8 @@ def train(
     G = G.to(memory_format=memory_format)
     if D is not None:
         D = D.to(memory_format=memory_format)
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr, betas=(t.beta1, t.beta2)) if D is not None else None
+    opt_g = make_optimizer(G, t)
+    opt_d = make_optimizer(D, t) if D is not None else None
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(t.steps, t.decay_start))
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(t.steps, t.decay_start)) if opt_d is not None else None
     scaler = torch.amp.GradScaler(torch_device.type) if dtype == torch.float16 else None
