@@ -70,17 +70,23 @@ def summary(report: Path) -> dict[str, float]:
     return {k: v["mean"] for k, v in data["metrics"].items()}
 
 
+#: Reuse finished runs (``--reuse``): only predict and evaluate again.
+REUSE = False
+
+
 def train_predict_evaluate(
-    task: str, config: Path, train_list: Path, test_list: Path, out: Path, sets: list[str], eval_args: list[str], steps: int | None
+    task: str, config: Path, train_list: Path, test_list: Path, out: Path, sets: list[str], eval_args: list[str]
 ) -> dict[str, Any]:
     """``medp2p train`` -> ``predict`` -> ``evaluate``; returns the report's means and the wall times."""
     log = out / "log.txt"
     cmd = ["train", "--task", task, "--config", str(config), "--data", str(train_list), "--out", str(out / "run"), "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
-    if steps is not None:
-        cmd += ["--steps", str(steps)]
-    train_s = medp2p(*cmd, log=log)
+    if REUSE and (out / "run" / "train_s.txt").exists():
+        train_s = float((out / "run" / "train_s.txt").read_text())
+    else:
+        train_s = medp2p(*cmd, log=log)
+        (out / "run" / "train_s.txt").write_text(f"{train_s:.1f}\n")
     predict_s = medp2p("predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", log=log)
     medp2p("evaluate", "--task", task, "--pred", str(out / "pred"), "--ref", str(test_list), "-o", str(out / "report"), *eval_args, log=log)
     return {"metrics": summary(out / "report"), "train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "command": "medp2p " + " ".join(cmd)}
@@ -123,7 +129,7 @@ def run_mri2ct(work: Path, quick: bool = False, splits: tuple[str, ...] = ("lowe
         out = work / "mri2ct" / name
         sets = [f"data.slice_range=[{train_range[0]}, {train_range[1]}]", *(quick_sets if quick else [])]
         eval_args = ["--slice-range", str(test_range[0]), str(test_range[1])]
-        row = train_predict_evaluate("mri2ct", CONFIGS / "mri2ct_mridir.yaml", datalist, datalist, out, sets, eval_args, None)
+        row = train_predict_evaluate("mri2ct", CONFIGS / "mri2ct_mridir.yaml", datalist, datalist, out, sets, eval_args)
         train_body = ct_body(ct.array) & slab_mask(ct.shape, ct.affine, "axial", train_range)
         lookup = IntensityLookup.fit([(mr, ct, train_body)])
         constant = mr.with_array(np.full(mr.shape, mean_hu([(ct, train_body)]), np.float32))
@@ -176,7 +182,7 @@ def run_seg(work: Path, quick: bool = False, folds: tuple[int, ...] = (0, 1, 2, 
         out = work / "seg" / f"fold{fold}"
         train_list = write_datalist(out / "train.json", training)
         test_list = write_datalist(out / "test.json", [test])
-        row = train_predict_evaluate("seg", CONFIGS / "seg_brats.yaml", train_list, test_list, out, quick_sets if quick else [], [], None)
+        row = train_predict_evaluate("seg", CONFIGS / "seg_brats.yaml", train_list, test_list, out, quick_sets if quick else [], [])
         threshold = ThresholdSegmenter.fit(
             [(read_volume(c["flair"]), read_volume(c["tumor"]), read_volume(c["brain"]).array) for c in training]
         )
@@ -244,8 +250,8 @@ def run_inpaint(work: Path, quick: bool = False) -> Result:
     train_list = write_datalist(out / "train.json", training)
     test_list = write_datalist(out / "test.json", healthy_boxes(test, out / "test_inputs"))
     quick_sets = ["train.steps=200", "data.image_size=[96, 96]", "model.depth=5", "model.base_channels=16", "model.disc_channels=16"]
-    row = train_predict_evaluate("inpaint", CONFIGS / "inpaint_brain.yaml", train_list, test_list, out, quick_sets if quick else [], [], None)
-    cases = json.loads(test_list.read_text())["test"]
+    row = train_predict_evaluate("inpaint", CONFIGS / "inpaint_brain.yaml", train_list, test_list, out, quick_sets if quick else [], [])
+    cases = json.loads(test_list.read_text())["training"]
     fills = {c["id"]: mean_fill(read_volume(c["voided"]), read_volume(c["region"]).array) for c in cases}
     row["baselines"] = {"mean_fill": evaluate_baseline("inpaint", "mean_fill", fills, test_list, out)}
     row["per_case"] = (out / "report" / "metrics.csv").read_text()
@@ -278,7 +284,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="The short protocol the realdata tests run.")
     parser.add_argument("--splits", nargs="+", default=[s[0] for s in MRIDIR_SPLITS], help="mri2ct: which slab splits.")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3], help="seg: which folds.")
+    parser.add_argument("--reuse", action="store_true", help="Keep runs that finished (WORK/.../run/train_s.txt): predict and evaluate only.")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
     if not SHARED.is_dir():
         sys.exit(f"real data not found at {SHARED} (set MEDP2P_SHARED_DATA)")
     if args.task == "mri2ct":

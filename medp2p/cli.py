@@ -196,6 +196,7 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (refused otherwise).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 16,
+    compile: Annotated[bool, typer.Option(help="Compile the generator with frozen weights first (a minute or more; pays over many volumes).")] = False,
 ) -> None:
     """Predict whole volumes with a trained model; outputs sit on each input's own grid.
 
@@ -213,7 +214,7 @@ def predict(
         with err.status("predicting...") as status:
             report = predict_cases(
                 model, inputs, out, fmt, num_parts, part_id, overwrite, device, batch_size,
-                on_case=lambda cid: status.update(f"predicting {escape(cid)}"),
+                on_case=lambda cid: status.update(f"predicting {escape(cid)}"), compile=compile,
             )
     except (CheckpointError, DataLayoutError, ValueError, RuntimeError) as exc:
         raise _usage_error(str(exc)) from None

@@ -109,3 +109,16 @@ def test_fast_path_matches_fp32_within_tolerance() -> None:
     fp32, bf16 = one_step(None, torch.contiguous_format), one_step(torch.bfloat16, torch.channels_last)
     for key in ("loss_D", "loss_G", "loss_G_L1"):
         assert bf16[key] == pytest.approx(fp32[key], rel=0.02), key
+
+
+@pytest.mark.slow
+def test_frozen_compilation_predicts_what_eager_does() -> None:
+    from medp2p.models.precision import compile_for_inference
+
+    torch.manual_seed(0)
+    g = build_generator("unet", in_channels=1, out_channels=1, depth=3, base_channels=4, dropout=0.5).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.inference_mode():
+        eager = g(x)
+        compiled = compile_for_inference(g)(x)
+    assert torch.allclose(compiled, eager, atol=1e-4)

@@ -28,7 +28,7 @@ from medp2p.data.prepare import Prep
 from medp2p.io import is_volume_file, read_volume, write_nifti
 from medp2p.io.atomic import atomic_path, full_suffix, replace_folder
 from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
-from medp2p.models.precision import resolve_device, resolve_precision
+from medp2p.models.precision import compile_for_inference, resolve_device, resolve_precision
 from medp2p.tasks import Task, get_task
 from medp2p.tasks.predict import RunOptions, predict_volume
 from medp2p.types import Volume
@@ -53,8 +53,11 @@ class Model:
     options: RunOptions
 
 
-def load_model(path: str | Path, device: str = "auto", batch_size: int = 16) -> Model:
+def load_model(path: str | Path, device: str = "auto", batch_size: int = 16, compile: bool = False) -> Model:
     """Load a generator from a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
+
+    ``compile``: run it through :func:`~medp2p.models.precision.compile_for_inference` (frozen
+    weights; a minute or more of compilation that pays over many volumes).
 
     Example:
         >>> model = load_model("runs/mri2ct")
@@ -65,6 +68,8 @@ def load_model(path: str | Path, device: str = "auto", batch_size: int = 16) -> 
     dev = resolve_device(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     generator = generator.to(dev, memory_format=memory_format).eval()
+    if compile:
+        generator = compile_for_inference(generator)
     options = RunOptions(dev, resolve_precision(dev, cfg.train.precision), batch_size, cfg.train.channels_last)
     return Model(generator, prep, cfg, get_task(cfg.task), ckpt["path"], options)
 
@@ -204,6 +209,7 @@ def predict_cases(
     device: str = "auto",
     batch_size: int = 16,
     on_case: Callable[[str], None] | None = None,
+    compile: bool = False,
 ) -> PredictReport:
     """Predict every case of ``inputs`` (this part's share of them) into ``out_dir``.
 
@@ -217,6 +223,7 @@ def predict_cases(
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: slices per forward pass.
         on_case: called with each case id before it is predicted (progress display).
+        compile: frozen-weight ``torch.compile`` of the generator (see :func:`load_model`).
 
     Returns:
         The report; failed cases are also written to ``failures.csv`` (``failures_part-K-of-N.csv``
@@ -229,7 +236,7 @@ def predict_cases(
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    model = model if isinstance(model, Model) else load_model(model, device, batch_size)
+    model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile)
     if fmt != "nifti" and model.task.name not in DICOM_OUTPUT:
         raise ValueError(f"--format {fmt}: DICOM output exists for {sorted(DICOM_OUTPUT)}, not {model.task.name}; use --format nifti")
     cases = resolve_inputs(inputs, model.task, model.prep)

@@ -58,3 +58,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     else:
         with torch.autocast(device_type=device.type, dtype=dtype):
             yield
+
+
+def compile_for_inference(net: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` with frozen weights, for prediction only.
+
+    Inductor's freezing (``torch._inductor.config.freezing``, a process-wide setting) folds the
+    weights into the graph as constants and packs them once for oneDNN / cuDNN, removing the
+    per-call weight reordering that costs fp32 batch-1 inference about half its time, and fuses
+    normalisation and activations into the convolutions. Compiling takes a minute or more on a
+    CPU, so it pays over many slices or volumes; the first batch of each new shape compiles.
+
+    Example:
+        >>> fast = compile_for_inference(generator)
+        >>> with torch.inference_mode():
+        ...     y = fast(x)
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(net.eval())
