@@ -251,7 +251,7 @@ def evaluate(
     Exit 0 when every reference case was scored, 1 when a case was missing or failed, 2 on usage errors.
     """
     from medp2p.data import DataLayoutError
-    from medp2p.data.geometry import SLICE_AXES
+    from medp2p.data.geometry import SLICE_AXES, check_slice_range
     from medp2p.eval import evaluate as run_evaluation
     from medp2p.tasks import TASKS
 
@@ -259,8 +259,11 @@ def evaluate(
         raise _usage_error(f"unknown task {task!r}; choose from {sorted(TASKS)}")
     if axis not in SLICE_AXES:
         raise _usage_error(f"unknown --axis {axis!r}; choose from {sorted(SLICE_AXES)}")
-    if slice_range is not None and not 0 <= slice_range[0] < slice_range[1] <= 1:
-        raise _usage_error(f"--slice-range is a fraction START END with 0 <= START < END <= 1, got {slice_range[0]} {slice_range[1]}")
+    if slice_range is not None:
+        try:
+            check_slice_range(slice_range)
+        except ValueError as exc:
+            raise _usage_error(f"--slice-range START END: {exc}") from None
     slab = None if slice_range is None else (axis, (float(slice_range[0]), float(slice_range[1])))
     try:
         with err.status("evaluating...") as status:

@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medp2p.data.geometry import check_slice_range
 from medp2p.io.atomic import atomic_path
 from medp2p.tasks import TASKS, get_task
 
@@ -56,8 +57,8 @@ class DataConfig(_Section):
         lo, hi = self.mr_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {self.mr_percentiles}")
-        if self.slice_range is not None and not 0 <= self.slice_range[0] < self.slice_range[1] <= 1:
-            raise ValueError(f"slice_range is a fraction [start, end) of the axis within [0, 1], got {self.slice_range}")
+        if self.slice_range is not None:
+            check_slice_range(self.slice_range)
         return self
 
 

@@ -236,6 +236,15 @@ def gather_slices(stack: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return picked.permute(1, 0, 2, 3, 4).reshape(indices.shape[0], s * indices.shape[1], h, w)
 
 
+def check_slice_range(fraction: tuple[float, float]) -> None:
+    """Raise ``ValueError`` unless ``fraction`` is ``[start, end)`` with ``0 <= start < end <= 1``.
+
+    The one rule behind ``data.slice_range`` and ``medp2p evaluate --slice-range``.
+    """
+    if not 0 <= fraction[0] < fraction[1] <= 1:
+        raise ValueError(f"slice_range is a fraction [start, end) of the axis within [0, 1], got {tuple(fraction)}")
+
+
 def slab_bounds(depth: int, fraction: tuple[float, float]) -> tuple[int, int]:
     """Slice indices ``[lo, hi)`` of the fraction ``[start, end)`` of an axis with ``depth`` slices.
 
@@ -243,6 +252,7 @@ def slab_bounds(depth: int, fraction: tuple[float, float]) -> tuple[int, int]:
         >>> slab_bounds(94, (0.0, 0.5)), slab_bounds(94, (0.5, 1.0))
         ((0, 47), (47, 94))
     """
+    check_slice_range(fraction)
     return int(round(fraction[0] * depth)), int(round(fraction[1] * depth))
 
 
