@@ -89,7 +89,11 @@ def train_predict_evaluate(
         (out / "run" / "train_s.txt").write_text(f"{train_s:.1f}\n")
     predict_s = medp2p("predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", log=log)
     medp2p("evaluate", "--task", task, "--pred", str(out / "pred"), "--ref", str(test_list), "-o", str(out / "report"), *eval_args, log=log)
-    return {"metrics": summary(out / "report"), "train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "command": "medp2p " + " ".join(cmd)}
+    import torch
+
+    steps = int(torch.load(out / "run" / "last.pt", map_location="cpu", weights_only=True)["step"])  # train.minutes may fit fewer
+    return {"metrics": summary(out / "report"), "train_s": round(train_s, 1), "steps": steps, "predict_s": round(predict_s, 1),
+            "command": "medp2p " + " ".join(cmd)}
 
 
 def evaluate_baseline(task: str, name: str, predictions: dict[str, Any], test_list: Path, out: Path, **kwargs: Any) -> dict[str, float]:
@@ -198,20 +202,42 @@ def run_seg(work: Path, quick: bool = False, folds: tuple[int, ...] = (0, 1, 2, 
 
 
 # -------------------------------------------------------------------------------------------- inpaint
-def inpaint_cases() -> tuple[list[dict], list[dict]]:
-    """Training and test volumes: no subject is in both."""
+def zero_background(path: str, out: Path) -> str:
+    """A z-scored BraTS volume shifted so that its background (its minimum) is 0, as in raw MR.
+
+    The DeepMedic volumes are z-scored inside the brain: half the brain is negative and the
+    background is a constant minimum (about -5). BraTS-Inpainting's normalisation clips at
+    ``max(p0.5, 0)``, which would flatten every negative voxel, and its voided value 0 would sit
+    mid-brain instead of at background. The shift changes neither contrast nor structure.
+    """
+    from medp2p.io import read_volume, write_volume
+
+    if not out.exists():
+        image = read_volume(path)
+        write_volume(image.with_array((image.array - image.array.min()).astype(np.float32)), out)
+    return str(out)
+
+
+def inpaint_cases(folder: Path) -> tuple[list[dict], list[dict]]:
+    """Training and test volumes (no subject in both); BraTS ones shifted to a 0 background under ``folder``."""
     kirby, stroke = SHARED / "kirby21_113", SHARED / "stroke_cstar"
     training = [
         {"id": "kirby21_t1", "mr": str(kirby / "113-02-MPRAGE_processed_reg.nii.gz")},
         {"id": "kirby21_t2", "mr": str(kirby / "113-02-T2w_processed_reg.nii.gz")},
         {"id": "kirby21_flair", "mr": str(kirby / "113-02-FLAIR_processed_reg.nii.gz")},
     ]
-    for name in BRATS[:3]:
+
+    def brats(name: str, tumour: bool = False) -> list[dict]:
         c = brats_case(name)
-        training += [{"id": f"{name}_flair", "mr": c["flair"]}, {"id": f"{name}_t1c", "mr": c["t1c"]}]
+        return [
+            {"id": f"{name}_{k}", "mr": zero_background(c[k], folder / f"{name}_{k}.nii.gz"), **({"tumor": c["tumor"]} if tumour else {})}
+            for k in ("flair", "t1c")
+        ]
+
+    for name in BRATS[:3]:
+        training += brats(name)
     test = [{"id": f"stroke_{k.lower()}", "mr": str(stroke / f"{k}.nii.gz")} for k in ("T1", "T2", "FLAIR")]
-    c = brats_case(BRATS[3])
-    test += [{"id": f"{BRATS[3]}_flair", "mr": c["flair"], "tumor": c["tumor"]}, {"id": f"{BRATS[3]}_t1c", "mr": c["t1c"], "tumor": c["tumor"]}]
+    test += brats(BRATS[3], tumour=True)
     return training, test
 
 
@@ -244,7 +270,8 @@ def run_inpaint(work: Path, quick: bool = False) -> Result:
     from medp2p.io import read_volume
 
     out = work.resolve() / "inpaint"
-    training, test = inpaint_cases()
+    out.mkdir(parents=True, exist_ok=True)
+    training, test = inpaint_cases(out)
     if quick:
         training, test = training[:3], test[:1]
     train_list = write_datalist(out / "train.json", training)

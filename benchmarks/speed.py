@@ -131,7 +131,9 @@ def medp2p_trainer(cfg, device: torch.device):
     G = build_generator_for(cfg, prep).to(device, memory_format=mf)
     D = build_discriminator_for(cfg, prep).to(device, memory_format=mf)
     t = cfg.train
-    step = Pix2PixStep(G, D, make_optimizer(G, t), make_optimizer(D, t), loss_spec(cfg), device, resolve_precision(device, t.precision), None, mf)
+    opt_g, opt_d = make_optimizer(G, t), make_optimizer(D, t)
+    G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)  # as `medp2p train` does
+    step = Pix2PixStep(G_run, D_run, opt_g, opt_d, loss_spec(cfg), device, resolve_precision(device, t.precision), None, mf)
     return step, G
 
 
@@ -159,23 +161,23 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
 
 
 # ------------------------------------------------------------------------------------ the figures
-def bench_train(device: torch.device, batch: int, rounds: int, steps: int) -> dict:
+def bench_train(device: torch.device, batch: int, rounds: int, steps: int, compile_step: bool = False) -> dict:
     from medp2p.types import SOURCE, TARGET
 
     torch.manual_seed(0)
     ref = ReferencePix2Pix()
     ref.G.to(device), ref.D.to(device)
-    ours, _ = medp2p_trainer(medp2p_config([f"train.batch_size={batch}"]), device)
+    ours, _ = medp2p_trainer(medp2p_config([f"train.batch_size={batch}", f"train.compile={str(compile_step).lower()}"]), device)
     a = torch.rand(batch, 1, 256, 256, device=device) * 2 - 1
     b = torch.rand(batch, 1, 256, 256, device=device) * 2 - 1
     batch_dict = {SOURCE: a, TARGET: b}
-    ref.step(a, b), ours(0, batch_dict)  # warm-up (oneDNN primitive caches)
+    ref.step(a, b), ours(0, batch_dict), ours(0, batch_dict)  # warm-up (oneDNN caches; compilation)
     t_ref, t_ours = [], []
     for _ in range(rounds):
         t_ref.append(timed(lambda: ref.step(a, b), steps, device) / (steps * batch))
         t_ours.append(timed(lambda: ours(0, batch_dict), steps, device) / (steps * batch))
     ref_ips, ours_ips = 1 / float(np.median(t_ref)), 1 / float(np.median(t_ours))
-    return {"batch": batch, "reference_img_s": ref_ips, "medp2p_img_s": ours_ips, "ratio": ours_ips / ref_ips}
+    return {"batch": batch, "compiled": compile_step, "reference_img_s": ref_ips, "medp2p_img_s": ours_ips, "ratio": ours_ips / ref_ips}
 
 
 def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool) -> dict:
@@ -289,6 +291,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="Frozen-weight torch.compile for generator inference.")
+    parser.add_argument("--train-compile", action="store_true", help="medp2p's training step with train.compile (torch.compile of G and D).")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
     from medp2p.models.precision import resolve_device, resolve_precision
@@ -303,9 +306,9 @@ def main() -> None:
     out["train_peak_img_s"] = peak / 86.0  # 86 GFLOP per pix2pix training step and image
     print(f"device {device}, {out['threads']} threads, {dtype}: matmul peak {peak:.0f} GFLOP/s", flush=True)
     if "train" in parts:
-        r = out["train"] = bench_train(device, args.train_batch, args.rounds, 3 if device.type == "cpu" else 20)
+        r = out["train"] = bench_train(device, args.train_batch, args.rounds, 3 if device.type == "cpu" else 20, args.train_compile)
         r["fraction_of_peak"] = r["medp2p_img_s"] / out["train_peak_img_s"]
-        print(f"train  batch {r['batch']}: reference {r['reference_img_s']:.2f} img/s, medp2p {r['medp2p_img_s']:.2f} img/s, "
+        print(f"train  batch {r['batch']}{' compiled' if r['compiled'] else ''}: reference {r['reference_img_s']:.2f} img/s, medp2p {r['medp2p_img_s']:.2f} img/s, "
               f"ratio {r['ratio']:.2f}x, {100 * r['fraction_of_peak']:.0f}% of the {out['train_peak_img_s']:.1f} img/s ceiling", flush=True)
     if "infer" in parts:
         r = out["infer"] = bench_infer(device, args.rounds, 16 if device.type == "cpu" else 200, args.compile)

@@ -112,6 +112,10 @@ class InpaintConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = Field(2000, ge=1)  # length of the learning-rate schedule
+    # Wall-time budget of the whole `medp2p train` (minutes): after a few timed steps the schedule
+    # is shortened to the steps that fit (never more than `steps`), so a config holds its time on
+    # any machine. None: exactly `steps` steps.
+    minutes: Optional[float] = Field(None, gt=0)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)

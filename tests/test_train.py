@@ -21,7 +21,7 @@ from medp2p.data.augment import AugmentSpec
 from medp2p.data.prepare import prepare_case
 from medp2p.data.sampling import SliceBatcher
 from medp2p.train import NonFiniteLossError, Pix2PixStep, train
-from medp2p.train.run import _augmented_batch, loss_spec
+from medp2p.train.run import _augmented_batch, fit_schedule, loss_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -124,6 +124,35 @@ def test_resume_is_bit_identical(tiny_phantom: Path, tmp_path: Path, task: str, 
     assert ca["step"] == cb["step"] == 4
     assert ca["sched_g"] == cb["sched_g"]
     assert torch.equal(ca["rng"]["data"][0], cb["rng"]["data"][0]) and torch.equal(ca["rng"]["torch"][0], cb["rng"]["torch"][0])
+
+
+def test_fit_schedule_keeps_the_budget() -> None:
+    # 100 s budget, 10 s gone at step 10, 0.5 s per step: 0.97 * 100 - 10 = 87 s -> 174 more steps
+    assert fit_schedule(100.0, 10.0, 10, 0.5, 10_000) == 184
+    assert fit_schedule(100.0, 10.0, 10, 0.5, 50) == 50  # never beyond train.steps
+    assert fit_schedule(100.0, 200.0, 10, 0.5, 10_000) == 11  # over budget already: end at the next step
+
+
+def test_minutes_fit_the_schedule_and_the_lr_decays_to_zero(tiny_phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sets = ["train.steps=100000", "train.minutes=0.15", "train.val_every=100000", "train.checkpoint_every=5", "train.log_every=1"]
+    start = time.perf_counter()
+    result = _cli("--task", "mri2ct", "--data", str(tiny_phantom), "--out", str(out), "--config", TINY, *[x for e in sets for x in ("--set", e)])
+    wall = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    fitted = ckpt["schedule"]["steps"]
+    assert ckpt["schedule"]["fitted"] == 1 and 10 < fitted < 100000 and ckpt["step"] == fitted
+    assert wall < 0.15 * 60 + 10  # the budget (9 s) plus the CLI's own start-up and the last checkpoint
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    lr = [float(r["value"]) for r in rows if r["metric"] == "lr"]
+    assert lr[0] > 0 and lr[-1] == 0.0  # the whole schedule ran, decay included
+    assert [int(float(r["value"])) for r in rows if r["metric"] == "schedule_steps"] == [fitted]
+    # resuming a fitted run keeps its schedule (no second fit)
+    back = _cli("--out", str(out), "--resume", "--steps", str(fitted + 5))
+    assert back.exit_code == 0, back.output
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == fitted
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_phantom: Path, tmp_path: Path) -> None:
