@@ -72,6 +72,8 @@ def summary(report: Path) -> dict[str, float]:
 
 #: Reuse finished runs (``--reuse``): only predict and evaluate again.
 REUSE = False
+#: Config overrides added to every training (``--set KEY=VALUE``), for experiments beside the shipped config.
+EXTRA_SETS: list[str] = []
 
 
 def train_predict_evaluate(
@@ -131,7 +133,7 @@ def run_mri2ct(work: Path, quick: bool = False, splits: tuple[str, ...] = ("lowe
         if name not in splits:
             continue
         out = work / "mri2ct" / name
-        sets = [f"data.slice_range=[{train_range[0]}, {train_range[1]}]", *(quick_sets if quick else [])]
+        sets = [f"data.slice_range=[{train_range[0]}, {train_range[1]}]", *(quick_sets if quick else []), *EXTRA_SETS]
         eval_args = ["--slice-range", str(test_range[0]), str(test_range[1])]
         row = train_predict_evaluate("mri2ct", CONFIGS / "mri2ct_mridir.yaml", datalist, datalist, out, sets, eval_args)
         train_body = ct_body(ct.array) & slab_mask(ct.shape, ct.affine, "axial", train_range)
@@ -186,7 +188,7 @@ def run_seg(work: Path, quick: bool = False, folds: tuple[int, ...] = (0, 1, 2, 
         out = work / "seg" / f"fold{fold}"
         train_list = write_datalist(out / "train.json", training)
         test_list = write_datalist(out / "test.json", [test])
-        row = train_predict_evaluate("seg", CONFIGS / "seg_brats.yaml", train_list, test_list, out, quick_sets if quick else [], [])
+        row = train_predict_evaluate("seg", CONFIGS / "seg_brats.yaml", train_list, test_list, out, [*(quick_sets if quick else []), *EXTRA_SETS], [])
         threshold = ThresholdSegmenter.fit(
             [(read_volume(c["flair"]), read_volume(c["tumor"]), read_volume(c["brain"]).array) for c in training]
         )
@@ -277,7 +279,7 @@ def run_inpaint(work: Path, quick: bool = False) -> Result:
     train_list = write_datalist(out / "train.json", training)
     test_list = write_datalist(out / "test.json", healthy_boxes(test, out / "test_inputs"))
     quick_sets = ["train.steps=200", "data.image_size=[96, 96]", "model.depth=5", "model.base_channels=16", "model.disc_channels=16"]
-    row = train_predict_evaluate("inpaint", CONFIGS / "inpaint_brain.yaml", train_list, test_list, out, quick_sets if quick else [], [])
+    row = train_predict_evaluate("inpaint", CONFIGS / "inpaint_brain.yaml", train_list, test_list, out, [*(quick_sets if quick else []), *EXTRA_SETS], [])
     cases = json.loads(test_list.read_text())["training"]
     fills = {c["id"]: mean_fill(read_volume(c["voided"]), read_volume(c["region"]).array) for c in cases}
     row["baselines"] = {"mean_fill": evaluate_baseline("inpaint", "mean_fill", fills, test_list, out)}
@@ -312,9 +314,11 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=[s[0] for s in MRIDIR_SPLITS], help="mri2ct: which slab splits.")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3], help="seg: which folds.")
     parser.add_argument("--reuse", action="store_true", help="Keep runs that finished (WORK/.../run/train_s.txt): predict and evaluate only.")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="Config override for every training (repeatable).")
     args = parser.parse_args()
     global REUSE
     REUSE = args.reuse
+    EXTRA_SETS[:] = args.sets
     if not SHARED.is_dir():
         sys.exit(f"real data not found at {SHARED} (set MEDP2P_SHARED_DATA)")
     if args.task == "mri2ct":

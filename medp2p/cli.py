@@ -291,7 +291,7 @@ def evaluate(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path("demo_out"),
-    minutes: Annotated[float, typer.Option(min=0.05, help="Training time budget; the number of steps is sized to it.")] = 4.0,
+    minutes: Annotated[float, typer.Option(min=0.05, help="Training time budget (train.minutes): the schedule is fitted to it after a few timed steps.")] = 4.0,
     quick: Annotated[bool, typer.Option(help="A tiny phantom and network: seconds, for smoke tests.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT even if it is not a previous demo's.")] = False,
 ) -> None:

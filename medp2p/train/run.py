@@ -148,8 +148,9 @@ def _lr_lambda(schedule: dict[str, int], decay_start: float):
 
 
 # Steps timed to fit a `train.minutes` budget: the first two (warm-up, allocator, oneDNN caches)
-# are skipped, the next ones measured; the fitted schedule keeps a small margin for checkpoints.
-_WARMUP_STEPS, _TIMED_STEPS, _BUDGET_MARGIN = 2, 8, 0.97
+# are skipped, the next eight give a first fit, refined every 50 steps until the lr decay is near;
+# the fitted schedule keeps a 3% margin.
+_WARMUP_STEPS, _TIMED_STEPS, _REFIT_EVERY, _BUDGET_MARGIN = 2, 8, 50, 0.97
 
 
 def fit_schedule(budget_s: float, elapsed_s: float, step: int, step_s: float, max_steps: int) -> int:
@@ -354,22 +355,30 @@ def train(
                dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
     first = step
     timing_from: float | None = None
+    fit_at = first + _WARMUP_STEPS + _TIMED_STEPS
     try:
         while step < stop:
             if t.minutes is not None and not schedule["fitted"] and step == first + _WARMUP_STEPS:
                 timing_from = time.perf_counter()
-            if timing_from is not None and step == first + _WARMUP_STEPS + _TIMED_STEPS:
-                # every rank fits the same schedule: the slowest rank's figures
+            if timing_from is not None and step == fit_at:
+                # Fit, then refit every _REFIT_EVERY steps with the longer average (checkpoints and
+                # validations included) while the lr is still constant; every rank uses the slowest
+                # rank's figures, so all fit the same schedule.
                 now = time.perf_counter()
-                times = ddp.gather((now - started, (now - timing_from) / _TIMED_STEPS))
+                times = ddp.gather((now - started, (now - timing_from) / (step - first - _WARMUP_STEPS)))
                 elapsed, step_s = max(x[0] for x in times), max(x[1] for x in times)
-                schedule["steps"] = fit_schedule(60.0 * t.minutes, elapsed, step, step_s, t.steps)
-                schedule["fitted"] = 1
-                timing_from = None
-                stop = min(stop, schedule["steps"])
+                fitted = fit_schedule(60.0 * t.minutes, elapsed, step, step_s, t.steps)
+                if t.decay_start > 0:  # the decay must not start in the past
+                    fitted = max(fitted, math.ceil(step / t.decay_start))
+                if fitted != schedule["steps"]:
+                    log.log(step, "train", {"schedule_steps": fitted, "step_s": step_s})
+                schedule.update(steps=fitted, fitted=1)
+                stop = min(stop_step if stop_step is not None else t.steps, fitted)
                 bar.total = stop
                 bar.refresh()
-                log.log(step, "train", {"schedule_steps": schedule["steps"], "step_s": step_s})
+                fit_at = step + _REFIT_EVERY
+                if fit_at + _REFIT_EVERY >= int(fitted * t.decay_start):
+                    timing_from = None  # the decay starts soon: the schedule is final
             batch = _augmented_batch(batcher, aug, cfg, prep, gen)
             losses = trainer(step, batch)
             sched_g.step()
