@@ -182,7 +182,7 @@ def bench_train(device: torch.device, batch: int, rounds: int, steps: int, compi
 
 def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool) -> dict:
     """Generator inference: the reference (fp32 NCHW, batch 1, as its test script) vs medp2p's path."""
-    from medp2p.models.precision import autocast, resolve_precision
+    from medp2p.models.precision import autocast, compile_for_inference, resolve_precision
 
     torch.manual_seed(0)
     ref = reference_unet256().to(device).eval()
@@ -194,7 +194,7 @@ def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool)
     xb = torch.rand(16, 1, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
     run = G
     if compile_freeze:
-        run = compiled_for_inference(G)
+        run = compile_for_inference(G)  # what `medp2p predict --compile` runs
 
     def ours():
         with torch.inference_mode(), autocast(device, dtype):
@@ -211,13 +211,6 @@ def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool)
         t_ours.append(timed(ours, max(1, n // 16), device) / (16 * max(1, n // 16)))
     ref_ips, ours_ips = 1 / float(np.median(t_ref)), 1 / float(np.median(t_ours))
     return {"reference_img_s": ref_ips, "medp2p_generator_img_s": ours_ips, "ratio": ours_ips / ref_ips}
-
-
-def compiled_for_inference(G: nn.Module) -> nn.Module:
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    return torch.compile(G)
 
 
 def bench_volume(device: torch.device, slices: int, rounds: int) -> dict:

@@ -229,11 +229,12 @@ def train(
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": device})})
     task = get_task(cfg.task)
     t = cfg.train
-    # the schedule's length: train.steps, or what fits train.minutes (fitted once, kept on resume)
+    # the schedule's length: train.steps, or what fits train.minutes (fitted in the first run, kept on resume)
     schedule = {"steps": t.steps, "fitted": 0}
     if ckpt is not None and "schedule" in ckpt:
         schedule = dict(ckpt["schedule"])
-    stop = min(stop_step, schedule["steps"]) if stop_step is not None else schedule["steps"]
+    limit = stop_step if stop_step is not None else t.steps
+    stop = min(limit, schedule["steps"])
 
     # --- data -----------------------------------------------------------------------------------
     prep = prep_from_config(cfg)
@@ -373,7 +374,7 @@ def train(
                 if fitted != schedule["steps"]:
                     log.log(step, "train", {"schedule_steps": fitted, "step_s": step_s})
                 schedule.update(steps=fitted, fitted=1)
-                stop = min(stop_step if stop_step is not None else t.steps, fitted)
+                stop = min(limit, fitted)
                 bar.total = stop
                 bar.refresh()
                 fit_at = step + _REFIT_EVERY
