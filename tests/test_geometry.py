@@ -9,7 +9,7 @@ import torch
 from medp2p.data.geometry import (
     SLICE_AXES, canonical_orientation, context_indices, from_model_space, gather_slices, plan_grid, slab_bounds, slab_mask, to_model_space,
 )
-from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, mr_window
+from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, fill_holes_per_slice, mr_window
 from tests.test_io_volumes import AFFINES
 
 
@@ -82,6 +82,33 @@ def test_mr_window_uses_body_percentiles(rng: np.random.Generator) -> None:
     assert x.min() == -1 and x[body].max() <= 1.5
     w = IntensityWindow(10.0, 30.0, clip=None)
     np.testing.assert_allclose(w.inverse(w.forward(np.array([0.0, 17.5, 99.0]))), [0.0, 17.5, 99.0], atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_fill_holes_per_slice_matches_filling_each_slice(rng: np.random.Generator, axis: int) -> None:
+    from scipy import ndimage
+
+    # rings and blobs: holes inside slices, holes open to the border, and empty slices
+    mask = ndimage.binary_dilation(rng.random((23, 19, 11)) > 0.93, iterations=1) ^ (rng.random((23, 19, 11)) > 0.97)
+    mask[:, :, 0] = False
+    mask[5:15, 5:15, 3] = True
+    mask[7:12, 7:12, 3] = False
+    expected = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)], axis=axis)
+    assert (expected != mask).any()  # the case has holes to fill
+    np.testing.assert_array_equal(fill_holes_per_slice(mask, axis), expected)
+
+
+def test_window_maps_block_by_block_exactly_as_one_float64_expression(rng: np.random.Generator, monkeypatch) -> None:
+    from medp2p.data import intensity
+
+    monkeypatch.setattr(intensity, "_BLOCK", 7)  # many blocks and a short last one
+    x = np.asfortranarray(rng.normal(0, 2000, (5, 4, 3)).astype(np.float32))  # not C-contiguous
+    win = IntensityWindow(-1024.0, 3000.0, clip=(-1.0, 1.0))
+    expected = np.clip((x.astype(np.float64) + 1024.0) * (2.0 / 4024.0) - 1.0, -1.0, 1.0).astype(np.float32)
+    np.testing.assert_array_equal(win.forward(x), expected)
+    y = win.forward(x)
+    np.testing.assert_array_equal(win.inverse(y), ((y.astype(np.float64) + 1.0) * 2012.0 - 1024.0).astype(np.float32))
+    assert win.forward(np.float32(40.0)).shape == ()
 
 
 def test_body_mask_of_the_phantom(tiny_phantom) -> None:

@@ -39,16 +39,35 @@ class IntensityWindow:
             raise ValueError(f"intensity window needs hi > lo, got [{self.lo}, {self.hi}]")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y = (np.asarray(x, np.float64) - self.lo) * (2.0 / (self.hi - self.lo)) - 1.0
-        if self.clip is not None:
-            y = np.clip(y, *self.clip)
-        return y.astype(np.float32)
+        return _linear_map(x, self.lo, 2.0 / (self.hi - self.lo), -1.0, self.clip)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
-        return ((np.asarray(y, np.float64) + 1.0) * ((self.hi - self.lo) / 2.0) + self.lo).astype(np.float32)
+        return _linear_map(y, -1.0, (self.hi - self.lo) / 2.0, self.lo, None)
 
     def to_dict(self) -> dict[str, float]:
         return {"lo": float(self.lo), "hi": float(self.hi)}
+
+
+#: Elements per block of :func:`_linear_map`: 32 MiB of float64 at a time.
+_BLOCK = 1 << 22
+
+
+def _linear_map(x: np.ndarray, shift: float, scale: float, offset: float, clip: tuple[float, float] | None) -> np.ndarray:
+    """``float32((x - shift) * scale + offset)``, clipped, computed in float64 block by block.
+
+    The arithmetic is float64 as a whole-array expression would be, but the float64
+    temporaries are one block, not three copies of the volume (a 512x512x300 volume would
+    otherwise need 1.8 GB of them).
+    """
+    x = np.asarray(x)
+    out = np.empty(x.shape, np.float32)
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_in.size, _BLOCK):
+        y = (flat_in[start : start + _BLOCK].astype(np.float64) - shift) * scale + offset
+        if clip is not None:
+            np.clip(y, *clip, out=y)
+        flat_out[start : start + _BLOCK] = y
+    return out
 
 
 #: CT: [-1024, 3000] HU <-> [-1, 1].
@@ -85,8 +104,34 @@ def body_mask(image: np.ndarray) -> np.ndarray:
         fg = labels == (1 + int(np.argmax(sizes)))
     # fill holes slice by slice along every axis: dark anatomy (sinuses, bone on MR) is body
     for axis in range(3):
-        fg = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(fg, axis, 0)], axis=axis)
+        fg = fill_holes_per_slice(fg, axis)
     return fg
+
+
+def fill_holes_per_slice(mask: np.ndarray, axis: int) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` of every 2D slice of ``mask`` along ``axis``, in one labelling.
+
+    The background is labelled with in-plane 4-connectivity (``binary_fill_holes``' default) and
+    no link across slices; components that touch the slice border are outside, the rest are holes.
+    Same result as filling each slice in a Python loop, several times faster on large volumes.
+
+    Example:
+        >>> filled = fill_holes_per_slice(mask, axis=2)   # every axial slice of an (X, Y, Z) mask
+    """
+    mask = np.asarray(mask, bool)
+    structure = np.zeros((3, 3, 3), bool)
+    index: list[slice | int] = [slice(None)] * 3
+    index[axis] = 1
+    structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+    labels, n = ndimage.label(~mask, structure)
+    if n == 0:
+        return mask
+    outside = np.zeros(n + 1, bool)  # per label; label 0 is the mask itself
+    for edge_axis in (a for a in range(3) if a != axis):
+        for edge in (0, mask.shape[edge_axis] - 1):
+            outside[np.take(labels, edge, axis=edge_axis)] = True
+    outside[0] = False
+    return ~outside[labels]
 
 
 def mr_window(
