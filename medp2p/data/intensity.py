@@ -113,7 +113,7 @@ def fill_holes_per_slice(mask: np.ndarray, axis: int) -> np.ndarray:
 
     The background is labelled with in-plane 4-connectivity (``binary_fill_holes``' default) and
     no link across slices; components that touch the slice border are outside, the rest are holes.
-    Same result as filling each slice in a Python loop, several times faster on large volumes.
+    Same result as filling each slice in a Python loop, without the loop.
 
     Example:
         >>> filled = fill_holes_per_slice(mask, axis=2)   # every axial slice of an (X, Y, Z) mask
