@@ -22,6 +22,7 @@ from medp2p.data.prepare import prepare_case
 from medp2p.data.sampling import SliceBatcher
 from medp2p.train import NonFiniteLossError, Pix2PixStep, train
 from medp2p.train.run import _augmented_batch, fit_schedule, loss_spec, make_optimizer
+from medp2p.types import REGION, SOURCE, TARGET
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -90,6 +91,29 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
     key = {"mri2ct": "loss_G_L1", "inpaint": "loss_G_L1", "seg": "loss_G_BCE"}[task]
     history = [step(i, batch)[key] for i in range(40)]
     assert history[-1] < 0.5 * history[0], history
+
+
+@pytest.mark.parametrize("task", ["inpaint", "mri2ct"])
+def test_intensity_jitter_reaches_the_target_only_where_it_is_the_source(tiny_phantom: Path, task: str) -> None:
+    # Inpainting learns to restore the source image: a target left un-jittered would ask the
+    # model to undo a random gain/offset/gamma it cannot see. A CT target never gets MR jitter.
+    cfg = load_config(task, TINY, ["data.context_slices=1"])
+    prep = prep_from_config(cfg)
+    case = prepare_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask")}}, prep)
+    jitter_only = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=1.0, gamma=0.3)
+    batches = {}
+    for name, spec in (("jitter", jitter_only), ("none", AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0))):
+        gen = torch.Generator().manual_seed(4)
+        batcher = SliceBatcher([case], 4, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
+        batches[name] = _augmented_batch(batcher, spec, cfg, prep, gen)
+    jittered, plain = batches["jitter"], batches["none"]
+    assert not torch.allclose(jittered[SOURCE][:, :3], plain[SOURCE][:, :3])  # the source was jittered
+    if task == "inpaint":
+        centre, kept = jittered[SOURCE][:, 1:2], jittered[REGION] == 0
+        assert torch.equal(jittered[TARGET][kept], centre[kept])  # target = source outside the box
+        assert not torch.allclose(jittered[TARGET], plain[TARGET])
+    else:
+        assert torch.equal(jittered[TARGET], plain[TARGET])
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

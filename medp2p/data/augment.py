@@ -1,8 +1,10 @@
 """Batched training augmentations on tensors, driven by one ``torch.Generator`` (so resume is exact).
 
 Geometry (flip, rotation, scaling, shift) is applied identically to source, target and masks;
-intensity jitter (scale, shift, gamma) touches the source only. Every random number is drawn
-whether or not it is used, so the stream does not depend on outcomes.
+intensity jitter (scale, shift, gamma) touches the entries named as the source's: the source
+alone when the target is another contrast (CT, labels), source and target alike when the target
+is the source image itself (inpainting). Every random number is drawn whether or not it is used,
+so the stream does not depend on outcomes.
 """
 
 from __future__ import annotations
@@ -34,14 +36,19 @@ def _uniform(n: int, spread: float, gen: torch.Generator) -> torch.Tensor:
 
 
 def augment(
-    images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], source_key: str, spec: AugmentSpec, gen: torch.Generator
+    images: dict[str, torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    jitter_keys: str | tuple[str, ...],
+    spec: AugmentSpec,
+    gen: torch.Generator,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Augment a batch: ``images`` are resampled bilinearly, ``labels`` by nearest neighbour.
 
     Args:
         images: ``(B, C, H, W)`` tensors in [-1, 1] (source, target...).
         labels: ``(B, C, H, W)`` 0/1 tensors (masks, label targets).
-        source_key: which entry of ``images`` gets the intensity jitter.
+        jitter_keys: the entries of ``images`` that get the intensity jitter, each sample the same
+            jitter in all of them (the source; with the target too where it is the source image).
         spec: strengths.
         gen: the random stream (CPU generator).
 
@@ -73,9 +80,10 @@ def augment(
 
     out_images = {k: geometric(v, "bilinear") for k, v in images.items()}
     out_labels = {k: geometric(v, "nearest") for k, v in labels.items()}
-    src = out_images[source_key]
-    unit = ((src.clamp(-1, 3) + 1) / 2).clamp_min(0)  # [-1, 1] -> [0, 1] for gamma
-    jittered = (unit ** gamma.view(b, 1, 1, 1).to(src.device)) * 2 - 1
-    jittered = jittered * gain.view(b, 1, 1, 1).to(src.device) + offset.view(b, 1, 1, 1).to(src.device)
-    out_images[source_key] = torch.where(do_intensity.view(b, 1, 1, 1).to(src.device), jittered, src)
+    for key in (jitter_keys,) if isinstance(jitter_keys, str) else jitter_keys:
+        src = out_images[key]
+        unit = ((src.clamp(-1, 3) + 1) / 2).clamp_min(0)  # [-1, 1] -> [0, 1] for gamma
+        jittered = (unit ** gamma.view(b, 1, 1, 1).to(src.device)) * 2 - 1
+        jittered = jittered * gain.view(b, 1, 1, 1).to(src.device) + offset.view(b, 1, 1, 1).to(src.device)
+        out_images[key] = torch.where(do_intensity.view(b, 1, 1, 1).to(src.device), jittered, src)
     return out_images, out_labels

@@ -430,7 +430,9 @@ def _augmented_batch(batcher: SliceBatcher, aug: AugmentSpec, cfg: Config, prep:
         k = prep.context_slices
         regions = corruption_regions(batch[BODY], k, tuple(cfg.inpaint.kinds), tuple(cfg.inpaint.box_fraction), gen)
         labels[REGION] = regions
-    images, labels = augment(images, labels, SOURCE, aug, gen)
+    # Inpainting's target is the source image itself: it gets the source's intensity jitter too.
+    jitter = (SOURCE, TARGET) if prep.target_kind == "mr" else (SOURCE,)
+    images, labels = augment(images, labels, jitter, aug, gen)
     out = {SOURCE: images[SOURCE], TARGET: images.get(TARGET, labels.get(TARGET))}
     if MASK in labels:
         out[MASK] = labels[MASK]
