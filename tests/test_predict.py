@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from medp2p.cli import app
-from medp2p.data.intensity import HU_WINDOW, mr_window
+from medp2p.data.intensity import HU_WINDOW, body_mask, mr_window
 from medp2p.data.prepare import Prep
 from medp2p.infer import load_model, predict_volume
 from medp2p.io import read_volume, write_nifti
@@ -46,6 +46,32 @@ def test_prediction_lands_voxel_for_voxel_on_the_input_grid(rng: np.random.Gener
     np.testing.assert_allclose(sct.affine, mr.affine, atol=1e-4)
     expected = HU_WINDOW.inverse(mr_window(array).forward(array))
     np.testing.assert_allclose(sct.array, expected, atol=1e-2)
+
+
+class MidGrey(torch.nn.Module):
+    """A stand-in inpainting generator that predicts 0 everywhere: the middle of the MR window."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x[:, :1])
+
+
+def test_inpainting_windows_ignore_the_voided_region(tiny_phantom: Path) -> None:
+    # A voided box inside the head holds zeros; taken into the window's percentiles they pull its
+    # low end to 0, and the model sees other input values than it was trained on (clean volumes).
+    clean = read_volume(tiny_phantom / "case_000/mr.nii.gz")
+    body = body_mask(clean.array)
+    region = np.zeros(clean.shape, np.float32)
+    x, y, z = (np.nonzero(body)[i] for i in range(3))
+    cx, cy, cz = (int(np.median(a)) for a in (x, y, z))
+    region[cx - 2 : cx + 2, cy - 2 : cy + 2, :] = 1  # 4% of the body, as the real boxes: far above 0.5%
+    region *= body
+    voided = clean.with_array(np.where(region > 0, 0, clean.array).astype(np.float32))
+    prep = Prep(("mr",), "mr", "mr", context_slices=0, size_multiple=8, region=True)
+    filled = predict_volume(MidGrey(), voided, prep, clean.with_array(region))
+    trained = mr_window(clean.array)  # the window the model saw in training
+    spread = trained.hi - trained.lo
+    np.testing.assert_allclose(filled.array[region > 0], (trained.lo + trained.hi) / 2, atol=0.01 * spread)
+    assert mr_window(voided.array).lo == 0  # the window the voided volume would have had
 
 
 @pytest.mark.parametrize("name", ["LAS", "LPS", "oblique"])

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from medp2p.data.geometry import context_indices, from_model_space, gather_slices, to_model_space
-from medp2p.data.intensity import HU_WINDOW
+from medp2p.data.intensity import HU_WINDOW, body_mask
 from medp2p.data.prepare import BACKGROUND, Prep, prepare_source
 from medp2p.models.precision import autocast
 from medp2p.types import Volume
@@ -56,11 +56,17 @@ def predict_volume(
         raise ValueError(f"the model takes {len(prep.source_keys)} source image(s) {prep.source_keys}, got {len(vols)}")
     if prep.region and region is None:
         raise ValueError("inpainting needs the region to fill (a mask volume)")
-    stack, grid, windows = prepare_source(vols, prep)
-    extra = None
+    bodies = None
     if prep.region:
         if region.shape != vols[0].shape:
             raise ValueError(f"{region.path}: region shape {region.shape} != image shape {vols[0].shape}")
+        # The windows come from the tissue around the region, as in training (clean volumes): the
+        # voided voxels (0) would otherwise drag the low percentile down to 0 and shift the input.
+        kept = region.array <= 0
+        bodies = [body_mask(v.array) & kept for v in vols]
+    stack, grid, windows = prepare_source(vols, prep, bodies)
+    extra = None
+    if prep.region:
         extra = to_model_space((region.array > 0).astype(np.float32), grid, "nearest", 0.0)[None]
         stack = torch.where(extra > 0, torch.tensor(BACKGROUND), stack)
     depth = stack.shape[1]
