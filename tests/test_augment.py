@@ -55,9 +55,22 @@ def test_corruption_kinds(kind: str) -> None:
         assert (regions[:, 1] == 1).all()  # the whole centre slice is missing
     if kind == "box":
         centre = regions[:, 1].flatten(1).sum(1)
-        assert (centre >= 36).all() and (centre <= 100).all()  # (0.2..0.3 * 32)^2
+        assert (centre >= 9).all() and (centre <= 100).all()  # (0.2..0.3 * 32)^2, cut to the body
+        assert not (regions * (1 - body)).any()  # boxes hold body only, as the evaluation's do
     again = corruption_regions(body, 1, (kind,), (0.2, 0.3), torch.Generator().manual_seed(1))
     assert torch.equal(regions, again)
+
+
+def test_boxes_follow_each_context_slice_body() -> None:
+    body = torch.zeros(16, 3, 32, 32)
+    body[:, 1, 4:28, 4:28] = 1  # the centre slice
+    body[:, 0, 4:16, 4:28] = 1  # a neighbour with less body
+    regions = corruption_regions(body, 1, ("box",), (0.3, 0.5), torch.Generator().manual_seed(2))
+    assert not (regions * (1 - body)).any()
+    assert not regions[:, 2].any() and regions[:, 1].flatten(1).amax(1).all()
+    assert regions[:, 0].any()  # some boxes reach the neighbour, inside its body
+    with pytest.raises(ValueError, match="expected 1 or 3"):
+        corruption_regions(body[:, :2], 1, ("box",), (0.3, 0.5), torch.Generator())
 
 
 def test_slices_keep_the_outermost_context() -> None:

@@ -23,7 +23,9 @@ def corruption_regions(
     """Regions to void for a batch of 2.5D samples.
 
     Args:
-        body: ``(B, 1, H, W)`` 0/1 body of each sample's centre slice (boxes are centred in it).
+        body: ``(B, 2k+1, H, W)`` 0/1 body of each sample's slices (or ``(B, 1, H, W)``: the centre
+            slice's, for all of them). Boxes are centred in the centre slice's body and hold body
+            only, as :func:`corrupt_volume`'s and BraTS-Inpainting's healthy-tissue masks do.
         context_slices: k; regions cover ``2k+1`` slices.
         kinds: corruption kinds to choose from (uniformly per sample).
         box_fraction: box side range as a fraction of the slice size.
@@ -31,12 +33,16 @@ def corruption_regions(
 
     Returns:
         ``(B, 2k+1, H, W)`` 0/1 regions; the centre slice is always (partly) covered.
-        ``box``: a box spanning the centre and up to k neighbours each side; ``slices``: the
+        ``box``: a box spanning the centre and up to k neighbours each side, cut to the body (the
+        region's outline tells where tissue ends, as it does at inference); ``slices``: the
         whole centre slice (and up to k-1 neighbours each side) is missing; ``stripes``: 1 to 4
         lines 1 to 4 voxels wide across the centre slice.
     """
-    b, _, h, w = body.shape
+    b, nb, h, w = body.shape
     c = 2 * context_slices + 1
+    if nb not in (1, c):
+        raise ValueError(f"body has {nb} slices per sample; expected 1 or {c}")
+    centre = body[:, nb // 2]
     out = torch.zeros(b, c, h, w)
     n = len(kinds)
     for i in range(b):
@@ -47,13 +53,15 @@ def corruption_regions(
             lo, hi = box_fraction
             bh = max(1, int(round((lo + (hi - lo) * r[2].item()) * h)))
             bw = max(1, int(round((lo + (hi - lo) * r[3].item()) * w)))
-            inside = torch.nonzero(body[i, 0] > 0)
+            inside = torch.nonzero(centre[i] > 0)
             if inside.shape[0]:
                 cy, cx = inside[min(int(r[4] * inside.shape[0]), inside.shape[0] - 1)].tolist()
             else:
                 cy, cx = int(r[4] * h), int(r[5] * w)
             y0, x0 = max(0, min(h - bh, cy - bh // 2)), max(0, min(w - bw, cx - bw // 2))
             out[i, context_slices - half : context_slices + half + 1, y0 : y0 + bh, x0 : x0 + bw] = 1
+            if inside.shape[0]:
+                out[i] *= body[i] > 0  # (cy, cx) is body: the centre slice stays hit
         elif kind == "slices":
             half = min(half, max(context_slices - 1, 0))
             out[i, context_slices - half : context_slices + half + 1] = 1

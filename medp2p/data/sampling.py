@@ -65,7 +65,7 @@ class SliceBatcher:
         self.extent = [_body_extent(c.body[0]) for c in self.cases]
 
     def next(self) -> dict[str, torch.Tensor]:
-        """One batch: ``source (B, S*(2k+1), h, w)``, ``target (B, 1, h, w)``, ``body``, and ``mask`` when the cases have one."""
+        """One batch: ``source (B, S*(2k+1), h, w)``, ``target (B, 1, h, w)``, ``body (B, 2k+1, h, w)``, and ``mask`` when the cases have one."""
         picks = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=self.gen)
         offsets = torch.rand(self.batch_size, 2, generator=self.gen)
         ch, cw = self.crop
@@ -85,7 +85,7 @@ class SliceBatcher:
             idx = self.context[int(self.owner[flat])][d : d + 1]
             out[SOURCE].append(gather_slices(case.source[..., win[0], win[1]], idx)[0])
             out[TARGET].append(case.target[:, d, win[0], win[1]])
-            out[BODY].append(case.body[:, d, win[0], win[1]])
+            out[BODY].append(gather_slices(case.body[..., win[0], win[1]], idx)[0])
             if case.mask is not None:
                 out[MASK].append(case.mask[:, d, win[0], win[1]])
         batch = {k: torch.stack(v) for k, v in out.items() if v}
