@@ -278,7 +278,7 @@ def run_inpaint(work: Path, quick: bool = False) -> Result:
         training, test = training[:3], test[:1]
     train_list = write_datalist(out / "train.json", training)
     test_list = write_datalist(out / "test.json", healthy_boxes(test, out / "test_inputs"))
-    quick_sets = ["train.steps=200", "data.image_size=[96, 96]", "model.depth=5", "model.base_channels=16", "model.disc_channels=16"]
+    quick_sets = ["train.steps=200", "data.image_size=[96, 96]", "model.depth=5", "model.base_channels=16"]
     row = train_predict_evaluate("inpaint", CONFIGS / "inpaint_brain.yaml", train_list, test_list, out, [*(quick_sets if quick else []), *EXTRA_SETS], [])
     cases = json.loads(test_list.read_text())["training"]
     fills = {c["id"]: mean_fill(read_volume(c["voided"]), read_volume(c["region"]).array) for c in cases}
