@@ -1,7 +1,7 @@
 """Batched training augmentations on tensors, driven by one ``torch.Generator`` (so resume is exact).
 
 Geometry (flip, rotation, scaling, shift) is applied identically to source, target and masks;
-intensity jitter (scale, shift, gamma) touches the entries named as the source's: the source
+intensity jitter (scale, shift, gamma) touches the entries named in ``jitter_keys``: the source
 alone when the target is another contrast (CT, labels), source and target alike when the target
 is the source image itself (inpainting). Every random number is drawn whether or not it is used,
 so the stream does not depend on outcomes.
