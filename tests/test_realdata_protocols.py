@@ -50,15 +50,13 @@ def test_seg_fold_beats_the_flair_threshold(tmp_path: Path) -> None:
     assert math.isfinite(row["pyradiomics"]["dice"])
 
 
-def test_inpaint_on_an_unseen_subject_reaches_mean_fill(tmp_path: Path) -> None:
-    # The inpainting model is at the mean-fill baseline's level, not above it (docs/results.md: the
-    # quick run measured SSIM 0.3822 against 0.3824 on a float32 CPU, and edged above it on a bf16
-    # one). What this guards: the protocol runs end to end and the model does not fall below the
-    # trivial fill; a model that beats it is issue 6's open target, not a property to assert.
+def test_inpaint_on_an_unseen_subject_beats_mean_fill(tmp_path: Path) -> None:
+    # The quick run measured SSIM 0.415 against the fill's 0.382 and MSE 0.042 against 0.058
+    # (float32 CPU, docs/results.md).
     shared("kirby21_113")
     shared("stroke_cstar")
     result = _protocols().run_inpaint(tmp_path, quick=True)
     (row,) = result.splits
     model, fill = row["metrics"], row["baselines"]["mean_fill"]
-    assert model["ssim"] > fill["ssim"] - 0.02  # the BraTS-Inpainting target metric
-    assert model["mse"] < 1.1 * fill["mse"]
+    assert model["ssim"] > fill["ssim"]  # the BraTS-Inpainting target metric
+    assert model["mse"] < fill["mse"]
