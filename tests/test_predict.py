@@ -49,9 +49,14 @@ def test_prediction_lands_voxel_for_voxel_on_the_input_grid(rng: np.random.Gener
 
 
 class MidGrey(torch.nn.Module):
-    """A stand-in inpainting generator that predicts 0 everywhere: the middle of the MR window."""
+    """A stand-in inpainting generator that predicts 0 everywhere (the middle of the MR window) and counts slices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slices = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.slices += x.shape[0]
         return torch.zeros_like(x[:, :1])
 
 
@@ -68,10 +73,23 @@ def test_inpainting_windows_ignore_the_voided_region(tiny_phantom: Path) -> None
     voided = clean.with_array(np.where(region > 0, 0, clean.array).astype(np.float32))
     prep = Prep(("mr",), "mr", "mr", context_slices=0, size_multiple=8, region=True)
     filled = predict_volume(MidGrey(), voided, prep, clean.with_array(region))
+    np.testing.assert_array_equal(filled.array[region == 0], clean.array[region == 0])
     trained = mr_window(clean.array)  # the window the model saw in training
     spread = trained.hi - trained.lo
     np.testing.assert_allclose(filled.array[region > 0], (trained.lo + trained.hi) / 2, atol=0.01 * spread)
     assert mr_window(voided.array).lo == 0  # the window the voided volume would have had
+
+
+def test_inpainting_predicts_only_the_slices_that_hold_region(tiny_phantom: Path) -> None:
+    clean = read_volume(tiny_phantom / "case_000/mr.nii.gz")
+    region = np.zeros(clean.shape, np.float32)
+    region[10:14, 10:14, 2:5] = 1  # 3 of the axial slices
+    generator = MidGrey()
+    prep = Prep(("mr",), "mr", "mr", context_slices=1, size_multiple=8, region=True)
+    filled = predict_volume(generator, clean, prep, clean.with_array(region), RunOptions(batch_size=2))
+    assert generator.slices == 3
+    np.testing.assert_array_equal(filled.array[region == 0], clean.array[region == 0])
+    assert not np.array_equal(filled.array[region > 0], clean.array[region > 0])
 
 
 @pytest.mark.parametrize("name", ["LAS", "LPS", "oblique"])

@@ -71,22 +71,24 @@ def predict_volume(
         stack = torch.where(extra > 0, torch.tensor(BACKGROUND), stack)
     depth = stack.shape[1]
     ctx = context_indices(depth, prep.context_slices)
-    out: torch.Tensor | None = None
+    # Inpainting keeps the input outside the region: only the slices holding region are predicted.
+    todo = torch.arange(depth) if extra is None else torch.nonzero(extra[0].flatten(1).amax(1) > 0).flatten()
+    out = stack[:1].clone() if extra is not None else None
     generator.eval()
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     with torch.inference_mode():
-        for start in range(0, depth, options.batch_size):
-            idx = ctx[start : start + options.batch_size]
-            x = gather_slices(stack, idx)
+        for start in range(0, todo.numel(), options.batch_size):
+            slices = todo[start : start + options.batch_size]
+            x = gather_slices(stack, ctx[slices])
             if extra is not None:
-                x = torch.cat([x, gather_slices(extra, idx)], dim=1)
+                x = torch.cat([x, gather_slices(extra, ctx[slices])], dim=1)
             x = x.to(options.device, non_blocking=True).contiguous(memory_format=memory_format)
             with autocast(options.device, options.dtype):
                 y = generator(x)
             y = y.float().cpu()
             if out is None:
                 out = torch.empty((y.shape[1], depth, *y.shape[2:]))
-            out[:, start : start + idx.shape[0]] = y.transpose(0, 1)
+            out[:, slices] = y.transpose(0, 1)
     assert out is not None
     if prep.target_kind == "hu":
         result = HU_WINDOW.inverse(from_model_space(out[0], grid))
