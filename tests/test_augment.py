@@ -22,7 +22,7 @@ def test_geometry_is_shared_and_intensity_touches_the_source_only() -> None:
     spec = AugmentSpec(flip_prob=0.5, affine_prob=1.0, rotate_deg=10, intensity_prob=1.0)
     images, labels = augment({"source": x.clone(), "target": x.clone()}, {"mask": mask.clone()}, ("source",), spec, torch.Generator().manual_seed(3))
     assert not torch.equal(images["target"], x)  # it moved
-    geo_only, labels2 = augment({"source": x.clone(), "target": x.clone()}, {"mask": mask.clone()}, "source",
+    geo_only, labels2 = augment({"source": x.clone(), "target": x.clone()}, {"mask": mask.clone()}, ("source",),
                                 AugmentSpec(flip_prob=0.5, affine_prob=1.0, rotate_deg=10, intensity_prob=0.0), torch.Generator().manual_seed(3))
     assert torch.equal(geo_only["source"], geo_only["target"])  # same warp for source and target
     assert torch.equal(geo_only["target"], images["target"])  # the target never gets intensity jitter
@@ -33,14 +33,14 @@ def test_geometry_is_shared_and_intensity_touches_the_source_only() -> None:
 def test_no_augmentation_is_the_identity() -> None:
     x = _batch()
     spec = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0)
-    images, _ = augment({"source": x.clone()}, {}, "source", spec, torch.Generator().manual_seed(0))
+    images, _ = augment({"source": x.clone()}, {}, ("source",), spec, torch.Generator().manual_seed(0))
     assert torch.equal(images["source"], x)
 
 
 def test_same_generator_state_same_augmentation() -> None:
     x = _batch()
-    a, _ = augment({"source": x}, {}, "source", AugmentSpec(), torch.Generator().manual_seed(9))
-    b, _ = augment({"source": x}, {}, "source", AugmentSpec(), torch.Generator().manual_seed(9))
+    a, _ = augment({"source": x}, {}, ("source",), AugmentSpec(), torch.Generator().manual_seed(9))
+    b, _ = augment({"source": x}, {}, ("source",), AugmentSpec(), torch.Generator().manual_seed(9))
     assert torch.equal(a["source"], b["source"])
 
 

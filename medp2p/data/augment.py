@@ -38,7 +38,7 @@ def _uniform(n: int, spread: float, gen: torch.Generator) -> torch.Tensor:
 def augment(
     images: dict[str, torch.Tensor],
     labels: dict[str, torch.Tensor],
-    jitter_keys: str | tuple[str, ...],
+    jitter_keys: tuple[str, ...],
     spec: AugmentSpec,
     gen: torch.Generator,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -53,7 +53,7 @@ def augment(
         gen: the random stream (CPU generator).
 
     Example:
-        >>> images, labels = augment({"source": s, "target": t}, {"mask": m}, "source", AugmentSpec(), gen)
+        >>> images, labels = augment({"source": s, "target": t}, {"mask": m}, ("source",), AugmentSpec(), gen)
     """
     b = next(iter(images.values())).shape[0]
     flip = torch.rand(b, generator=gen) < spec.flip_prob
@@ -80,7 +80,7 @@ def augment(
 
     out_images = {k: geometric(v, "bilinear") for k, v in images.items()}
     out_labels = {k: geometric(v, "nearest") for k, v in labels.items()}
-    for key in (jitter_keys,) if isinstance(jitter_keys, str) else jitter_keys:
+    for key in jitter_keys:
         src = out_images[key]
         unit = ((src.clamp(-1, 3) + 1) / 2).clamp_min(0)  # [-1, 1] -> [0, 1] for gamma
         jittered = (unit ** gamma.view(b, 1, 1, 1).to(src.device)) * 2 - 1

@@ -421,7 +421,7 @@ def _augmented_batch(batcher: SliceBatcher, aug: AugmentSpec, cfg: Config, prep:
     """Draw a batch, corrupt it (inpainting), and augment source, target and masks together."""
     batch = batcher.next()
     images = {SOURCE: batch[SOURCE], TARGET: batch[TARGET]}
-    labels = {BODY: batch[BODY]}
+    labels: dict[str, torch.Tensor] = {}  # the body only places the boxes: it is not augmented
     if MASK in batch:
         labels[MASK] = batch[MASK]
     if prep.target_kind == "mask":
