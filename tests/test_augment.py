@@ -8,6 +8,7 @@ import torch
 
 from medp2p.data.augment import AugmentSpec, augment
 from medp2p.data.corruption import corrupt_volume, corruption_regions
+from medp2p.data.geometry import MIRROR_DIMS, plan_grid, to_model_space
 
 
 def _batch(seed: int = 0) -> torch.Tensor:
@@ -35,6 +36,22 @@ def test_no_augmentation_is_the_identity() -> None:
     spec = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0)
     images, _ = augment({"source": x.clone()}, {}, ("source",), spec, torch.Generator().manual_seed(0))
     assert torch.equal(images["source"], x)
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_the_flip_mirrors_left_right(axis: str) -> None:
+    # A marker on the right, at the back and at the bottom of a RAS+ volume (all orientations reach
+    # model space through this canonical one): the flip moves it to the left and nowhere else.
+    volume = np.zeros((8, 6, 4), np.float32)
+    volume[1, 1, 1] = 1
+    mirrored = volume[::-1].copy()
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    grid = plan_grid(affine, volume.shape, axis)
+    slices = to_model_space(volume, grid).unsqueeze(1)  # (D, 1, H, W): a batch of slices
+    spec = AugmentSpec(flip_prob=1.0, flip_dim=MIRROR_DIMS[axis], affine_prob=0, intensity_prob=0)
+    flipped, _ = augment({"source": slices}, {}, ("source",), spec, torch.Generator().manual_seed(0))
+    expected = slices if axis == "sagittal" else to_model_space(mirrored, grid).unsqueeze(1)
+    assert torch.equal(flipped["source"], expected)
 
 
 def test_same_generator_state_same_augmentation() -> None:

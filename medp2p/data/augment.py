@@ -1,6 +1,6 @@
 """Batched training augmentations on tensors, driven by one ``torch.Generator`` (so resume is exact).
 
-Geometry (flip, rotation, scaling, shift) is applied identically to source, target and masks;
+Geometry (left-right flip, rotation, scaling, shift) is applied identically to source, target and masks;
 intensity jitter (scale, shift, gamma) touches the entries named in ``jitter_keys``: the source
 alone when the target is another contrast (CT, labels), source and target alike when the target
 is the source image itself (inpainting). Every random number is drawn whether or not it is used,
@@ -18,9 +18,14 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """Augmentation strengths (the config's ``augment`` section)."""
+    """Augmentation strengths (the config's ``augment`` section).
+
+    ``flip_dim``: the batch dimension the flip mirrors, the left-right one of the slicing
+    direction (:data:`~medp2p.data.geometry.MIRROR_DIMS`); None: no flip (sagittal slices).
+    """
 
     flip_prob: float = 0.5
+    flip_dim: int | None = -2
     affine_prob: float = 0.5
     rotate_deg: float = 5.0
     scale: float = 0.05
@@ -67,7 +72,8 @@ def augment(
     gamma = torch.exp(_uniform(b, spec.gamma, gen))
 
     def geometric(x: torch.Tensor, mode: str) -> torch.Tensor:
-        x = torch.where(flip.view(b, 1, 1, 1).to(x.device), x.flip(-1), x)
+        if spec.flip_dim is not None:
+            x = torch.where(flip.view(b, 1, 1, 1).to(x.device), x.flip(spec.flip_dim), x)
         idx = torch.nonzero(do_affine).flatten()
         if idx.numel():
             cos, sin = torch.cos(angle[idx]) / scale[idx], torch.sin(angle[idx]) / scale[idx]

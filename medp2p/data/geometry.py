@@ -20,6 +20,11 @@ import torch.nn.functional as F
 #: The canonical-array axis each slicing direction runs along.
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
+#: The slice dimension of a model-space batch ``(B, C, H, W)`` that runs left-right (the head's
+#: mirror axis), per slicing direction: ``H`` for axial and coronal slices; sagittal slices hold
+#: none (their plane is anterior-posterior by inferior-superior).
+MIRROR_DIMS = {"axial": -2, "coronal": -2, "sagittal": None}
+
 
 def canonical_orientation(affine: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
     """Which array axis runs along each RAS+ world axis, and whether it runs backwards.

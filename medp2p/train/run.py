@@ -31,6 +31,7 @@ from medp2p.config import Config, TrainConfig, config_from_dict, save_config
 from medp2p.data import load_datalist
 from medp2p.data.augment import AugmentSpec, augment
 from medp2p.data.corruption import corruption_regions
+from medp2p.data.geometry import MIRROR_DIMS
 from medp2p.data.prepare import BACKGROUND, Prep, PrepareCased
 from medp2p.data.sampling import BODY, SliceBatcher
 from medp2p.io.atomic import atomic_path, remove_outputs
@@ -299,7 +300,7 @@ def train(
         D_run = DDP(D_run, device_ids=ids) if D_run is not None else None
     trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, loss_spec(cfg), torch_device, dtype, scaler, memory_format, ddp.any)
     batcher = SliceBatcher(cases, t.batch_size, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
-    aug = AugmentSpec(**cfg.augment.model_dump())
+    aug = AugmentSpec(**cfg.augment.model_dump(), flip_dim=MIRROR_DIMS[cfg.data.axis])
     val_options = RunOptions(torch_device, dtype, t.val_batch_size, t.channels_last)
 
     # --- run folder -----------------------------------------------------------------------------
