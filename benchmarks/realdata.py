@@ -74,6 +74,8 @@ def summary(report: Path) -> dict[str, float]:
 REUSE = False
 #: Config overrides added to every training (``--set KEY=VALUE``), for experiments beside the shipped config.
 EXTRA_SETS: list[str] = []
+#: Options added to every ``medp2p predict`` (``--tta``).
+PREDICT_OPTIONS: list[str] = []
 
 
 def train_predict_evaluate(
@@ -89,7 +91,7 @@ def train_predict_evaluate(
     else:
         train_s = medp2p(*cmd, log=log)
         (out / "run" / "train_s.txt").write_text(f"{train_s:.1f}\n")
-    predict_s = medp2p("predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", log=log)
+    predict_s = medp2p("predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", *PREDICT_OPTIONS, log=log)
     medp2p("evaluate", "--task", task, "--pred", str(out / "pred"), "--ref", str(test_list), "-o", str(out / "report"), *eval_args, log=log)
     import torch
 
@@ -315,10 +317,12 @@ def main() -> None:
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3], help="seg: which folds.")
     parser.add_argument("--reuse", action="store_true", help="Keep runs that finished (WORK/.../run/train_s.txt): predict and evaluate only.")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="Config override for every training (repeatable).")
+    parser.add_argument("--tta", action="store_true", help="Predict with medp2p predict --tta (left-right mirror averaging).")
     args = parser.parse_args()
     global REUSE
     REUSE = args.reuse
     EXTRA_SETS[:] = args.sets
+    PREDICT_OPTIONS[:] = ["--tta"] if args.tta else []
     if not SHARED.is_dir():
         sys.exit(f"real data not found at {SHARED} (set MEDP2P_SHARED_DATA)")
     if args.task == "mri2ct":

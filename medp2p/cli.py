@@ -197,6 +197,7 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 16,
     compile: Annotated[bool, typer.Option(help="Compile the generator with frozen weights first (a minute or more; pays over many volumes).")] = False,
+    tta: Annotated[bool, typer.Option(help="Also predict each slice mirrored left-right and average the two (twice the time).")] = False,
 ) -> None:
     """Predict whole volumes with a trained model; outputs sit on each input's own grid.
 
@@ -214,7 +215,7 @@ def predict(
         with err.status("predicting...") as status:
             report = predict_cases(
                 model, inputs, out, fmt, num_parts, part_id, overwrite, device, batch_size,
-                on_case=lambda cid: status.update(f"predicting {escape(cid)}"), compile=compile,
+                on_case=lambda cid: status.update(f"predicting {escape(cid)}"), compile=compile, tta=tta,
             )
     except (CheckpointError, DataLayoutError, ValueError, RuntimeError) as exc:
         raise _usage_error(str(exc)) from None

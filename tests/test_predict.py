@@ -48,6 +48,35 @@ def test_prediction_lands_voxel_for_voxel_on_the_input_grid(rng: np.random.Gener
     np.testing.assert_allclose(sct.array, expected, atol=1e-2)
 
 
+class SkewedCentre(CentreChannel):
+    """The centre channel plus a left-right ramp (along ``H``): a generator that is not mirror-symmetric."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + torch.linspace(-0.5, 0.5, x.shape[-2])[:, None]
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal"])
+def test_flip_tta_averages_each_slice_with_its_mirror_image(rng: np.random.Generator, axis: str) -> None:
+    # With the mirrored pass averaged in, the left-right ramp cancels and the input comes back, on
+    # every orientation: the mirrored axis is the one training flips (MIRROR_DIMS).
+    array = rng.uniform(0, 1000, (13, 11, 7)).astype(np.float32)
+    expected = HU_WINDOW.inverse(mr_window(array).forward(array))
+    for name in ("LAS", "oblique"):
+        mr = Volume(array, AFFINES[name])
+        prep = Prep(("mr",), "ct", "hu", axis=axis, context_slices=1, size_multiple=8)
+        plain = predict_volume(SkewedCentre(1), mr, prep, options=RunOptions(batch_size=3))
+        averaged = predict_volume(SkewedCentre(1), mr, prep, options=RunOptions(batch_size=3, flip_tta=True))
+        assert np.abs(plain.array - expected).max() > 100
+        np.testing.assert_allclose(averaged.array, expected, atol=1e-2)
+
+
+def test_flip_tta_refuses_sagittal_slices() -> None:
+    prep = Prep(("mr",), "ct", "hu", axis="sagittal", context_slices=0, size_multiple=8)
+    mr = Volume(np.ones((8, 8, 8), np.float32), np.eye(4))
+    with pytest.raises(ValueError, match="sagittal slices do not hold"):
+        predict_volume(CentreChannel(0), mr, prep, options=RunOptions(flip_tta=True))
+
+
 class MidGrey(torch.nn.Module):
     """A stand-in inpainting generator that predicts 0 everywhere (the middle of the MR window) and counts slices."""
 
@@ -117,6 +146,23 @@ def test_seg_and_inpaint_outputs(tiny_runs: dict, tiny_phantom: Path, tmp_path: 
     assert region.any()
     np.testing.assert_array_equal(inpainted[~region], mr[~region])  # untouched voxels are the input's
     assert not np.array_equal(inpainted[region], mr[region])
+
+
+def test_predict_tta_option_reaches_the_generator_runs(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medp2p.infer.batch as batch
+
+    seen = []
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(args[-1].flip_tta)
+        return predict_volume(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "predict_volume", spy)
+    for flag in ("--no-tta", "--tta"):
+        result = runner.invoke(app, ["predict", "--model", str(tiny_runs["seg"]), "-i", str(tiny_phantom), "-o", str(tmp_path / flag), flag])
+        assert result.exit_code == 0, result.output
+    n = len(seen) // 2
+    assert n > 0 and seen == [False] * n + [True] * n
 
 
 def test_model_loads_from_run_folder_or_file(tiny_runs: dict) -> None:

@@ -53,11 +53,15 @@ class Model:
     options: RunOptions
 
 
-def load_model(path: str | Path, device: str = "auto", batch_size: int = 16, compile: bool = False) -> Model:
+def load_model(
+    path: str | Path, device: str = "auto", batch_size: int = 16, compile: bool = False, tta: bool = False
+) -> Model:
     """Load a generator from a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
 
     ``compile``: run it through :func:`~medp2p.models.precision.compile_for_inference` (frozen
     weights; a minute or more of compilation that pays over many volumes).
+    ``tta``: average each slice's output with that of its left-right mirror image
+    (:attr:`RunOptions.flip_tta`; twice the generator time).
 
     Example:
         >>> model = load_model("runs/mri2ct")
@@ -70,7 +74,7 @@ def load_model(path: str | Path, device: str = "auto", batch_size: int = 16, com
     generator = generator.to(dev, memory_format=memory_format).eval()
     if compile:
         generator = compile_for_inference(generator)
-    options = RunOptions(dev, resolve_precision(dev, cfg.train.precision), batch_size, cfg.train.channels_last)
+    options = RunOptions(dev, resolve_precision(dev, cfg.train.precision), batch_size, cfg.train.channels_last, tta)
     return Model(generator, prep, cfg, get_task(cfg.task), ckpt["path"], options)
 
 
@@ -210,6 +214,7 @@ def predict_cases(
     batch_size: int = 16,
     on_case: Callable[[str], None] | None = None,
     compile: bool = False,
+    tta: bool = False,
 ) -> PredictReport:
     """Predict every case of ``inputs`` (this part's share of them) into ``out_dir``.
 
@@ -224,6 +229,7 @@ def predict_cases(
         batch_size: slices per forward pass.
         on_case: called with each case id before it is predicted (progress display).
         compile: frozen-weight ``torch.compile`` of the generator (see :func:`load_model`).
+        tta: average with the left-right mirrored prediction (see :func:`load_model`).
 
     Returns:
         The report; failed cases are also written to ``failures.csv`` (``failures_part-K-of-N.csv``
@@ -236,7 +242,7 @@ def predict_cases(
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile)
+    model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile, tta)
     if fmt != "nifti" and model.task.name not in DICOM_OUTPUT:
         raise ValueError(f"--format {fmt}: DICOM output exists for {sorted(DICOM_OUTPUT)}, not {model.task.name}; use --format nifti")
     cases = resolve_inputs(inputs, model.task, model.prep)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medp2p.data.geometry import context_indices, from_model_space, gather_slices, to_model_space
+from medp2p.data.geometry import MIRROR_DIMS, context_indices, from_model_space, gather_slices, to_model_space
 from medp2p.data.intensity import HU_WINDOW, body_mask
 from medp2p.data.prepare import BACKGROUND, Prep, prepare_source
 from medp2p.models.precision import autocast
@@ -19,12 +19,18 @@ from medp2p.types import Volume
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run a generator: device, autocast dtype (None = fp32), batch size, memory format."""
+    """How to run a generator: device, autocast dtype (None = fp32), batch size, memory format.
+
+    ``flip_tta``: also run every batch mirrored left-right (the flip training augments with,
+    :data:`~medp2p.data.geometry.MIRROR_DIMS`) and average the two outputs (logits for masks);
+    twice the generator time. Sagittal slices hold no left-right axis: an error there.
+    """
 
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype | None = None
     batch_size: int = 16
     channels_last: bool = False
+    flip_tta: bool = False
 
 
 def predict_volume(
@@ -56,6 +62,9 @@ def predict_volume(
         raise ValueError(f"the model takes {len(prep.source_keys)} source image(s) {prep.source_keys}, got {len(vols)}")
     if prep.region and region is None:
         raise ValueError("inpainting needs the region to fill (a mask volume)")
+    mirror = MIRROR_DIMS[prep.axis]
+    if options.flip_tta and mirror is None:
+        raise ValueError(f"flip TTA mirrors left-right, which {prep.axis} slices do not hold")
     bodies = None
     if prep.region:
         if region.shape != vols[0].shape:
@@ -84,8 +93,10 @@ def predict_volume(
                 x = torch.cat([x, gather_slices(extra, ctx[slices])], dim=1)
             x = x.to(options.device, non_blocking=True).contiguous(memory_format=memory_format)
             with autocast(options.device, options.dtype):
-                y = generator(x)
-            y = y.float().cpu()
+                y = generator(x).float()
+                if options.flip_tta:
+                    y = 0.5 * (y + generator(x.flip(mirror)).float().flip(mirror))
+            y = y.cpu()
             if out is None:
                 out = torch.empty((y.shape[1], depth, *y.shape[2:]))
             out[:, slices] = y.transpose(0, 1)
