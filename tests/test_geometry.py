@@ -98,6 +98,52 @@ def test_fill_holes_per_slice_matches_filling_each_slice(rng: np.random.Generato
     np.testing.assert_array_equal(fill_holes_per_slice(mask, axis), expected)
 
 
+def _body_mask_plainly(image: np.ndarray) -> np.ndarray:
+    """body_mask written as the plain scikit-image / SciPy composition, copies and all."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    finite = np.isfinite(image)
+    values = image[finite]
+    fg = finite & (image > threshold_otsu(values))
+    fg = ndimage.binary_closing(fg, iterations=2, border_value=0)
+    labels, n = ndimage.label(fg)
+    if n > 1:
+        fg = labels == 1 + int(np.argmax(ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))))
+    for axis in range(3):
+        fg = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(fg, axis, 0)], axis=axis)
+    return fg
+
+
+@pytest.mark.parametrize("kind", ["float32", "fortran", "nonfinite", "int16", "float64"])
+def test_body_mask_is_the_plain_composition(rng: np.random.Generator, kind: str, monkeypatch) -> None:
+    from scipy import ndimage
+
+    from medp2p.data import intensity
+
+    # a noisy head with a dark hole, bright specks outside (many components) and a second blob
+    z, y, x = np.mgrid[:24, :30, :28]
+    image = 40 + 10 * rng.standard_normal((24, 30, 28))
+    image[((z - 12) / 9) ** 2 + ((y - 15) / 11) ** 2 + ((x - 14) / 10) ** 2 < 1] += 120
+    image[10:14, 13:17, 12:16] = 45
+    image[rng.random(image.shape) > 0.995] = 300
+    image[2:5, 2:5, 20:24] = 170
+    if kind == "nonfinite":
+        image[0, 0, :3] = [np.nan, np.inf, -np.inf]
+        image[12, 15, 14] = np.nan
+    if kind == "fortran":
+        image = np.asfortranarray(image.astype(np.float32))
+    elif kind == "int16":
+        image = image.round().astype(np.int16)  # scikit-image's integer histogram (bincount) path
+    elif kind != "float64":
+        image = image.astype(np.float32)
+    monkeypatch.setattr(intensity, "_LABEL_BLOCK", 100)  # component sizes counted over several slabs
+    expected = _body_mask_plainly(image)
+    assert 0.1 < expected.mean() < 0.9
+    assert ndimage.label(expected)[1] == 1 < ndimage.label(image > 200)[1]  # the largest of several components
+    np.testing.assert_array_equal(body_mask(image), expected)
+
+
 def test_window_maps_block_by_block_exactly_as_one_float64_expression(rng: np.random.Generator, monkeypatch) -> None:
     from medp2p.data import intensity
 
