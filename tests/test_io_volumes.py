@@ -151,19 +151,33 @@ def test_unknown_and_missing_inputs(tmp_path: Path) -> None:
         read_volume(tmp_path / "absent.nii.gz")
 
 
-def test_failed_write_keeps_older_file_and_leaves_nothing(tmp_path: Path, volume: Volume, monkeypatch) -> None:
-    path = write_nifti(volume, tmp_path / "sct.nii.gz")
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_failed_write_keeps_older_file_and_leaves_nothing(tmp_path: Path, volume: Volume, monkeypatch, suffix: str) -> None:
+    path = write_nifti(volume, tmp_path / f"sct{suffix}")
     before = path.read_bytes()
+    save = nib.Nifti1Image.to_file_map
 
-    def broken_save(img, filename):
-        Path(filename).write_bytes(b"partial")
+    def broken_save(img, *args, **kwargs):  # writes the whole image, then the disk fills up
+        save(img, *args, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(nib, "save", broken_save)
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", broken_save)
     with pytest.raises(OSError, match="disk full"):
         write_nifti(volume.with_array(volume.array + 1), path)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sct.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"sct{suffix}"]
+
+
+def test_gzipped_nifti_is_nibabels_file_in_one_plain_gzip_member(tmp_path: Path, volume: Volume) -> None:
+    import zlib
+
+    gz = write_nifti(volume, tmp_path / "x.nii.gz").read_bytes()
+    plain = write_nifti(volume, tmp_path / "x.nii").read_bytes()
+    one = zlib.decompressobj(wbits=31)  # one gzip member, nothing after it
+    assert one.decompress(gz) == plain and one.eof and one.unused_data == b""
+    assert gz[3] == 0 and gz[4:8] == b"\0\0\0\0"  # no file name, mtime 0: the same volume gives the same bytes
+    assert write_nifti(volume, tmp_path / "y.nii.gz").read_bytes() == gz
+    assert len(gz) < len(plain)
 
 
 def test_written_files_get_ordinary_permissions(tmp_path: Path, volume: Volume) -> None:
