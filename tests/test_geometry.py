@@ -9,7 +9,9 @@ import torch
 from medp2p.data.geometry import (
     SLICE_AXES, canonical_orientation, context_indices, from_model_space, gather_slices, plan_grid, slab_bounds, slab_mask, to_model_space,
 )
-from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, fill_holes_per_slice, mr_window
+from medp2p.data.intensity import (
+    HU_WINDOW, IntensityWindow, binary_closing_cross, body_mask, fill_holes_per_slice, mr_window,
+)
 from tests.test_io_volumes import AFFINES
 
 
@@ -96,6 +98,17 @@ def test_fill_holes_per_slice_matches_filling_each_slice(rng: np.random.Generato
     expected = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)], axis=axis)
     assert (expected != mask).any()  # the case has holes to fill
     np.testing.assert_array_equal(fill_holes_per_slice(mask, axis), expected)
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3), (1, 6, 6), (2, 9, 4), (30, 20, 10), (12, 11)])
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_binary_closing_cross_is_scipys(rng: np.random.Generator, shape: tuple[int, ...], iterations: int) -> None:
+    from scipy import ndimage
+
+    for fraction in (0.3, 0.6, 0.9):  # sparse to dense: holes closed, borders eroded, thin dims emptied
+        mask = rng.random(shape) < fraction
+        expected = ndimage.binary_closing(mask, iterations=iterations, border_value=0)
+        np.testing.assert_array_equal(binary_closing_cross(mask, iterations), expected)
 
 
 def _body_mask_plainly(image: np.ndarray) -> np.ndarray:

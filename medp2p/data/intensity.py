@@ -99,7 +99,7 @@ def body_mask(image: np.ndarray) -> np.ndarray:
     fg = _otsu_foreground(image)
     if fg is None:
         return np.ones(image.shape, bool)
-    fg = ndimage.binary_closing(fg, iterations=2, border_value=0)
+    fg = binary_closing_cross(fg, iterations=2)
     labels, n = ndimage.label(fg)
     if n > 1:
         fg = labels == (1 + int(np.argmax(_label_sizes(labels, n))))
@@ -112,6 +112,41 @@ def body_mask(image: np.ndarray) -> np.ndarray:
 
 #: Voxels of labels counted at a time by :func:`_label_sizes` (16 MiB of int32).
 _LABEL_BLOCK = 1 << 22
+
+
+def binary_closing_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``ndimage.binary_closing(mask, iterations=iterations, border_value=0)`` with the default cross.
+
+    The same voxels as SciPy's, from whole-array shifted ORs and ANDs: about 10x faster on head
+    volumes (0.41 against 6.6 s at 512x512x300, docs/results.md). Outside the array is background
+    for the dilation and for the erosion, as ``border_value=0`` makes it in SciPy.
+
+    Example:
+        >>> closed = binary_closing_cross(mask, iterations=2)
+    """
+    mask = np.asarray(mask, bool)
+
+    def shifted(axis: int, start: int | None, stop: int | None) -> tuple[slice, ...]:
+        index = [slice(None)] * mask.ndim
+        index[axis] = slice(start, stop)
+        return tuple(index)
+
+    m = mask
+    for _ in range(iterations):  # dilation: a voxel joins when a face neighbour is set
+        out = m.copy()
+        for axis in range(m.ndim):
+            out[shifted(axis, 1, None)] |= m[shifted(axis, None, -1)]
+            out[shifted(axis, None, -1)] |= m[shifted(axis, 1, None)]
+        m = out
+    for _ in range(iterations):  # erosion: a voxel stays when all face neighbours are set, none outside
+        out = m.copy()
+        for axis in range(m.ndim):
+            out[shifted(axis, 1, None)] &= m[shifted(axis, None, -1)]
+            out[shifted(axis, None, -1)] &= m[shifted(axis, 1, None)]
+            out[shifted(axis, 0, 1)] = False
+            out[shifted(axis, -1, None)] = False
+        m = out
+    return m
 
 
 def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
