@@ -10,7 +10,7 @@ from medp2p.data.geometry import (
     SLICE_AXES, canonical_orientation, context_indices, from_model_space, gather_slices, plan_grid, slab_bounds, slab_mask, to_model_space,
 )
 from medp2p.data.intensity import (
-    HU_WINDOW, IntensityWindow, binary_closing_cross, body_mask, fill_holes_per_slice, mr_window,
+    HU_WINDOW, IntensityWindow, binary_closing_cross, body_mask, bounding_box, fill_holes_per_slice, mr_window,
 )
 from tests.test_io_volumes import AFFINES
 
@@ -86,8 +86,9 @@ def test_mr_window_uses_body_percentiles(rng: np.random.Generator) -> None:
     np.testing.assert_allclose(w.inverse(w.forward(np.array([0.0, 17.5, 99.0]))), [0.0, 17.5, 99.0], atol=1e-5)
 
 
+@pytest.mark.parametrize("placement", ["whole", "inside", "at_edges"])
 @pytest.mark.parametrize("axis", [0, 1, 2])
-def test_fill_holes_per_slice_matches_filling_each_slice(rng: np.random.Generator, axis: int) -> None:
+def test_fill_holes_per_slice_matches_filling_each_slice(rng: np.random.Generator, axis: int, placement: str) -> None:
     from scipy import ndimage
 
     # rings and blobs: holes inside slices, holes open to the border, and empty slices
@@ -95,9 +96,24 @@ def test_fill_holes_per_slice_matches_filling_each_slice(rng: np.random.Generato
     mask[:, :, 0] = False
     mask[5:15, 5:15, 3] = True
     mask[7:12, 7:12, 3] = False
+    if placement != "whole":  # the labelling works on the mask's box: within a larger volume, or at its edges
+        big = np.zeros((31, 27, 17), bool)
+        big[(slice(3, 26), slice(5, 24), slice(2, 13)) if placement == "inside" else (slice(8, 31), slice(0, 19), slice(6, 17))] = mask
+        mask = big
     expected = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)], axis=axis)
     assert (expected != mask).any()  # the case has holes to fill
     np.testing.assert_array_equal(fill_holes_per_slice(mask, axis), expected)
+    empty = np.zeros((4, 5, 6), bool)
+    assert not fill_holes_per_slice(empty, axis).any()
+
+
+def test_bounding_box() -> None:
+    mask = np.zeros((6, 7, 8), bool)
+    assert bounding_box(mask) is None
+    mask[1, 2:4, 7] = True
+    mask[3, 5, 6] = True
+    assert bounding_box(mask) == (slice(1, 4), slice(2, 6), slice(6, 8))
+    assert bounding_box(mask, margin_axes=(0, 2)) == (slice(0, 5), slice(2, 6), slice(5, 8))  # within the array
 
 
 @pytest.mark.parametrize("shape", [(7, 5, 3), (1, 6, 6), (2, 9, 4), (30, 20, 10), (12, 11)])

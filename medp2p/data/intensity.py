@@ -100,9 +100,11 @@ def body_mask(image: np.ndarray) -> np.ndarray:
     if fg is None:
         return np.ones(image.shape, bool)
     fg = binary_closing_cross(fg, iterations=2)
-    labels, n = ndimage.label(fg)
+    box = bounding_box(fg)
+    labels, n = ndimage.label(fg[box] if box is not None else fg)  # components lie inside the box
     if n > 1:
-        fg = labels == (1 + int(np.argmax(_label_sizes(labels, n))))
+        fg = np.zeros_like(fg)
+        fg[box] = labels == (1 + int(np.argmax(_label_sizes(labels, n))))
     del labels
     # fill holes slice by slice along every axis: dark anatomy (sinuses, bone on MR) is body
     for axis in range(3):
@@ -192,19 +194,49 @@ def fill_holes_per_slice(mask: np.ndarray, axis: int) -> np.ndarray:
         >>> filled = fill_holes_per_slice(mask, axis=2)   # every axial slice of an (X, Y, Z) mask
     """
     mask = np.asarray(mask, bool)
+    plane = tuple(a for a in range(3) if a != axis)
+    # Holes lie inside the mask's bounding box. Widened by a voxel in-plane, the box's border
+    # touches only the slice border or background joined to it, so labelling the box is enough.
+    box = bounding_box(mask, margin_axes=plane)
+    if box is None:
+        return mask.copy()
+    crop = mask[box]
     structure = np.zeros((3, 3, 3), bool)
     index: list[slice | int] = [slice(None)] * 3
     index[axis] = 1
     structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-    labels, n = ndimage.label(~mask, structure)
+    labels, n = ndimage.label(~crop, structure)
+    filled = mask.copy()
     if n == 0:
-        return mask
+        return filled
     outside = np.zeros(n + 1, bool)  # per label; label 0 is the mask itself
-    for edge_axis in (a for a in range(3) if a != axis):
-        for edge in (0, mask.shape[edge_axis] - 1):
+    for edge_axis in plane:
+        for edge in (0, crop.shape[edge_axis] - 1):
             outside[np.take(labels, edge, axis=edge_axis)] = True
     outside[0] = False
-    return ~outside[labels]
+    filled[box] = ~outside[labels]
+    return filled
+
+
+def bounding_box(mask: np.ndarray, margin_axes: tuple[int, ...] = ()) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every set voxel of a 3D ``mask``; None when none is set.
+
+    Along ``margin_axes`` the box is one voxel wider on each side, within the array.
+
+    Example:
+        >>> head = image[bounding_box(body)]   # the smallest box holding the body
+    """
+    xy = mask.any(axis=2)
+    hits = (np.flatnonzero(xy.any(axis=1)), np.flatnonzero(xy.any(axis=0)), np.flatnonzero(mask.any(axis=(0, 1))))
+    if hits[0].size == 0:
+        return None
+    box = []
+    for axis, hit in enumerate(hits):
+        lo, hi = int(hit[0]), int(hit[-1]) + 1
+        if axis in margin_axes:
+            lo, hi = max(lo - 1, 0), min(hi + 1, mask.shape[axis])
+        box.append(slice(lo, hi))
+    return tuple(box)
 
 
 def mr_window(
