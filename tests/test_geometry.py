@@ -182,7 +182,13 @@ def test_window_maps_block_by_block_exactly_as_one_float64_expression(rng: np.ra
     expected = np.clip((x.astype(np.float64) + 1024.0) * (2.0 / 4024.0) - 1.0, -1.0, 1.0).astype(np.float32)
     y = win.forward(x)
     np.testing.assert_array_equal(y, expected)
-    np.testing.assert_array_equal(win.inverse(y), ((y.astype(np.float64) + 1.0) * 2012.0 - 1024.0).astype(np.float32))
+    back = ((y.astype(np.float64) + 1.0) * 2012.0 - 1024.0).astype(np.float32)
+    np.testing.assert_array_equal(win.inverse(y), back)
+    inplace = y.copy()
+    assert win.inverse(inplace, out=inplace) is inplace  # predict maps its output back in place
+    np.testing.assert_array_equal(inplace, back)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        win.inverse(x, out=x)  # Fortran order: a flat view would be a copy
     assert win.forward(np.float32(40.0)).shape == ()
 
 

@@ -41,8 +41,9 @@ class IntensityWindow:
     def forward(self, x: np.ndarray) -> np.ndarray:
         return _linear_map(x, self.lo, 2.0 / (self.hi - self.lo), -1.0, self.clip)
 
-    def inverse(self, y: np.ndarray) -> np.ndarray:
-        return _linear_map(y, -1.0, (self.hi - self.lo) / 2.0, self.lo, None)
+    def inverse(self, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Model values back to intensities; ``out=y`` maps a C-contiguous float32 ``y`` in place."""
+        return _linear_map(y, -1.0, (self.hi - self.lo) / 2.0, self.lo, None, out)
 
     def to_dict(self) -> dict[str, float]:
         return {"lo": float(self.lo), "hi": float(self.hi)}
@@ -52,7 +53,9 @@ class IntensityWindow:
 _BLOCK = 1 << 22
 
 
-def _linear_map(x: np.ndarray, shift: float, scale: float, offset: float, clip: tuple[float, float] | None) -> np.ndarray:
+def _linear_map(
+    x: np.ndarray, shift: float, scale: float, offset: float, clip: tuple[float, float] | None, out: np.ndarray | None = None
+) -> np.ndarray:
     """``float32((x - shift) * scale + offset)``, clipped, computed in float64 block by block.
 
     The arithmetic is float64 as a whole-array expression would be, but the float64
@@ -60,7 +63,10 @@ def _linear_map(x: np.ndarray, shift: float, scale: float, offset: float, clip: 
     otherwise need 1.8 GB of them).
     """
     x = np.asarray(x)
-    out = np.empty(x.shape, np.float32)
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    elif out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {x.shape}")
     flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     for start in range(0, flat_in.size, _BLOCK):
         y = (flat_in[start : start + _BLOCK].astype(np.float64) - shift) * scale + offset
