@@ -95,8 +95,8 @@ def ct_body(ct: np.ndarray) -> np.ndarray:
 def body_mask(image: np.ndarray) -> np.ndarray:
     """Foreground (head/body) of an MR or CT volume: Otsu threshold, closed, holes filled, largest component.
 
-    Holds at most one int32 and three boolean volumes beside ``image`` (no copy of its values),
-    so that a 512x512x300 prediction stays well under 3 GB.
+    Holds at most one int32 and four boolean volumes beside ``image``, and no copy of its values
+    (docs/results.md has the memory of a 512x512x300 prediction).
 
     Example:
         >>> body = body_mask(read_volume("case_000/mr.nii.gz").array)

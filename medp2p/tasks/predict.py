@@ -102,17 +102,13 @@ def predict_volume(
             out[:, slices] = y.transpose(0, 1)
     assert out is not None
     del stack, extra  # the model-space input: memory for the way back
-    if prep.target_kind == "hu":
-        back = from_model_space(out[0], grid)
-        del out
-        result = HU_WINDOW.inverse(back, out=back)
-    elif prep.target_kind == "mask":
+    if prep.target_kind == "mask":
         prob = from_model_space(torch.sigmoid(out[0]), grid)
         result = (prob > 0.5).astype(np.float32)
     else:
         back = from_model_space(out[0], grid)
         del out
-        restored = windows[0].inverse(back, out=back)
-        keep = region.array > 0 if region is not None else np.ones(vols[0].shape, bool)
-        result = np.where(keep, restored, vols[0].array).astype(np.float32, copy=False)
+        result = (HU_WINDOW if prep.target_kind == "hu" else windows[0]).inverse(back, out=back)
+        if prep.region:  # inpainting: only the region is replaced
+            result = np.where(region.array > 0, result, vols[0].array).astype(np.float32, copy=False)
     return vols[0].with_array(result)
