@@ -195,7 +195,9 @@ def predict(
     part_id: Annotated[int, typer.Option(min=0, help="...and predict this one (0-based).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (refused otherwise).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 16,
+    batch_size: Annotated[
+        Optional[int], typer.Option(min=1, help="Slices per forward pass [default: 16 of 256x256; fewer, larger slices: 4 of 512x512].")
+    ] = None,
     compile: Annotated[bool, typer.Option(help="Compile the generator with frozen weights first (a minute or more; pays over many volumes).")] = False,
     tta: Annotated[bool, typer.Option(help="Also predict each slice mirrored left-right and average the two (twice the time).")] = False,
 ) -> None:

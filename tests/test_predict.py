@@ -48,6 +48,28 @@ def test_prediction_lands_voxel_for_voxel_on_the_input_grid(rng: np.random.Gener
     np.testing.assert_allclose(sct.array, expected, atol=1e-2)
 
 
+def test_default_batch_holds_16_slices_of_256x256_worth_of_pixels(rng: np.random.Generator, monkeypatch) -> None:
+    from medp2p.tasks import predict
+
+    assert [RunOptions().batch_for(s, s) for s in (128, 256, 300, 512, 1024)] == [16, 16, 11, 4, 1]
+    assert RunOptions(batch_size=7).batch_for(512, 512) == 7  # asked for: as asked
+
+    class Recording(CentreChannel):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    seen: list[int] = []
+    monkeypatch.setattr(predict, "AUTO_BATCH_PIXELS", 3 * 16 * 16)  # 3 model-space slices of 16x16
+    mr = Volume(rng.uniform(0, 1000, (13, 11, 7)).astype(np.float32), AFFINES["RAS"])
+    prep = Prep(("mr",), "ct", "hu", axis="axial", context_slices=1, size_multiple=16)
+    predict_volume(Recording(1), mr, prep)
+    assert seen == [3, 3, 1]
+    seen.clear()
+    predict_volume(Recording(1), mr, prep, options=RunOptions(batch_size=5))
+    assert seen == [5, 2]
+
+
 class SkewedCentre(CentreChannel):
     """The centre channel plus a left-right ramp (along ``H``): a generator that is not mirror-symmetric."""
 

@@ -54,7 +54,7 @@ class Model:
 
 
 def load_model(
-    path: str | Path, device: str = "auto", batch_size: int = 16, compile: bool = False, tta: bool = False
+    path: str | Path, device: str = "auto", batch_size: int | None = None, compile: bool = False, tta: bool = False
 ) -> Model:
     """Load a generator from a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
 
@@ -211,7 +211,7 @@ def predict_cases(
     part_id: int = 0,
     overwrite: bool = False,
     device: str = "auto",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     on_case: Callable[[str], None] | None = None,
     compile: bool = False,
     tta: bool = False,
@@ -226,7 +226,8 @@ def predict_cases(
         num_parts, part_id: split the sorted cases into ``num_parts`` and do part ``part_id``.
         overwrite: replace existing outputs (refused otherwise, per case).
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass; None: 16 of 256x256, fewer for larger slices
+            (:attr:`RunOptions.batch_size`).
         on_case: called with each case id before it is predicted (progress display).
         compile: frozen-weight ``torch.compile`` of the generator (see :func:`load_model`).
         tta: average with the left-right mirrored prediction (see :func:`load_model`).

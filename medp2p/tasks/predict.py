@@ -1,6 +1,7 @@
 """Whole-volume prediction: slices through the generator in batches, back onto the input's grid.
 
-Memory stays bounded by the normalised source stack, one batch of slices and the output stack.
+Memory stays bounded by the normalised source stack, one batch of slices (at most
+:data:`AUTO_BATCH_PIXELS` by default) and the output stack.
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ from medp2p.models.precision import autocast
 from medp2p.types import Volume
 
 
+#: Pixels per forward pass when no batch size is given: 16 slices of 256x256. Larger slices go in
+#: smaller batches (4 of 512x512), which keeps a 512x512x300 prediction's activations at a
+#: quarter for a few percent of speed (docs/results.md).
+AUTO_BATCH_PIXELS = 16 * 256 * 256
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a generator: device, autocast dtype (None = fp32), batch size, memory format.
+
+    ``batch_size``: slices per forward pass; None: :data:`AUTO_BATCH_PIXELS` worth, at most 16.
 
     ``flip_tta``: also run every batch mirrored left-right (the flip training augments with,
     :data:`~medp2p.data.geometry.MIRROR_DIMS`) and average the two outputs (logits for masks);
@@ -28,9 +37,13 @@ class RunOptions:
 
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype | None = None
-    batch_size: int = 16
+    batch_size: int | None = None
     channels_last: bool = False
     flip_tta: bool = False
+
+    def batch_for(self, height: int, width: int) -> int:
+        """Slices per forward pass for slices of ``height x width``."""
+        return self.batch_size or max(1, min(16, AUTO_BATCH_PIXELS // (height * width)))
 
 
 def predict_volume(
@@ -85,9 +98,10 @@ def predict_volume(
     out = stack[:1].clone() if extra is not None else None
     generator.eval()
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    batch = options.batch_for(*stack.shape[-2:])
     with torch.inference_mode():
-        for start in range(0, todo.numel(), options.batch_size):
-            slices = todo[start : start + options.batch_size]
+        for start in range(0, todo.numel(), batch):
+            slices = todo[start : start + batch]
             x = gather_slices(stack, ctx[slices])
             if extra is not None:
                 x = torch.cat([x, gather_slices(extra, ctx[slices])], dim=1)
