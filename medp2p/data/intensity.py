@@ -107,7 +107,9 @@ def body_mask(image: np.ndarray) -> np.ndarray:
         return np.ones(image.shape, bool)
     fg = binary_closing_cross(fg, iterations=2)
     box = bounding_box(fg)
-    labels, n = ndimage.label(fg[box] if box is not None else fg)  # components lie inside the box
+    if box is None:  # nothing above the threshold survived the closing: no body, no holes
+        return fg
+    labels, n = ndimage.label(fg[box])  # components lie inside the box
     if n > 1:
         fg = np.zeros_like(fg)
         fg[box] = labels == (1 + int(np.argmax(_label_sizes(labels, n))))
