@@ -21,14 +21,15 @@ from medp2p.types import Volume
 #: Pixels per forward pass when no batch size is given: 16 slices of 256x256. Larger slices go in
 #: smaller batches (4 of 512x512), which keeps a 512x512x300 prediction's activations at a
 #: quarter for a few percent of speed (docs/results.md).
-AUTO_BATCH_PIXELS = 16 * 256 * 256
+AUTO_BATCH = 16
+AUTO_BATCH_PIXELS = AUTO_BATCH * 256 * 256
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a generator: device, autocast dtype (None = fp32), batch size, memory format.
 
-    ``batch_size``: slices per forward pass; None: :data:`AUTO_BATCH_PIXELS` worth, at most 16.
+    ``batch_size``: slices per forward pass; None: :data:`AUTO_BATCH_PIXELS` worth, at most :data:`AUTO_BATCH`.
 
     ``flip_tta``: also run every batch mirrored left-right (the flip training augments with,
     :data:`~medp2p.data.geometry.MIRROR_DIMS`) and average the two outputs (logits for masks);
@@ -43,7 +44,7 @@ class RunOptions:
 
     def batch_for(self, height: int, width: int) -> int:
         """Slices per forward pass for slices of ``height x width``."""
-        return self.batch_size or max(1, min(16, AUTO_BATCH_PIXELS // (height * width)))
+        return self.batch_size or max(1, min(AUTO_BATCH, AUTO_BATCH_PIXELS // (height * width)))
 
 
 def predict_volume(
