@@ -182,6 +182,7 @@ def bench_train(device: torch.device, batch: int, rounds: int, steps: int, compi
 
 def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool) -> dict:
     """Generator inference: the reference (fp32 NCHW, batch 1, as its test script) vs medp2p's path."""
+    from medp2p.models.inference import optimize_for_inference
     from medp2p.models.precision import autocast, compile_for_inference, resolve_precision
 
     torch.manual_seed(0)
@@ -192,9 +193,8 @@ def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool)
     dtype = resolve_precision(device, "auto")
     x1 = torch.rand(1, 1, 256, 256, device=device)
     xb = torch.rand(16, 1, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
-    run = G
-    if compile_freeze:
-        run = compile_for_inference(G)  # what `medp2p predict --compile` runs
+    # what `medp2p predict` runs: frozen compilation with --compile, else the eager rewrite
+    run = compile_for_inference(G) if compile_freeze else optimize_for_inference(G)
 
     def ours():
         with torch.inference_mode(), autocast(device, dtype):
@@ -217,13 +217,14 @@ def bench_volume(device: torch.device, slices: int, rounds: int) -> dict:
     """End to end (read NIfTI -> predict every slice -> write NIfTI) vs the bare forward on as many slices."""
     from medp2p.checkpoint import prep_from_config
     from medp2p.io import read_volume, write_volume
+    from medp2p.models.inference import optimize_for_inference
     from medp2p.models.precision import autocast, resolve_precision
     from medp2p.tasks.predict import RunOptions, predict_volume
     from medp2p.types import Volume
 
     cfg = medp2p_config()
     _, G = medp2p_trainer(cfg, device)
-    G.eval()
+    G = optimize_for_inference(G)  # as `medp2p predict` loads it; the bare forward runs the same
     prep = prep_from_config(cfg, for_training=False)
     dtype = resolve_precision(device, "auto")
     options = RunOptions(device, dtype, 16, True)

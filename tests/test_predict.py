@@ -195,6 +195,20 @@ def test_model_loads_from_run_folder_or_file(tiny_runs: dict) -> None:
     assert result.exit_code == 2 and "nope.pt" in result.output
 
 
+def test_loaded_model_runs_the_inference_rewrite_with_the_same_outputs(tiny_runs: dict, tiny_phantom: Path) -> None:
+    from medp2p.checkpoint import generator_from_checkpoint, load_checkpoint
+    from medp2p.models.inference import MatmulConvTranspose2d
+
+    model = load_model(tiny_runs["mri2ct"])
+    assert any(isinstance(m, MatmulConvTranspose2d) for m in model.generator.modules())
+    plain, _, _ = generator_from_checkpoint(load_checkpoint(tiny_runs["mri2ct"]))
+    assert not any(isinstance(m, MatmulConvTranspose2d) for m in plain.modules())
+    mr = read_volume(tiny_phantom / "case_000" / "mr.nii.gz")
+    fast = predict_volume(model.generator, mr, model.prep, options=model.options)
+    slow = predict_volume(plain.eval(), mr, model.prep, options=model.options)
+    np.testing.assert_allclose(fast.array, slow.array, atol=0.05)  # HU: float rounding only
+
+
 def _dataset(tiny_phantom: Path, root: Path, ids: list[str]) -> Path:
     cases = [{"id": cid, "mr": str(tiny_phantom / f"case_00{i % 3}/mr.nii.gz")} for i, cid in enumerate(ids)]
     root.mkdir(parents=True, exist_ok=True)

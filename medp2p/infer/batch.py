@@ -28,6 +28,7 @@ from medp2p.data.prepare import Prep
 from medp2p.io import is_volume_file, read_volume, write_nifti
 from medp2p.io.atomic import atomic_path, full_suffix, replace_folder
 from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
+from medp2p.models.inference import optimize_for_inference
 from medp2p.models.precision import compile_for_inference, resolve_device, resolve_precision
 from medp2p.tasks import Task, get_task
 from medp2p.tasks.predict import RunOptions, predict_volume
@@ -58,7 +59,9 @@ def load_model(
 ) -> Model:
     """Load a generator from a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
 
-    ``compile``: run it through :func:`~medp2p.models.precision.compile_for_inference` (frozen
+    The generator runs as :func:`~medp2p.models.inference.optimize_for_inference` rewrites it
+    (batch norms folded, matmul transposed convolutions where oneDNN is slow: the same outputs).
+    ``compile``: run it through :func:`~medp2p.models.precision.compile_for_inference` instead (frozen
     weights; a minute or more of compilation that pays over many volumes).
     ``tta``: average each slice's output with that of its left-right mirror image
     (:attr:`RunOptions.flip_tta`; twice the generator time).
@@ -72,8 +75,8 @@ def load_model(
     dev = resolve_device(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     generator = generator.to(dev, memory_format=memory_format).eval()
-    if compile:
-        generator = compile_for_inference(generator)
+    # Inductor folds and fuses on its own; eager prediction gets the same rewrite by hand
+    generator = compile_for_inference(generator) if compile else optimize_for_inference(generator, inplace=True)
     options = RunOptions(dev, resolve_precision(dev, cfg.train.precision), batch_size, cfg.train.channels_last, tta)
     return Model(generator, prep, cfg, get_task(cfg.task), ckpt["path"], options)
 
