@@ -36,6 +36,7 @@ from medp2p.data.prepare import BACKGROUND, Prep, PrepareCased
 from medp2p.data.sampling import BODY, SliceBatcher
 from medp2p.io.atomic import atomic_path, remove_outputs
 from medp2p.models.precision import resolve_device, resolve_precision
+from medp2p.runtime import reuse_freed_memory
 from medp2p.tasks import get_task
 from medp2p.tasks.predict import RunOptions
 from medp2p.train.distributed import init_distributed, weights_digest
@@ -359,47 +360,48 @@ def train(
     timing_from: float | None = None
     fit_at = first + _WARMUP_STEPS + _TIMED_STEPS
     try:
-        while step < stop:
-            if t.minutes is not None and not schedule["fitted"] and step == first + _WARMUP_STEPS:
-                timing_from = time.perf_counter()
-            if timing_from is not None and step == fit_at:
-                # Fit, then refit every _REFIT_EVERY steps with the longer average (checkpoints and
-                # validations included) while the lr is still constant; every rank uses the slowest
-                # rank's figures, so all fit the same schedule.
-                now = time.perf_counter()
-                times = ddp.gather((now - started, (now - timing_from) / (step - first - _WARMUP_STEPS)))
-                elapsed, step_s = max(x[0] for x in times), max(x[1] for x in times)
-                fitted = fit_schedule(60.0 * t.minutes, elapsed, step, step_s, t.steps)
-                if t.decay_start > 0:  # the decay must not start in the past
-                    fitted = max(fitted, math.ceil(step / t.decay_start))
-                if fitted != schedule["steps"]:
-                    log.log(step, "train", {"schedule_steps": fitted, "step_s": step_s})
-                schedule.update(steps=fitted, fitted=1)
-                stop = min(limit, fitted)
-                bar.total = stop
-                bar.refresh()
-                fit_at = step + _REFIT_EVERY
-                if fit_at + _REFIT_EVERY >= int(fitted * t.decay_start):
-                    timing_from = None  # the decay starts soon: the schedule is final
-            batch = _augmented_batch(batcher, aug, cfg, prep, gen)
-            losses = trainer(step, batch)
-            sched_g.step()
-            if sched_d is not None:
-                sched_d.step()
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == stop:
-                log.log(step, "train", {**losses, "lr": sched_g.get_last_lr()[0]})
-                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("loss_G", "loss_D")}, refresh=False)
-            validate_now = step % t.val_every == 0 or step == stop
-            save_now = step % t.checkpoint_every == 0 or step == stop
-            if validate_now or save_now:
-                rng = gathered_rng()
-                if validate_now:
-                    val_metrics = run_validation(rng) or val_metrics
-                if save_now and ddp.main:
-                    save_checkpoint(state(rng), out / "last.pt")
-                ddp.barrier()
+        with reuse_freed_memory():  # activations reuse malloc's heap (medp2p.runtime)
+            while step < stop:
+                if t.minutes is not None and not schedule["fitted"] and step == first + _WARMUP_STEPS:
+                    timing_from = time.perf_counter()
+                if timing_from is not None and step == fit_at:
+                    # Fit, then refit every _REFIT_EVERY steps with the longer average (checkpoints and
+                    # validations included) while the lr is still constant; every rank uses the slowest
+                    # rank's figures, so all fit the same schedule.
+                    now = time.perf_counter()
+                    times = ddp.gather((now - started, (now - timing_from) / (step - first - _WARMUP_STEPS)))
+                    elapsed, step_s = max(x[0] for x in times), max(x[1] for x in times)
+                    fitted = fit_schedule(60.0 * t.minutes, elapsed, step, step_s, t.steps)
+                    if t.decay_start > 0:  # the decay must not start in the past
+                        fitted = max(fitted, math.ceil(step / t.decay_start))
+                    if fitted != schedule["steps"]:
+                        log.log(step, "train", {"schedule_steps": fitted, "step_s": step_s})
+                    schedule.update(steps=fitted, fitted=1)
+                    stop = min(limit, fitted)
+                    bar.total = stop
+                    bar.refresh()
+                    fit_at = step + _REFIT_EVERY
+                    if fit_at + _REFIT_EVERY >= int(fitted * t.decay_start):
+                        timing_from = None  # the decay starts soon: the schedule is final
+                batch = _augmented_batch(batcher, aug, cfg, prep, gen)
+                losses = trainer(step, batch)
+                sched_g.step()
+                if sched_d is not None:
+                    sched_d.step()
+                step += 1
+                bar.update(1)
+                if step % t.log_every == 0 or step == stop:
+                    log.log(step, "train", {**losses, "lr": sched_g.get_last_lr()[0]})
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("loss_G", "loss_D")}, refresh=False)
+                validate_now = step % t.val_every == 0 or step == stop
+                save_now = step % t.checkpoint_every == 0 or step == stop
+                if validate_now or save_now:
+                    rng = gathered_rng()
+                    if validate_now:
+                        val_metrics = run_validation(rng) or val_metrics
+                    if save_now and ddp.main:
+                        save_checkpoint(state(rng), out / "last.pt")
+                    ddp.barrier()
         if ddp.enabled:
             _check_replicas(ddp, G, D, out)
     finally:
