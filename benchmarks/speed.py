@@ -31,7 +31,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medp2p.runtime import MALLOC_ENV, reuse_freed_memory  # noqa: E402  (after the path)
+from medp2p.models.runtime import MALLOC_ENV, reuse_freed_memory  # noqa: E402  (after the path)
 
 # ------------------------------------------------------------------------ the reference pix2pix
 

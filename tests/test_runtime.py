@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from medp2p import runtime
+from medp2p.models import runtime
 
 # A child process: allocate, touch and free 64 MiB; print the minor page faults of a second such
 # round in each situation. Outside, the 64 MiB is a fresh mapping every time: at least one fault
@@ -20,7 +20,7 @@ _PROBE = textwrap.dedent(
     """
     import resource
     import numpy as np
-    from medp2p.runtime import reuse_freed_memory
+    from medp2p.models.runtime import reuse_freed_memory
 
     def faults():
         def round_():

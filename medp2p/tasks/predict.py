@@ -15,7 +15,7 @@ from medp2p.data.geometry import MIRROR_DIMS, context_indices, from_model_space,
 from medp2p.data.intensity import HU_WINDOW, body_mask
 from medp2p.data.prepare import BACKGROUND, Prep, prepare_source
 from medp2p.models.precision import autocast
-from medp2p.runtime import reuse_freed_memory
+from medp2p.models.runtime import reuse_freed_memory
 from medp2p.types import Volume
 
 
@@ -101,7 +101,7 @@ def predict_volume(
     generator.eval()
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     batch = options.batch_for(*stack.shape[-2:])
-    with torch.inference_mode(), reuse_freed_memory():  # activations reuse malloc's heap (medp2p.runtime)
+    with torch.inference_mode(), reuse_freed_memory():  # activations reuse malloc's heap (medp2p.models.runtime)
         for start in range(0, todo.numel(), batch):
             slices = todo[start : start + batch]
             x = gather_slices(stack, ctx[slices])

@@ -36,7 +36,7 @@ from medp2p.data.prepare import BACKGROUND, Prep, PrepareCased
 from medp2p.data.sampling import BODY, SliceBatcher
 from medp2p.io.atomic import atomic_path, remove_outputs
 from medp2p.models.precision import resolve_device, resolve_precision
-from medp2p.runtime import reuse_freed_memory
+from medp2p.models.runtime import reuse_freed_memory
 from medp2p.tasks import get_task
 from medp2p.tasks.predict import RunOptions
 from medp2p.train.distributed import init_distributed, weights_digest
@@ -360,7 +360,7 @@ def train(
     timing_from: float | None = None
     fit_at = first + _WARMUP_STEPS + _TIMED_STEPS
     try:
-        with reuse_freed_memory():  # activations reuse malloc's heap (medp2p.runtime)
+        with reuse_freed_memory():  # activations reuse malloc's heap (medp2p.models.runtime)
             while step < stop:
                 if t.minutes is not None and not schedule["fitted"] and step == first + _WARMUP_STEPS:
                     timing_from = time.perf_counter()
