@@ -47,6 +47,23 @@ def test_matmul_conv_transpose_equals_conv_transpose(
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_matmul_conv_transpose_follows_its_weight() -> None:
+    """The cached tap matrix is remade after a state_dict load, an in-place write or a dtype change."""
+    torch.manual_seed(0)
+    conv, other = nn.ConvTranspose2d(6, 2, 4, 2, 1), nn.ConvTranspose2d(6, 2, 4, 2, 1)
+    fast = MatmulConvTranspose2d(conv)
+    x = torch.randn(2, 6, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), conv(x))
+        fast.load_state_dict(other.state_dict())
+        torch.testing.assert_close(fast(x), other(x), atol=1e-5, rtol=1e-5)
+        fast.weight.mul_(2)
+        other.weight.mul_(2)
+        torch.testing.assert_close(fast(x), other(x), atol=1e-5, rtol=1e-5)
+        fast.double()
+        torch.testing.assert_close(fast(x.double()), other.double()(x.double()))
+
+
 def test_matmul_conv_transpose_under_bfloat16_autocast() -> None:
     torch.manual_seed(0)
     conv = nn.ConvTranspose2d(16, 1, 4, 2, 1)

@@ -69,12 +69,17 @@ class MatmulConvTranspose2d(nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        self._taps: torch.Tensor | None = None  # made on first use, on the weight's device
+        self._taps: torch.Tensor | None = None  # made on first use
+        self._taps_of: tuple = ()
 
     def taps(self) -> torch.Tensor:
-        """The weight as ``(cin, ky * kx * cout)``: one row of taps per input channel."""
-        if self._taps is None or self._taps.device != self.weight.device:
-            self._taps = self.weight.detach().permute(0, 2, 3, 1).reshape(self.in_channels, -1).contiguous()
+        """The weight as ``(cin, ky * kx * cout)``: one row of taps per input channel, remade
+        when the weight moves, changes dtype or is written to."""
+        w = self.weight
+        key = (w.device, w.dtype, w._version, w.data_ptr())
+        if self._taps is None or self._taps_of != key:
+            self._taps = w.detach().permute(0, 2, 3, 1).reshape(self.in_channels, -1).contiguous()
+            self._taps_of = key
         return self._taps
 
     @staticmethod
