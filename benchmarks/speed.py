@@ -124,12 +124,12 @@ def medp2p_config(overrides: list[str] = ()):
 def medp2p_trainer(cfg, device: torch.device):
     """medp2p's training step for ``cfg``, built as ``medp2p train`` builds it (no data loading)."""
     from medp2p.checkpoint import build_discriminator_for, build_generator_for, prep_from_config
-    from medp2p.models.precision import resolve_precision
+    from medp2p.models.precision import memory_format, resolve_precision
     from medp2p.train import Pix2PixStep
     from medp2p.train.run import loss_spec, make_optimizer
 
     prep = prep_from_config(cfg)
-    mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    mf = memory_format(device, resolve_precision(device, cfg.train.precision), cfg.train.channels_last, training=True)
     G = build_generator_for(cfg, prep).to(device, memory_format=mf)
     D = build_discriminator_for(cfg, prep).to(device, memory_format=mf)
     t = cfg.train
@@ -137,6 +137,17 @@ def medp2p_trainer(cfg, device: torch.device):
     G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)  # as `medp2p train` does
     step = Pix2PixStep(G_run, D_run, opt_g, opt_d, loss_spec(cfg), device, resolve_precision(device, t.precision), None, mf)
     return step, G
+
+
+def medp2p_predictor(cfg, device: torch.device, compile_freeze: bool = False):
+    """medp2p's generator for ``cfg`` as ``load_model`` prepares it for ``medp2p predict``: its
+    prediction layout, then frozen compilation (``--compile``) or the eager rewrite."""
+    from medp2p.models.inference import optimize_for_inference
+    from medp2p.models.precision import compile_for_inference, memory_format, resolve_precision
+
+    _, G = medp2p_trainer(cfg, device)
+    G = G.to(memory_format=memory_format(device, resolve_precision(device, cfg.train.precision), cfg.train.channels_last)).eval()
+    return compile_for_inference(G) if compile_freeze else optimize_for_inference(G)
 
 
 def sync(device: torch.device) -> None:
@@ -190,19 +201,14 @@ def bench_train(device: torch.device, batch: int, rounds: int, steps: int, compi
 
 def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool) -> dict:
     """Generator inference: the reference (fp32 NCHW, batch 1, as its test script) vs medp2p's path."""
-    from medp2p.models.inference import optimize_for_inference
-    from medp2p.models.precision import autocast, compile_for_inference, resolve_precision
+    from medp2p.models.precision import autocast, resolve_precision
 
     torch.manual_seed(0)
     ref = reference_unet256().to(device).eval()
-    cfg = medp2p_config()
-    _, G = medp2p_trainer(cfg, device)
-    G.eval()
+    run = medp2p_predictor(medp2p_config(), device, compile_freeze)
     dtype = resolve_precision(device, "auto")
     x1 = torch.rand(1, 1, 256, 256, device=device)
     xb = torch.rand(16, 1, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
-    # what `medp2p predict` runs: frozen compilation with --compile, else the eager rewrite
-    run = compile_for_inference(G) if compile_freeze else optimize_for_inference(G)
 
     def ours():
         with torch.inference_mode(), autocast(device, dtype):
@@ -227,14 +233,12 @@ def bench_volume(device: torch.device, slices: int, rounds: int) -> dict:
     """End to end (read NIfTI -> predict every slice -> write NIfTI) vs the bare forward on as many slices."""
     from medp2p.checkpoint import prep_from_config
     from medp2p.io import read_volume, write_volume
-    from medp2p.models.inference import optimize_for_inference
     from medp2p.models.precision import autocast, resolve_precision
     from medp2p.tasks.predict import RunOptions, predict_volume
     from medp2p.types import Volume
 
     cfg = medp2p_config()
-    _, G = medp2p_trainer(cfg, device)
-    G = optimize_for_inference(G)  # as `medp2p predict` loads it; the bare forward runs the same
+    G = medp2p_predictor(cfg, device)  # as `medp2p predict` loads it; the bare forward runs the same
     prep = prep_from_config(cfg, for_training=False)
     dtype = resolve_precision(device, "auto")
     options = RunOptions(device, dtype, 16, True)

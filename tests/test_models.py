@@ -122,3 +122,35 @@ def test_frozen_compilation_predicts_what_eager_does() -> None:
         eager = g(x)
         compiled = compile_for_inference(g)(x)
     assert torch.allclose(compiled, eager, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "device, dtype, setting, training, expected",
+    [
+        ("cpu", None, "auto", True, torch.contiguous_format),  # float32 training on a CPU: NCHW
+        ("cpu", torch.bfloat16, "auto", True, torch.channels_last),  # autocast: NHWC
+        ("cuda", torch.bfloat16, "auto", True, torch.channels_last),
+        ("cuda", None, "auto", True, torch.channels_last),
+        ("cpu", None, "auto", False, torch.channels_last),  # prediction: NHWC
+        ("cpu", None, True, True, torch.channels_last),  # explicit settings are kept
+        ("cpu", torch.bfloat16, False, True, torch.contiguous_format),
+        ("cpu", None, False, False, torch.contiguous_format),
+    ],
+)
+def test_memory_format_auto_and_explicit(device: str, dtype, setting, training: bool, expected) -> None:
+    from medp2p.models.precision import memory_format
+
+    assert memory_format(torch.device(device), dtype, setting, training=training) == expected
+
+
+def test_channels_last_setting_is_auto_true_or_false() -> None:
+    from medp2p.config import load_config
+    from medp2p.models.precision import memory_format
+
+    assert load_config("mri2ct", None, []).train.channels_last == "auto"
+    assert load_config("mri2ct", None, ["train.channels_last=false"]).train.channels_last is False
+    assert load_config("mri2ct", None, ["train.channels_last=true"]).train.channels_last is True
+    with pytest.raises(Exception, match="channels_last"):
+        load_config("mri2ct", None, ["train.channels_last=sideways"])
+    with pytest.raises(ValueError, match="auto, true or false"):
+        memory_format(torch.device("cpu"), None, "sideways")

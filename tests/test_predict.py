@@ -201,6 +201,7 @@ def test_loaded_model_runs_the_inference_rewrite_with_the_same_outputs(tiny_runs
 
     model = load_model(tiny_runs["mri2ct"])
     assert any(isinstance(m, MatmulConvTranspose2d) for m in model.generator.modules())
+    assert model.cfg.train.channels_last == "auto" and model.options.channels_last  # prediction: NHWC
     plain, _, _ = generator_from_checkpoint(load_checkpoint(tiny_runs["mri2ct"]))
     assert not any(isinstance(m, MatmulConvTranspose2d) for m in plain.modules())
     mr = read_volume(tiny_phantom / "case_000" / "mr.nii.gz")

@@ -29,7 +29,7 @@ from medp2p.io import is_volume_file, read_volume, write_nifti
 from medp2p.io.atomic import atomic_path, full_suffix, replace_folder
 from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
 from medp2p.models.inference import optimize_for_inference
-from medp2p.models.precision import compile_for_inference, resolve_device, resolve_precision
+from medp2p.models.precision import compile_for_inference, memory_format, resolve_device, resolve_precision
 from medp2p.tasks import Task, get_task
 from medp2p.tasks.predict import RunOptions, predict_volume
 from medp2p.types import Volume
@@ -73,11 +73,12 @@ def load_model(
     ckpt = load_checkpoint(path)
     generator, prep, cfg = generator_from_checkpoint(ckpt)
     dev = resolve_device(device)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    generator = generator.to(dev, memory_format=memory_format).eval()
+    dtype = resolve_precision(dev, cfg.train.precision)
+    layout = memory_format(dev, dtype, cfg.train.channels_last)
+    generator = generator.to(dev, memory_format=layout).eval()
     # Inductor folds and fuses on its own; eager prediction gets the same rewrite by hand
     generator = compile_for_inference(generator) if compile else optimize_for_inference(generator, inplace=True)
-    options = RunOptions(dev, resolve_precision(dev, cfg.train.precision), batch_size, cfg.train.channels_last, tta)
+    options = RunOptions(dev, dtype, batch_size, layout == torch.channels_last, tta)
     return Model(generator, prep, cfg, get_task(cfg.task), ckpt["path"], options)
 
 

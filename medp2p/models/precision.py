@@ -50,6 +50,27 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dt
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
+def memory_format(
+    device: torch.device, dtype: torch.dtype | None, channels_last: bool | str = "auto", training: bool = False
+) -> torch.memory_format:
+    """The activation layout: ``channels_last`` (NHWC) or contiguous (NCHW).
+
+    An explicit True/False is kept. ``auto``: NHWC for prediction, and for training on CUDA or
+    under autocast; NCHW for float32 training on a CPU, where oneDNN's NHWC backward passes were
+    slower (the pix2pix step at batch 4 on a 2-core AVX2 CPU: 1.09 and 1.13 against 1.01 and
+    1.04 images/s; prediction is faster in NHWC there: docs/results.md).
+
+    Example:
+        >>> memory_format(torch.device("cpu"), None, "auto", training=True)
+        torch.contiguous_format
+    """
+    if channels_last == "auto":
+        channels_last = not training or device.type == "cuda" or dtype is not None
+    elif not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last must be auto, true or false, got {channels_last!r}")
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """``torch.autocast`` for ``dtype``, or nothing for float32."""

@@ -35,7 +35,7 @@ from medp2p.data.geometry import MIRROR_DIMS
 from medp2p.data.prepare import BACKGROUND, Prep, PrepareCased
 from medp2p.data.sampling import BODY, SliceBatcher
 from medp2p.io.atomic import atomic_path, remove_outputs
-from medp2p.models.precision import resolve_device, resolve_precision
+from medp2p.models.precision import memory_format, resolve_device, resolve_precision
 from medp2p.models.runtime import reuse_freed_memory
 from medp2p.tasks import get_task
 from medp2p.tasks.predict import RunOptions
@@ -258,10 +258,10 @@ def train(
     G = build_generator_for(cfg, prep).to(torch_device)
     use_gan = cfg.loss.gan > 0
     D = build_discriminator_for(cfg, prep).to(torch_device) if use_gan else None
-    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    G = G.to(memory_format=memory_format)
+    layout = memory_format(torch_device, dtype, t.channels_last, training=True)
+    G = G.to(memory_format=layout)
     if D is not None:
-        D = D.to(memory_format=memory_format)
+        D = D.to(memory_format=layout)
     opt_g = make_optimizer(G, t)
     opt_d = make_optimizer(D, t) if D is not None else None
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(schedule, t.decay_start))
@@ -299,10 +299,10 @@ def train(
         ids = [torch_device.index] if torch_device.type == "cuda" else None
         G_run = DDP(G_run, device_ids=ids)
         D_run = DDP(D_run, device_ids=ids) if D_run is not None else None
-    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, loss_spec(cfg), torch_device, dtype, scaler, memory_format, ddp.any)
+    trainer = Pix2PixStep(G_run, D_run, opt_g, opt_d, loss_spec(cfg), torch_device, dtype, scaler, layout, ddp.any)
     batcher = SliceBatcher(cases, t.batch_size, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
     aug = AugmentSpec(**cfg.augment.model_dump(), flip_dim=MIRROR_DIMS[cfg.data.axis])
-    val_options = RunOptions(torch_device, dtype, t.val_batch_size, t.channels_last)
+    val_options = RunOptions(torch_device, dtype, t.val_batch_size, layout == torch.channels_last)  # G's own layout
 
     # --- run folder -----------------------------------------------------------------------------
     if ckpt is None and ddp.main:
