@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -45,8 +46,10 @@ _lock = threading.Lock()
 _depth = 0
 
 
-def _libc() -> Any | None:
-    if os.environ.get(MALLOC_ENV, "").strip().lower() == "system" or not sys.platform.startswith("linux"):
+@functools.cache
+def _glibc() -> Any | None:
+    """glibc with ``mallopt`` and ``malloc_trim`` typed, loaded once; None without them."""
+    if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -76,7 +79,7 @@ def reuse_freed_memory() -> Iterator[bool]:
         ...         y = generator(batch)
     """
     global _depth
-    libc = _libc()
+    libc = None if os.environ.get(MALLOC_ENV, "").strip().lower() == "system" else _glibc()
     if libc is None:
         yield False
         return
