@@ -61,3 +61,8 @@ def test_inpaint_on_an_unseen_subject_beats_mean_fill(tmp_path: Path) -> None:
     model, fill = row["metrics"], row["baselines"]["mean_fill"]
     assert model["ssim"] > fill["ssim"]  # the BraTS-Inpainting target metric
     assert model["mse"] < fill["mse"]
+    # the blurred-truth oracles bound what a fill can score: sharper truth scores higher, and both
+    # beat a model that sees only the surroundings
+    sharp, soft = row["oracles"]["truth_blurred_1"], row["oracles"]["truth_blurred_2"]
+    assert sharp["ssim"] > soft["ssim"] > model["ssim"]
+    assert sharp["mse"] < soft["mse"] < model["mse"]
