@@ -307,9 +307,10 @@ def run_inpaint(work: Path, quick: bool = False) -> Result:
     fills = {c["id"]: mean_fill(read_volume(c["voided"]), read_volume(c["region"]).array) for c in cases}
     row["baselines"] = {"mean_fill": evaluate_baseline("inpaint", "mean_fill", fills, test_list, out)}
     row["oracles"] = {}
+    volumes = {c["id"]: (read_volume(c["mr"]), read_volume(c["voided"]), read_volume(c["region"]).array) for c in cases}
     for sigma in ORACLE_SIGMAS:
         name = f"truth_blurred_{sigma:g}"
-        blurred = {c["id"]: blurred_reference(read_volume(c["mr"]), read_volume(c["voided"]), read_volume(c["region"]).array, sigma) for c in cases}
+        blurred = {cid: blurred_reference(truth, voided, region, sigma) for cid, (truth, voided, region) in volumes.items()}
         row["oracles"][name] = evaluate_baseline("inpaint", name, blurred, test_list, out)
     row["per_case"] = (out / "report" / "metrics.csv").read_text()
     result = Result("inpaint", [row])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -22,6 +25,15 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} (set MEDP2P_SHARED_DATA)")
     return path
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (not a package) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

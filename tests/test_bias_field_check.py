@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 
 from medp2p.types import Volume
-from tests.conftest import ROOT
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("mridir_bias_field", ROOT / "benchmarks" / "mridir_bias_field.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import benchmark_script
 
 
 def test_n4_flattens_a_drift_along_z() -> None:
@@ -26,7 +15,7 @@ def test_n4_flattens_a_drift_along_z() -> None:
     clean = np.where(tissue, 100.0 + 5.0 * rng.standard_normal(tissue.shape), 2.0)
     drift = np.exp(0.5 * (z / 23.0 - 0.5))  # 1.65x from the bottom slice to the top
     mr = Volume(array=(clean * drift).astype(np.float32), affine=np.diag([1.0, 1.0, 2.0, 1.0]))
-    out = _script().n4_corrected(mr, shrink=(2, 2, 1)).array
+    out = benchmark_script("mridir_bias_field").n4_corrected(mr, shrink=(2, 2, 1)).array
 
     def ratio(a: np.ndarray) -> float:
         return float(np.median(a[..., -4:][tissue[..., -4:]]) / np.median(a[..., :4][tissue[..., :4]]))

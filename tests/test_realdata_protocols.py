@@ -7,25 +7,19 @@ their figures are in docs/results.md.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, shared
+from tests.conftest import benchmark_script, shared
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 def _protocols():
-    spec = importlib.util.spec_from_file_location("realdata_protocols", ROOT / "benchmarks" / "realdata.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("realdata")
 
 
 def test_mri2ct_slab_split_beats_the_mean_hu_baseline(tmp_path: Path) -> None:
@@ -61,7 +55,7 @@ def test_inpaint_on_an_unseen_subject_beats_mean_fill(tmp_path: Path) -> None:
     model, fill = row["metrics"], row["baselines"]["mean_fill"]
     assert model["ssim"] > fill["ssim"]  # the BraTS-Inpainting target metric
     assert model["mse"] < fill["mse"]
-    # the blurred-truth oracles bound what a fill can score: sharper truth scores higher, and both
+    # the blurred-truth oracles put the score in scale: the sharper truth scores higher, and both
     # beat a model that sees only the surroundings
     sharp, soft = row["oracles"]["truth_blurred_1"], row["oracles"]["truth_blurred_2"]
     assert sharp["ssim"] > soft["ssim"] > model["ssim"]
