@@ -143,11 +143,12 @@ def medp2p_trainer(cfg, device: torch.device):
 def medp2p_predictor(cfg, device: torch.device, compile_freeze: bool = False):
     """medp2p's generator for ``cfg`` as ``load_model`` prepares it for ``medp2p predict``: its
     prediction layout, then frozen compilation (``--compile``) or the eager rewrite."""
+    from medp2p.checkpoint import build_generator_for, prep_from_config
     from medp2p.models.inference import optimize_for_inference
     from medp2p.models.precision import compile_for_inference, memory_format, resolve_precision
 
-    _, G = medp2p_trainer(cfg, device)
-    G = G.to(memory_format=memory_format(device, resolve_precision(device, cfg.train.precision), cfg.train.channels_last)).eval()
+    layout = memory_format(device, resolve_precision(device, cfg.train.precision), cfg.train.channels_last)
+    G = build_generator_for(cfg, prep_from_config(cfg)).to(device, memory_format=layout).eval()
     return compile_for_inference(G) if compile_freeze else optimize_for_inference(G)
 
 
