@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medp2p.config import Config, config_from_dict
+from medp2p.data.case_reader import CaseKeys
 from medp2p.data.prepare import Prep
 from medp2p.io.atomic import atomic_path
 from medp2p.models import build_discriminator, build_generator
@@ -78,13 +79,29 @@ def prep_from_config(cfg: Config, for_training: bool = True) -> Prep:
         empty_slice_weight=d.empty_slice_weight,
         slice_range=tuple(d.slice_range) if d.slice_range else None,
         region=task.region_key is not None,
+        source_channels=tuple(d.source_channels) if d.source_channels else None,
     )
 
 
+def case_keys_for(cfg: Config, hint: str = "set") -> CaseKeys:
+    """The case keys a config's task reads (``data.source_keys`` / ``target_key`` / ``mask_key`` applied).
+
+    ``hint``: ``set`` for training and validation (a missing key suggests ``--set data.*``),
+    ``model`` for prediction with a trained model (its keys are fixed).
+    """
+    d = cfg.data
+    return get_task(cfg.task).case_keys(d.source_keys, d.target_key, d.mask_key, d.source_channels, hint)
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically to ``path`` (temporary file beside it, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
+    """Write ``state`` atomically to ``path`` (temporary file beside it, then rename).
+
+    torch writes through a Python file object, so a full disk or a file size limit surfaces as
+    its OSError (:class:`~medp2p.io.errors.VolumeWriteError` naming ``path``), not as torch's
+    ``RuntimeError``; the previous checkpoint at ``path`` stays intact.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save({"version": CHECKPOINT_VERSION, **state}, fh)
     return Path(path)
 
 

@@ -1,17 +1,22 @@
 """The ``medp2p`` command line: each command parses its arguments and calls one library function.
 
 Heavy modules (torch, MONAI, nibabel...) are imported inside the commands, so ``medp2p --help``
-stays fast. Exit codes: 0 success, 1 the command ran and found problems (or a case failed),
-2 usage error (bad option, unrecognised data layout, refused overwrite).
+stays fast. Exit codes: 0 success, 1 the command ran and found problems (bad data, a failed
+case), 2 usage error (bad option, unrecognised data layout, refused overwrite). Every error a
+user can cause is one line naming the file (or case and key) and the problem; a traceback only
+with ``medp2p --debug`` or ``MEDP2P_DEBUG=1``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,26 +27,91 @@ from medp2p import __version__
 app = typer.Typer(
     name="medp2p",
     help="Medical image-to-image translation: MRI->CT synthesis, tumour masks and inpainting with pix2pix.",
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain help, like nnU-Net's and TotalSegmentator's
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-TASK_NAMES = ("mri2ct", "seg", "inpaint")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+DEBUG_ENV = "MEDP2P_DEBUG"
+_state = {"debug": os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _plain_arguments() -> None:
+    """Positionals show by name (``DATA``), not as ``{data}`` and ``data <path>``.
+
+    Typer renders a required argument in the usage line in braces and appends its Python type in
+    the list; both read as noise next to argparse-style tools. Patched once, here, for this CLI
+    (tests/test_cli.py checks the rendered help).
+    """
+    from typer.core import TyperArgument
+
+    TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+    TyperArgument._usage_display_name = lambda self: self.display_name_raw if self.required else f"[{self.display_name_raw}]"  # type: ignore[method-assign]
+
+
+_plain_arguments()
 
 
 def _setup_logging() -> None:
-    from rich.logging import RichHandler
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.addLevelName(logging.WARNING, "warning")
+    logging.addLevelName(logging.ERROR, "error")
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
 
-    handler = RichHandler(console=err, show_time=False, show_path=False)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
+
+def _fail(message: str, code: int) -> typer.Exit:
+    # soft_wrap: a message naming a path must not be broken over lines.
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
 
 
 def _usage_error(message: str) -> typer.Exit:
-    # soft_wrap: a message naming a path must not be broken over lines.
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+    return _fail(message, 2)
+
+
+def _exit_code(exc: BaseException) -> int:
+    """2 for usage errors (unknown key, layout, refused overwrite, missing run), 1 for bad data and failures."""
+    from medp2p.checkpoint import CheckpointError
+    from medp2p.config import ConfigError
+    from medp2p.data import DataLayoutError
+
+    return 2 if isinstance(exc, (ConfigError, DataLayoutError, CheckpointError, FileExistsError, FileNotFoundError)) else 1
+
+
+def _one_line_errors(fn: F) -> F:
+    """Run a command; an exception becomes one ``error:`` line and exit code 1 or 2 (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: outputs being written were removed; finished ones are kept")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            from medp2p.data.case_reader import USER_ERRORS, error_text
+
+            text = error_text(exc)
+            if not isinstance(exc, USER_ERRORS):
+                text += " (an internal error: `medp2p --debug ...` shows the traceback)"
+            raise _fail(text, _exit_code(exc)) from None
+
+    return run  # type: ignore[return-value]
+
+
+def command(fn: F) -> F:
+    """``@app.command()`` with one-line errors."""
+    app.command()(_one_line_errors(fn))
+    return fn
 
 
 def _version(value: bool) -> None:
@@ -52,54 +122,61 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=f"Show tracebacks instead of one-line errors (also {DEBUG_ENV}=1).")] = False,
 ) -> None:
     """Medical image-to-image translation: MRI->CT synthesis, tumour masks and inpainting with pix2pix."""
+    _state["debug"] = _state["debug"] or debug
     _setup_logging()
 
 
-@app.command()
+# Options shared by the commands that read volumes.
+AffineFrom = Annotated[
+    Optional[str],
+    typer.Option("--affine-from", metavar="qform|sform", help="NIfTI files whose qform and sform disagree (or whose sform is sheared): use this one (refused otherwise)."),
+]
+SeriesUid = Annotated[Optional[str], typer.Option("--series-uid", metavar="UID", help="DICOM folders holding several series: read this SeriesInstanceUID.")]
+
+
+def _read_options(affine_from: str | None, series_uid: str | None) -> Any:
+    from medp2p.data.checks import AFFINE_SOURCES, ReadOptions
+
+    if affine_from is not None and affine_from not in AFFINE_SOURCES:
+        raise _usage_error(f"--affine-from must be qform or sform, got {affine_from!r}")
+    return ReadOptions(affine_from=affine_from, series_uid=series_uid)
+
+
+@command
 def validate(
-    data: Annotated[Path, typer.Argument(help="Dataset: per-case folders, BraTS, nnU-Net raw folder or datalist .json.")],
-    task: Annotated[
-        Optional[str], typer.Option(help=f"Require the keys this task reads: {', '.join(TASK_NAMES)}.")
-    ] = None,
-    require: Annotated[
-        Optional[list[str]], typer.Option("--require", help="Require this key in every case (repeatable).")
-    ] = None,
-    section: Annotated[
-        Optional[list[str]], typer.Option("--section", help="Check only this datalist section (repeatable).")
-    ] = None,
-    origin_tol_mm: Annotated[float, typer.Option(help="Largest origin difference between a case's images, mm.")] = 1e-2,
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Dataset: per-case folders, BraTS, nnU-Net raw folder, datalist .json or one DICOM series folder.")],
+    task: Annotated[Optional[str], typer.Option(metavar="TASK", help="Check the keys this task reads (mri2ct, seg, inpaint), as `train` reads them.")] = None,
+    config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="The training config: its task and data.source_keys/target_key/mask_key.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config value, as for train (repeatable).")] = None,
+    require: Annotated[Optional[list[str]], typer.Option("--require", metavar="KEY", help="Require this key in every case (repeatable).")] = None,
+    section: Annotated[Optional[list[str]], typer.Option("--section", metavar="NAME", help="Check only this datalist section (repeatable).")] = None,
+    origin_tol_mm: Annotated[float, typer.Option(metavar="MM", help="Largest origin difference between a case's images, mm.")] = 1e-2,
+    affine_from: AffineFrom = None,
+    series_uid: SeriesUid = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report instead of lines.")] = False,
 ) -> None:
     """Check every case of DATA: decodable files, finite voxels, sane geometry, shared grids, label values.
 
-    Prints one line per problem naming the file. Exit 0 when clean, 1 when problems were found, 2 on usage errors.
+    The same checks train, predict and evaluate apply to every case they read. Prints one line
+    per problem naming the file. Exit 0 when clean, 1 when problems were found, 2 on usage errors.
     """
-    from medp2p.data import DataLayoutError, GridTolerance, validate_data
+    from medp2p.checkpoint import case_keys_for
+    from medp2p.config import load_config
+    from medp2p.data import GridTolerance, validate_data
 
-    keys: list[str] = []
-    if task is not None:
-        from medp2p.tasks import TASKS
-
-        if task not in TASKS:
-            raise _usage_error(f"unknown task {task!r}; choose from {sorted(TASKS)}")
-        keys += TASKS[task].required_keys
-    keys += [k for k in (require or []) if k not in keys]
-    try:
-        with err.status("validating...") as status:
-            report = validate_data(
-                data,
-                required_keys=keys,
-                sections=section,
-                tol=GridTolerance(origin_mm=origin_tol_mm),
-                on_case=lambda cid: status.update(f"validating case {cid}"),
-            )
-    except DataLayoutError as exc:
-        raise _usage_error(str(exc)) from None
+    keys = None
+    if task is not None or config is not None or set_:
+        keys = case_keys_for(load_config(task, config, list(set_ or [])))
+    with err.status("validating...") as status:
+        report = validate_data(
+            data, required_keys=list(require or []), sections=section, tol=GridTolerance(origin_mm=origin_tol_mm),
+            on_case=lambda cid: status.update(f"validating case {escape(cid)}"), keys=keys,
+            options=_read_options(affine_from, series_uid),
+        )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -110,14 +187,14 @@ def validate(
     raise typer.Exit(0 if report.ok else 1)
 
 
-@app.command()
+@command
 def phantom(
-    out: Annotated[Path, typer.Argument(help="Folder to create (SynthRAD layout: <case>/mr|ct|mask|tumor.nii.gz).")],
-    cases: Annotated[int, typer.Option(min=1, help="Number of cases.")] = 4,
-    seed: Annotated[int, typer.Option(help="Dataset seed; the same seed gives the same cases.")] = 0,
-    shape: Annotated[tuple[int, int, int], typer.Option(help="Voxels X Y Z.")] = (96, 112, 48),
-    spacing: Annotated[tuple[float, float, float], typer.Option(help="Voxel size X Y Z in mm.")] = (2.0, 2.0, 3.0),
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to create (SynthRAD layout: <case>/mr|ct|mask|tumor.nii.gz).")],
+    cases: Annotated[int, typer.Option(min=1, metavar="N", help="Number of cases.")] = 4,
+    seed: Annotated[int, typer.Option(metavar="S", help="Dataset seed; the same seed gives the same cases.")] = 0,
+    shape: Annotated[tuple[int, int, int], typer.Option(metavar="X Y Z", help="Voxels.")] = (96, 112, 48),
+    spacing: Annotated[tuple[float, float, float], typer.Option(metavar="X Y Z", help="Voxel size in mm.")] = (2.0, 2.0, 3.0),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Generate the deterministic synthetic head phantom: MR, CT (HU), body mask and tumour mask per case."""
     from medp2p.data import PhantomSpec, write_phantom
@@ -126,36 +203,36 @@ def phantom(
         spec = PhantomSpec(shape=shape, spacing_mm=spacing)
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
-    try:
-        with err.status(f"writing {cases} phantom case(s) to {out}..."):
-            written = write_phantom(out, cases=cases, seed=seed, spec=spec, overwrite=overwrite)
-    except FileExistsError as exc:
-        raise _usage_error(str(exc)) from None
-    err.print(f"wrote {len(written)} case(s) to [bold]{out}[/]")
+    with err.status(f"writing {cases} phantom case(s) to {escape(str(out))}..."):
+        written = write_phantom(out, cases=cases, seed=seed, spec=spec, overwrite=overwrite)
+    err.print(f"wrote {len(written)} case(s) to [bold]{escape(str(out))}[/]")
 
 
-@app.command()
+#: Above this many hours for the default model on a CPU, `train` without --config says so.
+SLOW_DEFAULT_HOURS = 0.5
+
+
+@command
 def train(
-    task: Annotated[Optional[str], typer.Option(help=f"What to learn: {', '.join(TASK_NAMES)} (default: the config's).")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Training data: any layout `medp2p validate` reads (optional with --resume).")] = None,
-    out: Annotated[Path, typer.Option(help="Run folder: config, checkpoints, metrics, previews.")] = Path("runs/run"),
-    val_data: Annotated[Optional[Path], typer.Option(help="Validation data (else the datalist's 'validation' section, else data.val_cases).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML config (configs/mri2ct.yaml...); defaults when absent.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: --set train.lr=1e-4 (repeatable).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this global step (default train.steps, the schedule length).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of weights, sampling and augmentation (train.seed).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly where it stopped, with the run's own config.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a run already in OUT.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (train.device).")] = None,
+    task: Annotated[Optional[str], typer.Option(metavar="TASK", help="What to learn: mri2ct, seg or inpaint (default: the config's).")] = None,
+    data: Annotated[Optional[Path], typer.Option(metavar="DATA", help="Training data: any layout `medp2p validate` reads (optional with --resume).")] = None,
+    out: Annotated[Path, typer.Option(metavar="RUN_DIR", help="Run folder: config, checkpoints, metrics, previews.")] = Path("runs/run"),
+    val_data: Annotated[Optional[Path], typer.Option(metavar="DATA", help="Validation data (else the datalist's 'validation' section, else data.val_cases).")] = None,
+    config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="YAML config (configs/quick.yaml, configs/mri2ct.yaml...); defaults when absent.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config value: --set train.lr=1e-4 (repeatable).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Stop after this global step (default train.steps, the schedule length).")] = None,
+    seed: Annotated[Optional[int], typer.Option(metavar="S", help="Seed of weights, sampling and augmentation (train.seed).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR/last.pt exactly where it stopped, with the run's own config.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in RUN_DIR.")] = False,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="auto, cpu or cuda (train.device).")] = None,
+    affine_from: AffineFrom = None,
+    series_uid: SeriesUid = None,
 ) -> None:
     """Train pix2pix for a task: slices from volumes, validation on held-out cases, exact resume.
 
     Exit 0 when the run finished, 1 when it failed (bad input file, non-finite loss), 2 on usage errors (unknown config key, existing run without --resume/--overwrite).
     """
-    from medp2p.config import ConfigError, load_config
-    from medp2p.data import DataLayoutError
-    from medp2p.io import VolumeReadError
-    from medp2p.train import NonFiniteLossError, RunExistsError
+    from medp2p.config import load_config
     from medp2p.train import train as run_training
 
     if device is not None and device not in ("auto", "cpu", "cuda"):
@@ -168,92 +245,103 @@ def train(
         if data is None:
             raise _usage_error("--data is required (unless --resume)")
         overrides = list(set_ or []) + ([f"train.seed={seed}"] if seed is not None else [])
-        try:
-            cfg = load_config(task, config, overrides)
-        except (ConfigError, KeyError) as exc:
-            raise _usage_error(str(exc).strip("'\"")) from None
-    try:
-        result = run_training(cfg, data, out, val_data, stop_step=steps, resume=resume, overwrite=overwrite, device=device)
-    except (RunExistsError, DataLayoutError, FileNotFoundError) as exc:
-        raise _usage_error(str(exc)) from None
-    except (NonFiniteLossError, VolumeReadError, ValueError, KeyError, RuntimeError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        cfg = load_config(task, config, overrides)
+
+    def on_timing(step_s: float, total: int) -> None:
+        hours = step_s * total / 3600
+        if config is None and not resume and hours > SLOW_DEFAULT_HOURS and cfg is not None and cfg.train.minutes is None:
+            err.print(
+                f"[yellow]warning:[/] the default {cfg.task} model takes {step_s:.2f} s per step here: {total} steps are about "
+                f"{hours:.1f} h on this machine. For a first run: --config configs/quick.yaml (minutes), or --set train.minutes=M"
+            )
+
+    result = run_training(
+        cfg, data, out, val_data, stop_step=steps, resume=resume, overwrite=overwrite, device=device,
+        read_options=_read_options(affine_from, series_uid) if (affine_from or series_uid) else None, on_timing=on_timing,
+    )
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
-    err.print(f"trained to step {result.step}; run in [bold]{escape(str(result.run_dir))}[/]" + (f"; validation: {escape(summary)}" if summary else ""), soft_wrap=True)
+    err.print(f"trained to step {result.step}; run in [bold]{escape(str(result.run_dir))}[/]" + (f"; validation: {escape(summary)}" if summary else ""))
     if result.best:
-        err.print(f"best {result.best['metric']} {result.best['value']:.4g} at step {result.best['step']} -> best.pt", soft_wrap=True)
+        err.print(f"best {result.best['metric']} {result.best['value']:.4g} at step {result.best['step']} -> best.pt")
+    elif not result.val_metrics:
+        err.print(
+            "[yellow]note:[/] no validation data, so no best.pt and no previews (predict uses last.pt); "
+            "add --val-data DATA, a 'validation' section in the datalist, or --set data.val_cases=N"
+        )
 
 
-@app.command()
+@command
 def predict(
-    model: Annotated[Path, typer.Option("--model", help="A run folder (uses best.pt, else last.pt) or a checkpoint file.")],
-    inputs: Annotated[list[Path], typer.Option("--input", "-i", help="A volume file, a DICOM series folder, or a dataset (repeatable).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one <case>/ folder per case.")],
-    fmt: Annotated[str, typer.Option("--format", help="nifti, dicom (mri2ct: CT series; seg: DICOM SEG) or both.")] = "nifti",
-    num_parts: Annotated[int, typer.Option(min=1, help="Split the cases into this many parts...")] = 1,
-    part_id: Annotated[int, typer.Option(min=0, help="...and predict this one (0-based).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (refused otherwise).")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[
-        Optional[int], typer.Option(min=1, help="Slices per forward pass [default: 16 of 256x256; fewer, larger slices: 4 of 512x512].")
-    ] = None,
-    compile: Annotated[bool, typer.Option(help="Compile the generator with frozen weights first (a minute or more; pays over many volumes).")] = False,
-    tta: Annotated[bool, typer.Option(help="Also predict each slice mirrored left-right and average the two (twice the time).")] = False,
+    model: Annotated[Path, typer.Option("--model", metavar="RUN_DIR", help="A run folder (uses best.pt, else last.pt) or a checkpoint file.")],
+    inputs: Annotated[list[Path], typer.Option("--input", "-i", metavar="INPUT", help="A volume file, a DICOM series folder, or a dataset (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT_DIR", help="Output folder: one <case>/ folder per case.")],
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="nifti, dicom (mri2ct: CT series; seg: DICOM SEG) or both.")] = "nifti",
+    num_parts: Annotated[int, typer.Option(min=1, metavar="N", help="Split the cases into this many parts...")] = 1,
+    part_id: Annotated[int, typer.Option(min=0, metavar="K", help="...and predict this one (0-based).")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (refused otherwise).")] = False,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[Optional[int], typer.Option(min=1, metavar="B", help="Slices per forward pass (default: 16 of 256x256; fewer, larger slices: 4 of 512x512).")] = None,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Compile the generator with frozen weights first (a minute or more; pays over many volumes).")] = False,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Also predict each slice mirrored left-right and average the two (twice the time).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Predict inputs that do not look like the model's training sources (a CT given to an MR model).")] = False,
+    affine_from: AffineFrom = None,
+    series_uid: SeriesUid = None,
 ) -> None:
     """Predict whole volumes with a trained model; outputs sit on each input's own grid.
 
-    Exit 0 when every case was written, 1 when a case failed (listed in OUT/failures.csv; the others go on), 2 on usage errors.
+    Exit 0 when every case was written, 1 when a case failed (listed in OUT_DIR/failures.csv; the others go on), 2 on usage errors.
     """
-    from medp2p.checkpoint import CheckpointError
-    from medp2p.data import DataLayoutError
     from medp2p.infer import FORMATS, predict_cases
 
     if fmt not in FORMATS:
         raise _usage_error(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if part_id >= num_parts:
         raise _usage_error(f"--part-id must be below --num-parts ({num_parts}), got {part_id}")
-    try:
-        with err.status("predicting...") as status:
+    with err.status("predicting...") as status:
+        try:
             report = predict_cases(
                 model, inputs, out, fmt, num_parts, part_id, overwrite, device, batch_size,
                 on_case=lambda cid: status.update(f"predicting {escape(cid)}"), compile=compile, tta=tta,
+                read_options=_read_options(affine_from, series_uid), force=force,
             )
-    except (CheckpointError, DataLayoutError, ValueError, RuntimeError) as exc:
-        raise _usage_error(str(exc)) from None
+        except (ValueError, RuntimeError) as exc:  # bad model, options or inputs: before any case ran
+            raise _usage_error(str(exc)) from None
     for case, paths in report.written.items():
         typer.echo(f"{case}: " + ", ".join(str(p) for p in paths))
     for failure in report.failures:
-        err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}")
     done = f"{len(report.written)} case(s) written to {out}"
     if num_parts > 1:
         done += f" (part {part_id} of {num_parts}; {report.total_cases} case(s) in all)"
-    err.print(escape(done), soft_wrap=True)
+    err.print(escape(done))
     if report.failures:
-        err.print(f"{len(report.failures)} case(s) failed; see {escape(str(report.failures_csv))}", soft_wrap=True)
+        where = f"; see {report.failures_csv}" if report.failures_csv else ""
+        err.print(escape(f"{len(report.failures)} case(s) failed{where}"))
         raise typer.Exit(1)
 
 
-@app.command()
+@command
 def evaluate(
-    task: Annotated[str, typer.Option(help=f"{', '.join(TASK_NAMES)}.")],
-    pred: Annotated[Path, typer.Option(help="The prediction folder written by `medp2p predict`.")],
-    ref: Annotated[Path, typer.Option(help="Reference data: any layout `medp2p validate` reads.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder: metrics.csv, summary.json, one PNG per case.")],
-    target_key: Annotated[Optional[str], typer.Option(help="Reference image key (default the task's: ct, tumor, mr).")] = None,
-    seed: Annotated[int, typer.Option(help="inpaint: seed of the generated regions (inpaint.eval_seed).")] = 1234,
+    task: Annotated[str, typer.Option(metavar="TASK", help="mri2ct, seg or inpaint.")],
+    pred: Annotated[Path, typer.Option(metavar="OUT_DIR", help="The prediction folder written by `medp2p predict`.")],
+    ref: Annotated[Path, typer.Option(metavar="DATA", help="Reference data: any layout `medp2p validate` reads.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="REPORT_DIR", help="Report folder: metrics.csv, summary.json, one PNG per case.")],
+    target_key: Annotated[Optional[str], typer.Option(metavar="KEY", help="Reference image key (default the task's: ct, tumor, mr).")] = None,
+    seed: Annotated[int, typer.Option(metavar="S", help="inpaint: seed of the generated regions (inpaint.eval_seed).")] = 1234,
     montages: Annotated[bool, typer.Option(help="Write one montage PNG per case.")] = True,
     slice_range: Annotated[
         Optional[tuple[float, float]],
-        typer.Option(help="Score only this fraction [START, END) of the slices along --axis, as data.slice_range trains on them (slab splits)."),
+        typer.Option(metavar="START END", help="Score only this fraction [START, END) of the slices along --axis, as data.slice_range trains on them (slab splits)."),
     ] = None,
-    axis: Annotated[str, typer.Option(help="Slicing axis of --slice-range: axial, coronal, sagittal.")] = "axial",
+    axis: Annotated[str, typer.Option(metavar="AXIS", help="Slicing axis of --slice-range: axial, coronal, sagittal.")] = "axial",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report in REPORT_DIR (refused otherwise; only its own files are removed).")] = False,
+    affine_from: AffineFrom = None,
+    series_uid: SeriesUid = None,
 ) -> None:
     """Score predictions against references with the challenges' metric definitions.
 
     Exit 0 when every reference case was scored, 1 when a case was missing or failed, 2 on usage errors.
     """
-    from medp2p.data import DataLayoutError
     from medp2p.data.geometry import SLICE_AXES, check_slice_range
     from medp2p.eval import evaluate as run_evaluation
     from medp2p.tasks import TASKS
@@ -268,13 +356,11 @@ def evaluate(
         except ValueError as exc:
             raise _usage_error(f"--slice-range START END: {exc}") from None
     slab = None if slice_range is None else (axis, (float(slice_range[0]), float(slice_range[1])))
-    try:
-        with err.status("evaluating...") as status:
-            report = run_evaluation(
-                task, pred, ref, out, target_key, seed, montages, on_case=lambda c: status.update(f"evaluating {escape(c)}"), slab=slab
-            )
-    except DataLayoutError as exc:
-        raise _usage_error(str(exc)) from None
+    with err.status("evaluating...") as status:
+        report = run_evaluation(
+            task, pred, ref, out, target_key, seed, montages, on_case=lambda c: status.update(f"evaluating {escape(c)}"), slab=slab,
+            overwrite=overwrite, read_options=_read_options(affine_from, series_uid),
+        )
     from rich.table import Table
 
     table = Table(title=f"{task}: {report.summary['cases']} case(s)")
@@ -283,30 +369,27 @@ def evaluate(
     for name, stats in report.summary["metrics"].items():
         table.add_row(name, f"{stats['mean']:.4g}", f"{stats['std']:.3g}", f"{stats['median']:.4g}")
     Console().print(table)
-    err.print(f"report in [bold]{escape(str(out))}[/] (metrics.csv, summary.json)", soft_wrap=True)
+    err.print(f"report in [bold]{escape(str(out))}[/] (metrics.csv, summary.json)")
     for cid in report.missing:
-        err.print(f"[yellow]missing:[/] no prediction for {escape(cid)}", soft_wrap=True)
+        err.print(f"[yellow]missing:[/] no prediction for {escape(cid)}")
     for failure in report.failures:
-        err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}", soft_wrap=True)
+        err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}")
     raise typer.Exit(0 if report.ok else 1)
 
 
-@app.command()
+@command
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path("demo_out"),
-    minutes: Annotated[float, typer.Option(min=0.05, help="Training time budget (train.minutes): the schedule is fitted to it after a few timed steps.")] = 4.0,
-    quick: Annotated[bool, typer.Option(help="A tiny phantom and network: seconds, for smoke tests.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT even if it is not a previous demo's.")] = False,
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for everything the demo writes.")] = Path("demo_out"),
+    minutes: Annotated[float, typer.Option(min=0.05, metavar="M", help="Training time budget (train.minutes): the schedule is fitted to it after a few timed steps.")] = 4.0,
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny phantom and network, 30 steps: seconds, for smoke tests.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DIR even if it is not a previous demo's.")] = False,
 ) -> None:
     """The whole mission on the built-in phantom: generate, train MRI->CT, predict NIfTI + DICOM, evaluate against a lookup baseline."""
     from rich.table import Table
 
     from medp2p.demo import lookup_vs_model_rows, run_demo
 
-    try:
-        result = run_demo(out, minutes, quick, overwrite, say=lambda m: err.print(f"[bold cyan]{escape(m)}[/]", soft_wrap=True))
-    except FileExistsError as exc:
-        raise _usage_error(str(exc)) from None
+    result = run_demo(out, minutes, quick, overwrite, say=lambda m: err.print(f"[bold cyan]{escape(m)}[/]"))
     table = Table(title=f"validation cases: model after {result.steps} steps ({result.train_seconds / 60:.1f} min) vs lookup baseline")
     for col in ("metric", "model", "lookup"):
         table.add_column(col, justify="right")

@@ -47,8 +47,10 @@ class DataConfig(_Section):
     empty_slice_weight: float = Field(0.05, ge=0, le=1)  # sampling weight of slices without body
     slice_range: Optional[tuple[float, float]] = None  # train on this fraction of the slicing axis
     val_cases: int = Field(0, ge=0)  # hold out this many training cases when no validation data
-    cache_rate: float = Field(1.0, ge=0, le=1)
     num_workers: int = Field(0, ge=0)  # processes decoding volumes for the cache
+    # images per source key: a list-valued datalist key ("image": [t1, flair]) is that many input
+    # channels; filled from the training data (every case must agree) and kept in the run
+    source_channels: Optional[list[int]] = None
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -59,6 +61,11 @@ class DataConfig(_Section):
             raise ValueError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {self.mr_percentiles}")
         if self.slice_range is not None:
             check_slice_range(self.slice_range)
+        if self.source_channels is not None:
+            if any(n < 1 for n in self.source_channels):
+                raise ValueError(f"source_channels must be positive counts, got {self.source_channels}")
+            if self.source_keys is not None and len(self.source_channels) != len(self.source_keys):
+                raise ValueError(f"source_channels {self.source_channels} needs one count per source key {self.source_keys}")
         return self
 
 
@@ -140,7 +147,7 @@ class TrainConfig(_Section):
 class Config(_Section):
     """A whole run's configuration; ``task`` selects the defaults filled in by :func:`resolve`."""
 
-    task: Literal["mri2ct", "seg", "inpaint"] = "mri2ct"
+    task: str = "mri2ct"
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
@@ -150,6 +157,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _slices_need_context(self) -> Config:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose from {sorted(TASKS)}")
         if self.task == "inpaint" and "slices" in self.inpaint.kinds and self.data.context_slices == 0:
             raise ValueError(
                 "inpaint.kinds has 'slices' (whole slices missing), which needs neighbouring slices: "
@@ -191,6 +200,24 @@ def _explain(err: ValidationError, where: str) -> ConfigError:
     return ConfigError(f"{where}: " + " ".join(lines))
 
 
+#: Keys removed from the config, with what to do instead; a saved run's config drops them silently.
+REMOVED_KEYS = {
+    "data.cache_rate": "data.cache_rate was removed: it was never read (every training case is decoded and prepared once per run); drop the key",
+}
+
+
+def _drop_removed(tree: dict[str, Any], where: str, strict: bool) -> dict[str, Any]:
+    for dotted, why in REMOVED_KEYS.items():
+        section, key = dotted.split(".")
+        node = tree.get(section)
+        if isinstance(node, dict) and key in node:
+            if strict:
+                raise ConfigError(f"{where}: {why}")
+            node = {k: v for k, v in node.items() if k != key}
+            tree = {**tree, section: node}
+    return tree
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -217,6 +244,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from exc
+    if key in REMOVED_KEYS:
+        raise ConfigError(f"--set {text!r}: {REMOVED_KEYS[key]}")
     if key not in _all_keys(Config):
         raise ConfigError(f"--set {text!r}: Unknown key '{key}'.{_suggest(key)}")
     return key, value
@@ -270,6 +299,7 @@ def load_config(
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+    tree = _drop_removed(tree, where, strict=True)
     try:
         cfg = Config.model_validate(tree)
     except ValidationError as err:
@@ -278,9 +308,12 @@ def load_config(
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
-    """A config saved by a run (``config.yaml`` or a checkpoint's ``config``), validated."""
+    """A config saved by a run (``config.yaml`` or a checkpoint's ``config``), validated.
+
+    Keys removed since the run was saved (:data:`REMOVED_KEYS`) are dropped, so old runs load.
+    """
     try:
-        return resolve(Config.model_validate(tree))
+        return resolve(Config.model_validate(_drop_removed(tree, "saved config", strict=False)))
     except ValidationError as err:
         raise _explain(err, "saved config") from None
 

@@ -108,6 +108,23 @@ def test_corrupt_pixel_data_names_the_file(tmp_path: Path, hu: np.ndarray) -> No
         read_volume(tmp_path / "ct")
 
 
+def test_padding_value_and_range_become_air_on_ct(tmp_path: Path, hu: np.ndarray) -> None:
+    import pydicom
+
+    hu[0, :, :] = -2000.0  # stored -976 with intercept -1024
+    hu[1, :, :] = -1990.0
+    files = write_series(tmp_path / "ct", hu)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.add_new(0x00280120, "SS", -976)  # PixelPaddingValue, in stored values
+        ds.add_new(0x00280121, "SS", -966)  # PixelPaddingRangeLimit (0028,0121): inclusive
+        ds.save_as(f)
+    vol = read_volume(tmp_path / "ct")
+    np.testing.assert_array_equal(vol.array[:2], -1024.0)
+    np.testing.assert_array_equal(vol.array[2:], hu[2:])
+    assert vol.meta["padding_voxels"] == 2 * hu.shape[1] * hu.shape[2]
+
+
 def test_empty_folder_says_so(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "x.txt").write_text("x")
@@ -120,7 +137,8 @@ def test_empty_folder_says_so(tmp_path: Path) -> None:
     "parts, hu_range",
     [
         (("totalseg_examples", "example_ct_dicom"), (-1024.0, 1839.0)),
-        (("mridir_phantom", "dicom_ct_subset"), (-2048.0, 4000.0)),  # -2048: outside the FOV
+        # GE: PixelPaddingValue -1024 (stored) outside the reconstruction circle, -2048 HU rescaled
+        (("mridir_phantom", "dicom_ct_subset"), (-1024.0, 4000.0)),
     ],
 )
 def test_real_ct_series_agree_with_simpleitk(parts: tuple[str, str], hu_range: tuple[float, float]) -> None:
@@ -128,7 +146,10 @@ def test_real_ct_series_agree_with_simpleitk(parts: tuple[str, str], hu_range: t
     vol = read_volume(folder)
     ref_array, ref_affine = sitk_series(folder)
     assert vol.shape == ref_array.shape
-    np.testing.assert_allclose(vol.array, ref_array, atol=1e-3)
+    padded = ref_array == -2048.0  # SimpleITK leaves the padding in (stored -1024, intercept -1024)
+    assert (vol.meta["padding_voxels"] > 0) == padded.any() and vol.meta["padding_voxels"] == padded.sum()
+    np.testing.assert_array_equal(vol.array[padded], -1024.0)  # padding becomes air
+    np.testing.assert_allclose(vol.array[~padded], ref_array[~padded], atol=1e-3)
     np.testing.assert_allclose(vol.affine, ref_affine, atol=1e-4)
     assert hu_range[0] <= vol.array.min() and vol.array.max() <= hu_range[1]
     assert vol.array.min() <= -1000  # air in HU: the rescale intercept was applied

@@ -14,10 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medp2p.checkpoint import build_discriminator_for, build_generator_for, prep_from_config
+from medp2p.checkpoint import build_discriminator_for, build_generator_for, case_keys_for, prep_from_config
 from medp2p.cli import app
 from medp2p.config import load_config
 from medp2p.data.augment import AugmentSpec
+from medp2p.data.case_reader import read_case
 from medp2p.data.prepare import prepare_case
 from medp2p.data.sampling import SliceBatcher
 from medp2p.train import NonFiniteLossError, Pix2PixStep, train
@@ -76,7 +77,7 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tiny_phantom: Path,
 def test_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
     cfg = load_config(task, TINY, ["train.precision=fp32", "model.dropout=0"])
     prep = prep_from_config(cfg)
-    case = prepare_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, prep)
+    case = prepare_case(read_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, case_keys_for(cfg)), prep)
     gen = torch.Generator().manual_seed(0)
     batcher = SliceBatcher([case], 4, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
     no_aug = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0)
@@ -99,7 +100,7 @@ def test_intensity_jitter_reaches_the_target_only_where_it_is_the_source(tiny_ph
     # model to undo a random gain/offset/gamma it cannot see. A CT target never gets MR jitter.
     cfg = load_config(task, TINY, ["data.context_slices=1"])
     prep = prep_from_config(cfg)
-    case = prepare_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask")}}, prep)
+    case = prepare_case(read_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask")}}, case_keys_for(cfg)), prep)
     jitter_only = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=1.0, gamma=0.3)
     batches = {}
     for name, spec in (("jitter", jitter_only), ("none", AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0))):
@@ -247,6 +248,16 @@ def test_nan_input_exits_one_with_a_message(tiny_phantom: Path, tmp_path: Path) 
     (data / "case_001").rename(tmp_path / "c1")
     (data / "case_002").rename(tmp_path / "c2")
     result = _cli("--task", "mri2ct", "--data", str(data), "--out", str(tmp_path / "run"), "--config", TINY, "--steps", "3")
+    assert result.exit_code == 1
+    # refused where it is read, before any step: the file and the count, on one line
+    line = next(line for line in result.output.splitlines() if "error:" in line)
+    assert "case_000/mr.nii.gz" in line and f"{arr.size - 12 * 12 * arr.shape[2]} NaN/Inf voxel(s)" in line
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_non_finite_loss_stops_the_run_with_a_message(tiny_phantom: Path, tmp_path: Path) -> None:
+    result = _cli("--task", "mri2ct", "--data", str(tiny_phantom), "--out", str(tmp_path / "run"), "--config", TINY,
+                  "--steps", "6", "--set", "train.lr=1e30", "--set", "loss.gan=0", "--set", "train.checkpoint_every=100")
     assert result.exit_code == 1
     assert "non-finite loss" in result.output
 

@@ -131,7 +131,7 @@ def _corrupt_empty(folder: Path) -> tuple[str, str]:
 
 def _corrupt_missing(folder: Path) -> tuple[str, str]:
     (folder / "ct.nii.gz").unlink()
-    return "c0", "no 'ct' image for this case"
+    return "c0", "case 'c0' has no 'ct' .*mri2ct reads sources \\[mr\\], target ct"
 
 
 def _corrupt_dicom(folder: Path) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medp2p.io import VOLUME_SUFFIXES, full_suffix, is_volume_file
-from medp2p.io.dicom import read_dicom_header
+from medp2p.io.dicom import probe_dicom
 
 Case = dict[str, Any]
 
@@ -223,10 +223,14 @@ def _read_nnunet(folder: Path) -> dict[str, Any]:
 
 
 def is_dicom_folder(folder: Path) -> bool:
-    """True when one of the first few files in ``folder`` is a DICOM image slice."""
+    """True when one of the first few files in ``folder`` is a DICOM image slice, or looks like DICOM.
+
+    A folder of broken DICOM files (no File Meta, a bad value) counts, so reading it names what
+    is wrong with its files instead of saying no dataset was found.
+    """
     files = sorted(f for f in folder.iterdir() if f.is_file())
     files.sort(key=lambda f: f.suffix.lower() != ".dcm")
-    return any(read_dicom_header(f) is not None for f in files[:5])
+    return any(ds is not None or why is not None for ds, why in map(probe_dicom, files[:5]))
 
 
 def _is_case_folder(folder: Path) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from medp2p.types import HU_MAX, HU_MIN
+from medp2p.types import HU_MAX, HU_MIN, Volume
 
 
 @dataclass(frozen=True)
@@ -270,3 +270,29 @@ def mr_window(
     if hi <= lo:
         hi = lo + 1.0
     return IntensityWindow(float(lo), float(hi), clip=clip)
+
+
+#: HU below which a voxel is air; a CT has air around (and in) the body, an MR has no such values.
+_AIR_HU = -500.0
+
+
+def looks_like_ct(volume: Volume) -> bool:
+    """Whether a volume is a CT in HU: DICOM Modality ``CT``, or (other formats) air below -500 HU.
+
+    For a file without a modality, at least 1% of the voxels below -500 is taken as HU air:
+    MR magnitudes are non-negative and z-scored MR stays within a few units of 0, while a head or
+    body CT holds air around the patient. ``predict`` compares this with what the model was trained
+    on (``--force`` overrides).
+
+    Example:
+        >>> looks_like_ct(read_volume("case_000/ct.nii.gz")), looks_like_ct(read_volume("case_000/mr.nii.gz"))
+        (True, False)
+    """
+    modality = str(volume.meta.get("modality", "")).upper()
+    if modality:
+        return modality == "CT"
+    arr = volume.array
+    step = max(1, arr.size // 1_000_000)  # a strided sample is plenty for a 1% quantile
+    sample = arr.reshape(-1)[::step]
+    sample = sample[np.isfinite(sample)]
+    return bool(sample.size) and float(np.mean(sample < _AIR_HU)) >= 0.01

@@ -1,8 +1,9 @@
-"""From a case's files to normalised model-space stacks: the deterministic part of the data path.
+"""From a case's checked volumes to normalised model-space stacks: the deterministic part of the data path.
 
 :func:`prepare_case` is what training caches (through MONAI's ``CacheDataset``) and
 :func:`prepare_source` is what inference runs on each input, so both see the same orientation,
-resampling, padding and intensity scaling.
+resampling, padding and intensity scaling. Volumes come from
+:func:`medp2p.data.case_reader.read_case`, already checked.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
+from medp2p.data.case_reader import CaseKeys, CaseVolumes, read_case
+from medp2p.data.checks import ReadOptions, compare_grids
 from medp2p.data.geometry import GridMap, plan_grid, slab_bounds, to_model_space
-from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, ct_body, mr_window
-from medp2p.data.validate import compare_grids
-from medp2p.io import read_volume
+from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, ct_body, looks_like_ct, mr_window
 from medp2p.types import Volume
 
 #: Model-space value of background (and of voided voxels): the bottom of every window.
@@ -42,6 +43,8 @@ class Prep:
         empty_slice_weight: sampling weight of slices without body (others weigh 1).
         slice_range: train only on this fraction ``[start, end)`` of the slicing axis.
         region: inpainting: the generator also gets the region mask as channels.
+        source_channels: images per source key (a list-valued datalist key holds several);
+            None: one each.
     """
 
     source_keys: tuple[str, ...]
@@ -57,15 +60,21 @@ class Prep:
     empty_slice_weight: float = 0.05
     slice_range: tuple[float, float] | None = None
     region: bool = False
+    source_channels: tuple[int, ...] | None = None
 
     @property
     def context(self) -> int:
         return 2 * self.context_slices + 1
 
     @property
+    def n_sources(self) -> int:
+        """Source images per case (list-valued keys count each of their images)."""
+        return sum(self.source_channels) if self.source_channels else len(self.source_keys)
+
+    @property
     def in_channels(self) -> int:
         """Generator input channels: every source's context slices, plus the region's when inpainting."""
-        return self.context * (len(self.source_keys) + (1 if self.region else 0))
+        return self.context * (self.n_sources + (1 if self.region else 0))
 
 
 @dataclass
@@ -80,6 +89,7 @@ class PreparedCase:
     weights: torch.Tensor  # (D,) slice sampling weights
     grid: GridMap
     windows: list[IntensityWindow]
+    source_is_ct: bool = False  # the first source looks like a CT in HU (checked again at prediction)
 
 
 def _check_grid(ref: Volume, other: Volume, key: str, ref_key: str) -> None:
@@ -105,8 +115,8 @@ def prepare_source(
         >>> stack, grid, windows = prepare_source([read_volume("case/mr.nii.gz")], prep)
     """
     ref = volumes[0]
-    for key, vol in zip(prep.source_keys[1:], volumes[1:]):
-        _check_grid(ref, vol, key, prep.source_keys[0])
+    for i, vol in enumerate(volumes[1:], start=1):
+        _check_grid(ref, vol, f"source {i}", "source 0")
     grid = plan_grid(ref.affine, ref.shape, prep.axis, prep.spacing_mm, prep.size_multiple, prep.min_size)
     if bodies is None:
         bodies = [body_mask(v.array) for v in volumes]
@@ -124,36 +134,28 @@ def normalise_target(target: Volume, prep: Prep, windows: list[IntensityWindow])
     return windows[0].forward(target.array)
 
 
-def prepare_case(case: dict[str, Any], prep: Prep) -> PreparedCase:
-    """Read one case's files and bring them into model space (see :class:`Prep`).
+def prepare_case(case: CaseVolumes, prep: Prep) -> PreparedCase:
+    """Bring one read and checked case (:func:`~medp2p.data.case_reader.read_case`) into model space.
 
     Raises:
-        KeyError: the case lacks a key the task needs (names the case and the keys it has).
         ValueError: an image is not on the first source's grid (names both files).
     """
-    cid = str(case.get("id"))
-    # a CT target without a body mask gets the body evaluation uses (reference HU > -500)
-    mask_optional = prep.target_kind == "hu"
-    needed = [*prep.source_keys, prep.target_key] + ([prep.mask_key] if prep.mask_key and not mask_optional else [])
-    missing = [k for k in needed if k not in case]
-    if missing:
-        raise KeyError(f"case {cid!r} has no {missing} (it has {sorted(k for k in case if k != 'id')})")
-    sources = [read_volume(case[k]) for k in prep.source_keys]
+    sources = case.sources
+    if len(sources) != prep.n_sources:
+        raise ValueError(f"case {case.id!r}: {len(sources)} source image(s), the run takes {prep.n_sources} {list(prep.source_keys)}")
     bodies = [body_mask(v.array) for v in sources]  # for the MR windows, and for sampling when there is no mask
     stack, grid, windows = prepare_source(sources, prep, bodies)
-    target = read_volume(case[prep.target_key])
+    target = case.target
+    if target is None:
+        raise ValueError(f"case {case.id!r}: no target '{prep.target_key}' was read")
     _check_grid(sources[0], target, prep.target_key, prep.source_keys[0])
     target_kind_mode = "nearest" if prep.target_kind == "mask" else "linear"
     target_pad = 0.0 if prep.target_kind == "mask" else BACKGROUND
     target_t = to_model_space(normalise_target(target, prep, windows), grid, target_kind_mode, target_pad)[None]
     mask_t = None
-    if prep.mask_key and (prep.mask_key in case or mask_optional):
-        if prep.mask_key in case:
-            mask_vol = read_volume(case[prep.mask_key])
-            _check_grid(sources[0], mask_vol, prep.mask_key, prep.source_keys[0])
-            body_arr = (mask_vol.array > 0).astype(np.float32)
-        else:
-            body_arr = ct_body(target.array).astype(np.float32)
+    # a CT target without a body mask gets the body evaluation uses (reference HU > -500)
+    if prep.mask_key and (case.mask is not None or prep.target_kind == "hu"):
+        body_arr = (case.mask.array > 0).astype(np.float32) if case.mask is not None else ct_body(target.array).astype(np.float32)
         mask_t = to_model_space(body_arr, grid, "nearest", 0.0)[None]
         body_t = mask_t
     else:
@@ -166,18 +168,21 @@ def prepare_case(case: dict[str, Any], prep: Prep) -> PreparedCase:
         keep = torch.zeros(depth, dtype=torch.bool)
         keep[lo:hi] = True
         weights = torch.where(keep, weights, 0.0)
-    return PreparedCase(cid, stack, target_t, mask_t, body_t, weights, grid, windows)
+    return PreparedCase(case.id, stack, target_t, mask_t, body_t, weights, grid, windows, looks_like_ct(sources[0]))
 
 
 class PrepareCased(MapTransform):
     """MONAI dict transform: a datalist case (``{"id", key: path}``) -> ``{"case": PreparedCase}``.
 
-    Used with ``monai.data.CacheDataset`` so every volume is decoded and prepared once per run.
+    Reads the case with :func:`~medp2p.data.case_reader.read_case` (the checks every command
+    applies) and prepares it; used with ``monai.data.CacheDataset`` so every volume is decoded and
+    prepared once per run.
     """
 
-    def __init__(self, prep: Prep) -> None:
+    def __init__(self, prep: Prep, keys: CaseKeys, datalist: dict[str, Any] | None = None, options: ReadOptions = ReadOptions()) -> None:
         super().__init__(keys=list(prep.source_keys), allow_missing_keys=True)
-        self.prep = prep
+        self.prep, self.case_keys, self.datalist, self.options = prep, keys, datalist, options
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        return {"case": prepare_case(dict(data), self.prep)}
+        case = read_case(dict(data), self.case_keys, "train", self.datalist, self.options)
+        return {"case": prepare_case(case, self.prep)}

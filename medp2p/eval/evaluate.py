@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
+from medp2p.data.case_reader import error_text, read_case
+from medp2p.data.checks import ReadOptions, check_volume, choose_affine, compare_grids
 from medp2p.data.corruption import seeded_corruption
 from medp2p.data.geometry import slab_mask
 from medp2p.data.intensity import ct_body
 from medp2p.eval.montage import case_montage
 from medp2p.io import read_volume
-from medp2p.io.atomic import atomic_path
+from medp2p.io.atomic import atomic_path, remove_outputs
 from medp2p.metrics import inpainting_metrics, segmentation_metrics, synthrad_metrics
 from medp2p.tasks import get_task
 
@@ -73,31 +75,69 @@ def _summary(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[s
 Slab = tuple[str, tuple[float, float]]
 
 
+class ReportExistsError(FileExistsError):
+    """The report folder already holds files and ``overwrite`` was not asked for."""
+
+
+#: What a report folder holds besides one montage PNG per case (listed in ``summary.json``).
+REPORT_FILES = ("metrics.csv", "summary.json")
+
+
+def _prepare_report_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds files unless ``overwrite``; then remove only what a report wrote there."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ReportExistsError(f"{out}: already holds files; pass --overwrite to replace the report (only its own files are removed)")
+    montages: list[str] = []
+    try:
+        montages = [str(m) for m in json.loads((out / "summary.json").read_text()).get("montages", [])]
+    except (OSError, ValueError):
+        pass
+    remove_outputs(out, (*REPORT_FILES, *(Path(m).name for m in montages)))
+
+
+def _read_prediction(path: Path, reference_path: str, reference, options: ReadOptions):
+    """The prediction volume, checked like any input: readable, finite, on the reference's grid."""
+    pred = read_volume(path, options.series_uid)
+    problems = check_volume(pred, str(path), options=options)
+    if problems:
+        raise ValueError(str(problems[0]))
+    pred = choose_affine(pred, str(path), options)[0]
+    diff = compare_grids(reference, pred)
+    if diff is not None and (pred.shape != reference.shape or not np.allclose(pred.affine, reference.affine, atol=1e-3)):
+        raise ValueError(f"{path}: prediction grid {pred.shape} does not match reference {reference_path} {reference.shape}: {diff}")
+    return pred
+
+
 def evaluate_case(
-    task_name: str, case: dict[str, Any], pred_dir: Path, target_key: str, seed: int, slab: Slab | None = None
+    task_name: str, case: dict[str, Any], pred_dir: Path, target_key: str, seed: int, slab: Slab | None = None,
+    datalist: dict[str, Any] | None = None, options: ReadOptions = ReadOptions(),
 ) -> tuple[dict[str, float], tuple]:
     """Metrics of one case, and what its montage shows ``(source, prediction, reference, mask)``.
 
+    The reference case is read with the checks every command applies
+    (:func:`~medp2p.data.case_reader.read_case`), the prediction with the same per-volume checks.
     ``slab`` ``(axis, (start, end))`` restricts scoring to those slices (see :func:`slab_mask`).
     """
     task = get_task(task_name)
-    pred = read_volume(pred_dir / task.output_name)
-    reference = read_volume(case[target_key])
-    if pred.shape != reference.shape or not np.allclose(pred.affine, reference.affine, atol=1e-3):
-        raise ValueError(f"{pred.path}: prediction grid {pred.shape} does not match reference {reference.path} {reference.shape}")
+    keys = task.case_keys(target_key=target_key)
+    volumes = read_case(case, keys, "evaluate", datalist, options)
+    reference = volumes.target
+    assert reference is not None
+    pred = _read_prediction(pred_dir / task.output_name, str(case[target_key]), reference, options)
     keep = np.ones(reference.shape, bool) if slab is None else slab_mask(reference.shape, reference.affine, *slab)
-    source_key = task.source_keys[0]
-    source = read_volume(case[source_key]).array if source_key in case else reference.array
+    source = volumes.sources[0].array if volumes.sources else reference.array
     if task_name == "mri2ct":
-        mask = read_volume(case[task.mask_key]).array > 0 if task.mask_key in case else ct_body(reference.array)
+        mask = volumes.mask.array > 0 if volumes.mask is not None else ct_body(reference.array)
         mask &= keep
         return synthrad_metrics(reference.array, pred.array, mask), (source, pred.array, reference.array, mask)
     if task_name == "seg":
         ref, predicted = (reference.array > 0) & keep, (pred.array > 0) & keep
         return segmentation_metrics(ref, predicted, reference.spacing_mm), (source, pred.array, reference.array, ref)
-    region_key = "region_healthy" if "region_healthy" in case else "region"
-    if region_key in case and "voided" in case:
-        region, voided = read_volume(case[region_key]).array, read_volume(case["voided"]).array
+    scored = volumes.scored_region if volumes.scored_region is not None else volumes.region
+    if scored is not None and volumes.voided is not None:
+        region, voided = scored.array, volumes.voided.array
     else:
         voided_vol, region_vol = seeded_corruption(reference, str(case["id"]), seed)
         region, voided = region_vol.array, voided_vol.array
@@ -118,6 +158,8 @@ def evaluate(
     montages: bool = True,
     on_case: Callable[[str], None] | None = None,
     slab: Slab | None = None,
+    overwrite: bool = False,
+    read_options: ReadOptions = ReadOptions(),
 ) -> EvalReport:
     """Score every reference case that has a prediction; write ``metrics.csv``, ``summary.json`` and montages.
 
@@ -125,13 +167,19 @@ def evaluate(
         task: ``mri2ct``, ``seg`` or ``inpaint``.
         pred: the ``medp2p predict`` output folder (``<case>/sct.nii.gz``...).
         ref: reference data, any layout ``medp2p validate`` reads.
-        out: the report folder.
+        out: the report folder; one that holds files is refused unless ``overwrite``.
         target_key: the reference image key (default the task's: ``ct``, ``tumor``, ``mr``).
         seed: inpainting: the seed of generated regions (``inpaint.eval_seed``).
         montages: write one PNG per case.
         on_case: called with each case id (progress display).
         slab: ``(axis, (start, end))``: score only that fraction of the slices, as
             ``data.slice_range`` selects them for training (slab splits of one volume).
+        overwrite: replace the report in ``out`` (only the files a report writes are removed).
+        read_options: how volumes are read (``--affine-from``, ``--series-uid``).
+
+    Raises:
+        ReportExistsError: ``out`` holds files and ``overwrite`` is False.
+        DataLayoutError: ``pred`` is missing or matches no reference case.
 
     Example:
         >>> report = evaluate("mri2ct", "out/", "data/test/", "report/")
@@ -144,9 +192,10 @@ def evaluate(
         raise DataLayoutError(f"{pred}: no such prediction folder")
     datalist = load_datalist(ref)
     cases = [c for s in ("training", "validation", "test") for c in datalist.get(s, [])]
+    _prepare_report_dir(out, overwrite)
     report = EvalReport()
     matched = 0
-    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
     for case in cases:
         cid = str(case["id"])
         case_dir = pred / safe_case_id(cid)
@@ -157,14 +206,12 @@ def evaluate(
         if on_case is not None:
             on_case(cid)
         try:
-            if target_key not in case:
-                raise KeyError(f"reference case {cid!r} has no {target_key!r} image (it has {sorted(k for k in case if k != 'id')})")
-            metrics, shown = evaluate_case(task, case, case_dir, target_key, seed, slab)
+            metrics, shown = evaluate_case(task, case, case_dir, target_key, seed, slab, datalist, read_options)
             report.rows.append({"case": cid, **metrics})
             if montages:
-                case_montage(out / f"{safe_case_id(cid)}.png", task, cid, *shown, metrics)
+                written.append(case_montage(out / f"{safe_case_id(cid)}.png", task, cid, *shown, metrics).name)
         except Exception as exc:
-            report.failures.append({"case": cid, "error": f"{type(exc).__name__}: {exc}"})
+            report.failures.append({"case": cid, "error": error_text(exc)})
     if matched == 0:
         raise DataLayoutError(f"{pred}: no prediction matches a case of {ref} (expected <case>/{spec.output_name})")
     metric_names = list(spec.metrics)
@@ -177,6 +224,7 @@ def evaluate(
         "task": task, "cases": len(report.rows), "metrics": _summary(report.rows, metric_names),
         "missing": report.missing, "failures": report.failures, "definitions": DEFINITIONS[task],
         "slab": None if slab is None else {"axis": slab[0], "slice_range": list(slab[1])},
+        "montages": written,
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(report.summary, indent=2) + "\n")

@@ -7,9 +7,9 @@ series) or ``mask_seg.dcm`` (DICOM SEG). A case that fails is reported and the o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +19,17 @@ import numpy as np
 import torch
 
 from medp2p import __version__
-from medp2p.checkpoint import generator_from_checkpoint, load_checkpoint
+from medp2p.checkpoint import case_keys_for, generator_from_checkpoint, load_checkpoint
 from medp2p.config import Config
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
-from medp2p.data.cases import is_dicom_folder
+from medp2p.data.case_reader import CaseKeys, CaseVolumes, error_text, read_case
+from medp2p.data.cases import image_keys, is_dicom_folder
+from medp2p.data.checks import ReadOptions, count_non_finite
 from medp2p.data.corruption import seeded_corruption
+from medp2p.data.intensity import looks_like_ct
 from medp2p.data.prepare import Prep
-from medp2p.io import is_volume_file, read_volume, write_nifti
-from medp2p.io.atomic import atomic_path, full_suffix, replace_folder
+from medp2p.io import VolumeWriteError, is_volume_file, write_nifti
+from medp2p.io.atomic import atomic_path, full_suffix
 from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
 from medp2p.models.inference import optimize_for_inference
 from medp2p.models.precision import compile_for_inference, memory_format, resolve_device, resolve_precision
@@ -42,9 +45,16 @@ class OutputExistsError(FileExistsError):
     """An output is already there and ``overwrite`` was not asked for."""
 
 
+class ModalityMismatchError(ValueError):
+    """The input is not the kind of image the model was trained on (a CT given to an MR model)."""
+
+
 @dataclass
 class Model:
-    """A trained generator with what it needs to predict: its data preparation, config and task."""
+    """A trained generator with what it needs to predict: its data preparation, config and task.
+
+    ``source_is_ct``: whether the training sources were CTs in HU (None: not recorded).
+    """
 
     generator: torch.nn.Module
     prep: Prep
@@ -52,6 +62,12 @@ class Model:
     task: Task
     path: str
     options: RunOptions
+    source_is_ct: bool | None = None
+
+    @property
+    def keys(self) -> CaseKeys:
+        """The case keys the model reads (its config's; missing-key messages name them)."""
+        return case_keys_for(self.cfg, hint="model")
 
 
 def load_model(
@@ -79,7 +95,8 @@ def load_model(
     # Inductor folds and fuses on its own; eager prediction gets the same rewrite by hand
     generator = compile_for_inference(generator) if compile else optimize_for_inference(generator, inplace=True)
     options = RunOptions(dev, dtype, batch_size, layout == torch.channels_last, tta)
-    return Model(generator, prep, cfg, get_task(cfg.task), ckpt["path"], options)
+    profile = ckpt.get("data_profile") or {}
+    return Model(generator, prep, cfg, get_task(cfg.task), ckpt["path"], options, profile.get("source_is_ct"))
 
 
 def _single_input_case(path: Path, key: str, generic: Sequence[str]) -> dict[str, Any]:
@@ -95,13 +112,15 @@ def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep) -> list
     A single volume (file or DICOM folder) is one case of a one-source model; its id is the file
     name without suffix, or its folder's name when the file is named after a key
     (``case_001/mr.nii.gz`` -> ``case_001``). A dataset (any layout ``medp2p validate`` reads)
-    gives all its cases.
+    gives all its cases; a case holding one image under another key (a flat folder of volumes
+    gives ``image``) is that model's source.
 
     Raises:
         DataLayoutError: an input is missing or unreadable as a layout, a one-file input for a
             multi-source model, or two cases with the same (sanitised) id.
     """
     generic = {k.lower() for k in (*prep.source_keys, "image", "img", "input", "mr", "t1", "t2", "flair", "voided")}
+    one_source = prep.n_sources == 1
     cases: list[dict[str, Any]] = []
     for raw in inputs:
         path = Path(raw).expanduser()
@@ -109,16 +128,20 @@ def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep) -> list
             raise DataLayoutError(f"{path}: no such file or folder")
         single = (path.is_file() and (is_volume_file(path) or path.suffix.lower() in (".dcm", ".ima"))) or (path.is_dir() and is_dicom_folder(path))
         if single:
-            if len(prep.source_keys) > 1:
+            if not one_source:
                 raise DataLayoutError(
-                    f"{path}: this model takes {len(prep.source_keys)} images per case {list(prep.source_keys)}; "
+                    f"{path}: this model takes {prep.n_sources} images per case {list(prep.source_keys)}; "
                     "give a dataset folder or datalist .json instead of one volume"
                 )
             cases.append(_single_input_case(path, prep.source_keys[0], generic))
         else:
             datalist = load_datalist(path)
             for section in ("training", "validation", "test"):
-                cases += datalist.get(section, [])
+                for case in datalist.get(section, []):
+                    keys = image_keys(case)
+                    if one_source and len(keys) == 1 and keys[0] not in prep.source_keys and not isinstance(case[keys[0]], list):
+                        case = {"id": case["id"], prep.source_keys[0]: case[keys[0]]}
+                    cases.append(case)
     seen: dict[str, str] = {}
     for case in cases:
         sid = safe_case_id(case["id"])
@@ -153,8 +176,33 @@ def _inside(root: Path, path: Path) -> Path:
     return path
 
 
-def predict_case(model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "nifti", overwrite: bool = False) -> list[Path]:
-    """Predict one case and write its outputs under ``out_dir/<case>/``; returns the written paths."""
+def _check_modality(model: Model, case: CaseVolumes, force: bool) -> None:
+    """Refuse a CT given to a model trained on MR sources (and back), unless ``force``."""
+    if force or model.source_is_ct is None or not case.sources:
+        return
+    first = case.sources[0]
+    is_ct = looks_like_ct(first)
+    if is_ct == model.source_is_ct:
+        return
+    modality = first.meta.get("modality")
+    seen = f"DICOM Modality {modality}" if modality else ("values in HU (air below -500)" if is_ct else "no HU air (an MR)")
+    trained = "CTs in HU" if model.source_is_ct else "MR images (not HU)"
+    raise ModalityMismatchError(
+        f"{first.path}: the input looks like {'a CT' if is_ct else 'an MR image'} ({seen}), but the {model.task.name} model was "
+        f"trained on {trained}; pass --force to predict anyway"
+    )
+
+
+def predict_case(
+    model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "nifti", overwrite: bool = False,
+    options: ReadOptions = ReadOptions(), force: bool = False,
+) -> list[Path]:
+    """Predict one case and write its outputs under ``out_dir/<case>/``; returns the written paths.
+
+    The case is read and checked as every command reads it (:func:`read_case`); an output with
+    NaN/Inf voxels is never written. A failed write removes what this call created, the case
+    folder included when it was new.
+    """
     task, prep = model.task, model.prep
     case_dir = _inside(out_dir, out_dir / safe_case_id(case["id"]))
     nifti_path = case_dir / task.output_name
@@ -163,25 +211,29 @@ def predict_case(model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "
     existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]}: already exists; pass --overwrite to replace it")
-    source_keys = list(prep.source_keys)
-    region = None
-    if task.region_key is not None and task.region_key in case:
-        region = read_volume(case[task.region_key])
-        if task.voided_key in case:
-            source_keys[0] = task.voided_key
-    missing = [k for k in source_keys if k not in case]
-    if missing:
-        raise KeyError(f"case {case['id']!r} has no {missing} image (it has {sorted(k for k in case if k != 'id')})")
-    sources = [read_volume(case[k]) for k in source_keys]
+    volumes = read_case(case, model.keys, "predict", None, options)
+    _check_modality(model, volumes, force)
+    sources = list(volumes.sources)
+    region = volumes.region
+    if region is not None and volumes.voided is not None:
+        sources = [volumes.voided, *sources[1:]] if len(sources) == prep.n_sources else [volumes.voided, *sources]
     extras: list[tuple[str, Volume, type]] = []
     if task.region_key is not None and region is None:
         # no region given: void a seeded box, and keep what was voided beside the output
-        voided, region = seeded_corruption(sources[0], str(case["id"]), model.cfg.inpaint.eval_seed)
-        sources[0] = voided
+        base = volumes.voided or sources[0]
+        voided, region = seeded_corruption(base, str(case["id"]), model.cfg.inpaint.eval_seed)
+        sources = [voided, *sources[1:]] if sources else [voided]
         extras = [("voided.nii.gz", voided, np.float32), ("region.nii.gz", region, np.uint8)]
     prediction = predict_volume(model.generator, sources, prep, region, model.options)
+    bad = count_non_finite(prediction.array)
+    if bad:
+        raise ValueError(
+            f"{model.path}: the model produced {bad} NaN/Inf voxel(s) for case {case['id']!r} (its input had none); "
+            "nothing was written: the checkpoint may have diverged (check its training losses)"
+        )
 
     # Everything is computed; now write. A failed write removes what this call created.
+    new_dir = not case_dir.exists()
     created_before = {p for p in planned + [case_dir / name for name, _, _ in extras] if p.exists()}
     written: list[Path] = []
     try:
@@ -190,18 +242,18 @@ def predict_case(model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "
         if fmt in ("nifti", "both"):
             written.append(write_nifti(prediction, nifti_path, dtype=np.uint8 if task.target_kind == "mask" else np.float32))
         if dicom_path is not None:
+            version = f"medp2p {__version__}"
             if task.name == "mri2ct":
-                staging = Path(tempfile.mkdtemp(prefix=".sct_dicom.", dir=case_dir))
-                staging.rmdir()
-                write_ct_series(prediction, staging, source=sources[0], software_version=f"medp2p {__version__}")
-                replace_folder(staging, dicom_path)
+                write_ct_series(prediction, dicom_path, source=sources[0], software_version=version, overwrite=overwrite)
             else:
-                write_dicom_seg(prediction, dicom_path, sources[0], software_version=f"medp2p {__version__}")
+                write_dicom_seg(prediction, dicom_path, sources[0], software_version=version)
             written.append(dicom_path)
     except BaseException:
         for path in written:
             if path not in created_before:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if new_dir and case_dir.is_dir() and not any(case_dir.iterdir()):
+            case_dir.rmdir()
         raise
     return written
 
@@ -219,6 +271,8 @@ def predict_cases(
     on_case: Callable[[str], None] | None = None,
     compile: bool = False,
     tta: bool = False,
+    read_options: ReadOptions = ReadOptions(),
+    force: bool = False,
 ) -> PredictReport:
     """Predict every case of ``inputs`` (this part's share of them) into ``out_dir``.
 
@@ -235,6 +289,9 @@ def predict_cases(
         on_case: called with each case id before it is predicted (progress display).
         compile: frozen-weight ``torch.compile`` of the generator (see :func:`load_model`).
         tta: average with the left-right mirrored prediction (see :func:`load_model`).
+        read_options: how inputs are read (``--affine-from``, ``--series-uid``).
+        force: predict inputs that do not look like the model's training sources (a CT given
+            to an MR model), which is refused otherwise.
 
     Returns:
         The report; failed cases are also written to ``failures.csv`` (``failures_part-K-of-N.csv``
@@ -259,17 +316,19 @@ def predict_cases(
         if on_case is not None:
             on_case(str(case["id"]))
         try:
-            report.written[str(case["id"])] = predict_case(model, case, out_dir, fmt, overwrite)
+            report.written[str(case["id"])] = predict_case(model, case, out_dir, fmt, overwrite, read_options, force)
         except Exception as exc:  # one bad case must not stop the others
             source = case.get(model.prep.source_keys[0]) or next((v for k, v in case.items() if k != "id"), "")
-            report.failures.append({"case": str(case["id"]), "input": str(source), "error": f"{type(exc).__name__}: {exc}"})
+            report.failures.append({"case": str(case["id"]), "input": str(source), "error": error_text(exc)})
+            if isinstance(exc, VolumeWriteError):
+                break  # a full disk fails every case after it too
     failures_csv = out_dir / ("failures.csv" if num_parts == 1 else f"failures_part-{part_id}-of-{num_parts}.csv")
     if not report.failures:
         failures_csv.unlink(missing_ok=True)  # a previous run's list no longer holds
     else:
-        report.failures_csv = failures_csv
-        with atomic_path(report.failures_csv) as tmp, tmp.open("w", newline="") as fh:
+        with contextlib.suppress(VolumeWriteError), atomic_path(failures_csv) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, ["case", "input", "error"])
             writer.writeheader()
             writer.writerows(report.failures)
+        report.failures_csv = failures_csv if failures_csv.exists() else None
     return report

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medp2p.io.atomic import atomic_path, full_suffix
-from medp2p.io.dicom import SeriesInfo, list_dicom_series, read_dicom_header, read_dicom_series
+from medp2p.io.dicom import SeriesInfo, list_dicom_series, probe_dicom, read_dicom_header, read_dicom_series
 from medp2p.io.errors import DicomSeriesError, VolumeReadError, VolumeWriteError
 from medp2p.io.geometry import affine_from_itk, axis_codes, itk_from_affine, shear
 from medp2p.io.itk import ITK_READ_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
@@ -62,10 +62,12 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
         return read_nifti(path)
     if suffix in ITK_READ_SUFFIXES:
         return read_itk(path)
-    if suffix in (".dcm", ".ima", ""):
-        ds = read_dicom_header(path)
+    if suffix in (".dcm", ".ima", ".dicom", ""):
+        ds, why = probe_dicom(path)
         if ds is not None:
             return read_dicom_series(path.parent, series_uid or str(ds.get("SeriesInstanceUID", "")))
+        if why is not None:
+            raise VolumeReadError(path, why)
     raise VolumeReadError(
         path,
         f"unknown volume format {suffix or '(no suffix)'!r}; medp2p reads {', '.join(VOLUME_SUFFIXES)} "
@@ -103,6 +105,7 @@ __all__ = [
     "is_volume_file",
     "itk_from_affine",
     "list_dicom_series",
+    "probe_dicom",
     "read_dicom_series",
     "read_itk",
     "read_nifti",

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from medp2p.io.errors import disk_full_cause, disk_full_error
+
 #: Suffixes that must stay at the end of a temporary file's name so writers pick the right format.
 _MULTI_SUFFIXES = (".nii.gz", ".tar.gz")
 
@@ -49,16 +51,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary file keeps ``path``'s suffix (writers choose the format by it) and lives in the
     same folder, so the final ``os.replace`` is atomic: readers see the old file or the complete
     new one, never a partial one. On any exception the temporary file is removed and an existing
-    file at ``path`` is left untouched.
+    file at ``path`` is left untouched; a write that runs out of room (a full disk, a file size
+    limit, a quota) becomes :class:`~medp2p.io.errors.VolumeWriteError` naming ``path``.
 
     Example:
         >>> with atomic_path("out/sct.nii.gz") as tmp:
         ...     nib.save(img, tmp)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = full_suffix(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    except OSError as exc:
+        full = disk_full_cause(exc)
+        if full is not None:
+            raise disk_full_error(path, full) from None
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -67,9 +76,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        full = disk_full_cause(exc)
+        if full is not None and not str(exc).startswith(f"{path}:"):
+            raise disk_full_error(path, full) from None
         raise
 
 

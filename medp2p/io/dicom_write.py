@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from medp2p.io.atomic import atomic_path, default_mode
+from medp2p.io.atomic import atomic_path, default_mode, replace_folder
 from medp2p.io.geometry import itk_from_affine, shear
 from medp2p.types import Volume
 
@@ -89,18 +89,23 @@ def write_ct_series(
     series_description: str = "Synthetic CT (medp2p, from MR)",
     series_number: int = 9001,
     software_version: str = "",
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write a synthetic CT in HU as a DICOM CT series into ``folder`` (one file per slice), atomically.
 
+    The series is built in a temporary folder beside ``folder`` and renamed into place; an old
+    series there is replaced only once the new one is complete (``overwrite``).
+
     Args:
         sct: the synthetic CT, HU, on its source's grid.
-        folder: destination folder (must not exist yet, or be empty).
+        folder: destination folder (must not exist yet, or be empty, unless ``overwrite``).
         source: the MR it was predicted from; when it was read from a DICOM series (its
             ``meta["dicom_datasets"]``), the CT joins that study and frame of reference and each
             instance copies and references its MR slice. Otherwise a standalone series is written.
         series_description: says the series is synthetic.
         series_number: SeriesNumber of the new series.
         software_version: SoftwareVersions.
+        overwrite: replace a series already in ``folder``.
 
     Returns:
         The written files, in slice order.
@@ -109,7 +114,7 @@ def write_ct_series(
         >>> write_ct_series(sct, "out/patient_01/sct_dicom", source=mr)   # mr read from a DICOM folder
     """
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder}: already holds files; remove it or write elsewhere")
     if shear(sct.affine) > 1e-4:
         raise ValueError(f"{folder}: the volume's affine is sheared; a DICOM series cannot store it")
@@ -197,9 +202,7 @@ def write_ct_series(
         staging.chmod(default_mode("dir"))
         for f in staging.iterdir():
             f.chmod(default_mode())
-        if folder.exists():
-            folder.rmdir()  # empty (checked above)
-        staging.rename(folder)
+        replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

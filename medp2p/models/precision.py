@@ -99,3 +99,29 @@ def compile_for_inference(net: torch.nn.Module) -> torch.nn.Module:
 
     inductor_config.freezing = True
     return torch.compile(net.eval())
+
+
+def resolved_settings(device: torch.device, dtype: torch.dtype | None, layout: torch.memory_format, world_size: int = 1) -> dict[str, object]:
+    """What ``auto`` resolved to and what the machine offers, for ``run.json`` (two runs compare by it).
+
+    Example:
+        >>> resolved_settings(torch.device("cpu"), None, torch.contiguous_format)["precision"]
+        'fp32'
+    """
+    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    out: dict[str, object] = {
+        "device": str(device),
+        "precision": names.get(dtype, str(dtype)),
+        "memory_format": "channels_last" if layout == torch.channels_last else "contiguous",
+        "threads": torch.get_num_threads(),
+        "world_size": world_size,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": cpu_has_bf16(),
+    }
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        out["cuda_device"] = torch.cuda.get_device_name(index)
+        out["cuda_capability"] = ".".join(map(str, torch.cuda.get_device_capability(index)))
+        out["cuda"] = torch.version.cuda
+    return out

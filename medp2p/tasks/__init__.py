@@ -9,7 +9,10 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from medp2p.data.case_reader import CaseKeys
 
 #: How a task's target is scaled for the network and restored afterwards.
 #: ``hu``: CT window [-1024, 3000] <-> [-1, 1]; ``mask``: 0/1 labels, logits out;
@@ -47,6 +50,10 @@ class Task:
         region_key: inpainting: the case key of the region to fill at inference.
         voided_key: inpainting: the case key of the corrupted input at inference (falls back to
             the source key).
+        mask_required: whether every training case needs ``mask_key`` (mri2ct: no; the CT's
+            body, > -500 HU, stands in, the same rule in ``validate``, ``train`` and ``evaluate``).
+        scored_region_keys: inpainting: the region ``evaluate`` scores, first present wins
+            (BraTS ``mask-healthy``), else ``region_key``.
 
     Example:
         >>> MRI2CT.loss.l1, MRI2CT.output_name
@@ -66,6 +73,8 @@ class Task:
     output_name: str
     region_key: str | None = None
     voided_key: str | None = None
+    mask_required: bool = True
+    scored_region_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target_kind not in TARGET_KINDS:
@@ -74,8 +83,37 @@ class Task:
     @property
     def required_keys(self) -> tuple[str, ...]:
         """Keys every training case needs, in order, without repeats."""
-        keys = [*self.source_keys, self.target_key] + ([self.mask_key] if self.mask_key else [])
+        keys = [*self.source_keys, self.target_key] + ([self.mask_key] if self.mask_key and self.mask_required else [])
         return tuple(dict.fromkeys(keys))
+
+    def case_keys(
+        self,
+        source_keys: Sequence[str] | None = None,
+        target_key: str | None = None,
+        mask_key: str | None = None,
+        source_channels: Sequence[int] | None = None,
+        hint: str = "set",
+    ) -> CaseKeys:
+        """What the case reader reads for this task, with the config's key overrides (None: the task's).
+
+        Example:
+            >>> MRI2CT.case_keys().mask_required
+            False
+        """
+        regions = (*self.scored_region_keys, self.region_key) if self.region_key else ()
+        return CaseKeys(
+            sources=tuple(source_keys or self.source_keys),
+            target=target_key or self.target_key,
+            mask=mask_key if mask_key is not None else self.mask_key,
+            mask_required=self.mask_required,
+            region=self.region_key,
+            voided=self.voided_key,
+            scored_regions=tuple(dict.fromkeys(regions)),
+            target_is_label=self.target_kind == "mask",
+            source_channels=tuple(source_channels) if source_channels else None,
+            task=self.name,
+            hint=hint,
+        )
 
 
 MRI2CT = Task(
@@ -90,6 +128,7 @@ MRI2CT = Task(
     best_metric="mae",
     higher_is_better=False,
     output_name="sct.nii.gz",
+    mask_required=False,
 )
 SEG = Task(
     name="seg",
@@ -118,6 +157,7 @@ INPAINT = Task(
     output_name="inpainted.nii.gz",
     region_key="region",
     voided_key="voided",
+    scored_region_keys=("region_healthy",),
 )
 
 TASKS: dict[str, Task] = {t.name: t for t in (MRI2CT, SEG, INPAINT)}

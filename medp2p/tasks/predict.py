@@ -59,7 +59,7 @@ def predict_volume(
 
     Args:
         generator: a trained generator (put in eval mode here).
-        sources: the input image(s), one per ``prep.source_keys``, on one grid.
+        sources: the input image(s), ``prep.n_sources`` of them in channel order, on one grid.
         prep: the preparation the generator was trained with (from its checkpoint).
         region: inpainting: the region to fill (voxels > 0); required when ``prep.region``.
         options: device, precision, batch size.
@@ -73,8 +73,8 @@ def predict_volume(
         >>> write_nifti(sct, "out/patient/sct.nii.gz")
     """
     vols = [sources] if isinstance(sources, Volume) else list(sources)
-    if len(vols) != len(prep.source_keys):
-        raise ValueError(f"the model takes {len(prep.source_keys)} source image(s) {prep.source_keys}, got {len(vols)}")
+    if len(vols) != prep.n_sources:
+        raise ValueError(f"the model takes {prep.n_sources} source image(s) {list(prep.source_keys)}, got {len(vols)}")
     if prep.region and region is None:
         raise ValueError("inpainting needs the region to fill (a mask volume)")
     mirror = MIRROR_DIMS[prep.axis]

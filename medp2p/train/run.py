@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,19 +24,22 @@ import torch
 from medp2p.checkpoint import (
     build_discriminator_for,
     build_generator_for,
+    case_keys_for,
     load_checkpoint,
     prep_from_config,
     save_checkpoint,
 )
 from medp2p.config import Config, TrainConfig, config_from_dict, save_config
 from medp2p.data import load_datalist
+from medp2p.data.case_reader import CaseKeys
+from medp2p.data.checks import ReadOptions
 from medp2p.data.augment import AugmentSpec, augment
 from medp2p.data.corruption import corruption_regions
 from medp2p.data.geometry import MIRROR_DIMS
 from medp2p.data.prepare import BACKGROUND, Prep, PrepareCased
 from medp2p.data.sampling import BODY, SliceBatcher
 from medp2p.io.atomic import atomic_path, remove_outputs
-from medp2p.models.precision import memory_format, resolve_device, resolve_precision
+from medp2p.models.precision import memory_format, resolved_settings, resolve_device, resolve_precision
 from medp2p.models.runtime import reuse_freed_memory
 from medp2p.tasks import get_task
 from medp2p.tasks.predict import RunOptions
@@ -95,25 +99,53 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _split_cases(cfg: Config, data: str | Path, val_data: str | Path | None) -> tuple[list[dict], list[dict]]:
+def _split_cases(cfg: Config, data: str | Path, val_data: str | Path | None) -> tuple[list[dict], list[dict], dict, dict]:
+    """Training and validation cases, and the datalists they come from (their declared label values)."""
     datalist = load_datalist(data)
     training = datalist.get("training", [])
     if val_data is not None:
         vl = load_datalist(val_data)
-        return training, vl.get("validation") or vl.get("training", [])
+        return training, vl.get("validation") or vl.get("training", []), datalist, vl
     if datalist.get("validation"):
-        return training, datalist["validation"]
+        return training, datalist["validation"], datalist, datalist
     n = cfg.data.val_cases
     if n and n >= len(training):
         raise ValueError(f"{data}: data.val_cases={n} leaves no training case out of {len(training)}")
-    return (training[:-n], training[-n:]) if n else (training, [])
+    return (training[:-n], training[-n:], datalist, datalist) if n else (training, [], datalist, datalist)
 
 
-def _load_training_cases(cases: list[dict], prep: Prep, workers: int) -> list:
+def source_channels_of(cfg: Config, cases: list[dict]) -> Config:
+    """Fix ``data.source_channels`` from the cases: a list-valued source key is that many images.
+
+    Every case must hold the same number of images per source key; the first that differs is
+    named. A config that already states the counts must agree with the data.
+    """
+    keys = cfg.data.source_keys or []
+    counts: list[int] | None = None
+    first = ""
+    for case in cases:
+        here = [len(case[k]) if isinstance(case.get(k), list) else 1 for k in keys]
+        if counts is None:
+            counts, first = here, str(case["id"])
+        elif here != counts:
+            raise ValueError(
+                f"case {case['id']!r}: its source keys {keys} hold {here} image(s), case {first!r}'s hold {counts}; "
+                "every case needs the same number of images per key"
+            )
+    stated = cfg.data.source_channels
+    if stated is not None and counts is not None and list(stated) != counts:
+        raise ValueError(f"data.source_channels={list(stated)}, but the cases' source keys {keys} hold {counts} image(s)")
+    if counts is None or all(n == 1 for n in counts):
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"source_channels": counts})})
+
+
+def _load_training_cases(cases: list[dict], prep: Prep, keys: CaseKeys, datalist: dict, options: ReadOptions, workers: int) -> list:
     from monai.data import CacheDataset
 
     try:
-        ds = CacheDataset(data=cases, transform=PrepareCased(prep), cache_rate=1.0, num_workers=workers or None, copy_cache=False, progress=False)
+        transform = PrepareCased(prep, keys, datalist, options)
+        ds = CacheDataset(data=cases, transform=transform, cache_rate=1.0, num_workers=workers or None, copy_cache=False, progress=False)
         return [ds[i]["case"] for i in range(len(ds))]
     except RuntimeError as exc:  # MONAI wraps a transform's error as "applying transform ...": show the cause
         cause: BaseException = exc
@@ -188,6 +220,8 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     device: str | None = None,
+    read_options: ReadOptions | None = None,
+    on_timing: Callable[[float, int], None] | None = None,
 ) -> TrainResult:
     """Train pix2pix for ``cfg.task`` on ``data``; write the run into ``out``.
 
@@ -204,6 +238,10 @@ def train(
         overwrite: replace an existing run in ``out``.
         progress: show a progress bar.
         device: ``auto``, ``cpu`` or ``cuda``, overriding ``train.device`` (also on resume).
+        read_options: how volumes are read (``--affine-from``, ``--series-uid``); recorded in
+            ``run.json`` and reused on resume.
+        on_timing: called once, after a few timed steps, with the seconds per step and the
+            schedule's length (the CLI warns when the default model would take hours).
 
     Raises:
         RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite``.
@@ -225,6 +263,9 @@ def train(
         run_info = json.loads((out / "run.json").read_text())
         data = data if data is not None else run_info["data"]
         val_data = val_data if val_data is not None else run_info.get("val_data")
+        if read_options is None:
+            read_options = ReadOptions(**run_info.get("read_options", {}))
+    read_options = read_options or ReadOptions()
     if cfg is None or data is None:
         raise ValueError("train needs a config and data (or resume=True on a run folder)")
     if device is not None:
@@ -239,13 +280,17 @@ def train(
     stop = min(limit, schedule["steps"])
 
     # --- data -----------------------------------------------------------------------------------
-    prep = prep_from_config(cfg)
-    train_cases, val_cases_raw = _split_cases(cfg, data, val_data)
+    train_cases, val_cases_raw, datalist, val_datalist = _split_cases(cfg, data, val_data)
     if not train_cases:
         raise ValueError(f"{data}: no training cases")
-    cases = _load_training_cases(train_cases, prep, cfg.data.num_workers)
+    cfg = source_channels_of(cfg, train_cases + val_cases_raw)
+    prep = prep_from_config(cfg)
+    keys = case_keys_for(cfg)
+    cases = _load_training_cases(train_cases, prep, keys, datalist, read_options, cfg.data.num_workers)
     val_prep = prep_from_config(cfg, for_training=False)
-    val_cases: list[ValCase] = load_val_cases(val_cases_raw, val_prep, task, cfg.inpaint.eval_seed)
+    val_cases: list[ValCase] = load_val_cases(val_cases_raw, val_prep, task, cfg.inpaint.eval_seed, keys, val_datalist, read_options)
+    # what the sources looked like, so predict can refuse a CT given to an MR model (and back)
+    profile = {"source_is_ct": sum(c.source_is_ct for c in cases) * 2 >= len(cases)}
 
     # --- networks and optimisers ----------------------------------------------------------------
     torch_device = resolve_device(t.device)
@@ -312,6 +357,8 @@ def train(
             "task": cfg.task, "data": str(Path(data).resolve()),
             "val_data": str(Path(val_data).resolve()) if val_data else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "read_options": {"affine_from": read_options.affine_from, "series_uid": read_options.series_uid},
+            "resolved": resolved_settings(torch_device, dtype, layout, ddp.world),
         })
     log = MetricsLog(out, resume_step=step, tensorboard=t.tensorboard, enabled=ddp.main)
 
@@ -328,7 +375,7 @@ def train(
             "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict() if sched_d is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "step": step, "config": cfg.to_dict(), "best": best, "world_size": ddp.world, "rng": rng,
-            "schedule": dict(schedule),
+            "schedule": dict(schedule), "data_profile": profile,
         }
 
     def run_validation(rng: dict[str, list]) -> dict[str, float]:
@@ -359,11 +406,19 @@ def train(
     first = step
     timing_from: float | None = None
     fit_at = first + _WARMUP_STEPS + _TIMED_STEPS
+    # seconds per step, timed once over the same steps the budget uses, for on_timing
+    probe_from: float | None = None
+    probe_at = first + _WARMUP_STEPS + _TIMED_STEPS if on_timing is not None and ckpt is None else -1
     try:
         with reuse_freed_memory():  # activations reuse malloc's heap (medp2p.models.runtime)
             while step < stop:
                 if t.minutes is not None and not schedule["fitted"] and step == first + _WARMUP_STEPS:
                     timing_from = time.perf_counter()
+                if step == first + _WARMUP_STEPS and probe_at > 0:
+                    probe_from = time.perf_counter()
+                if probe_from is not None and step == probe_at and on_timing is not None:
+                    on_timing((time.perf_counter() - probe_from) / _TIMED_STEPS, stop)
+                    probe_from = None
                 if timing_from is not None and step == fit_at:
                     # Fit, then refit every _REFIT_EVERY steps with the longer average (checkpoints and
                     # validations included) while the lr is still constant; every rank uses the slowest
@@ -441,7 +496,7 @@ def _augmented_batch(batcher: SliceBatcher, aug: AugmentSpec, cfg: Config, prep:
         out[MASK] = labels[MASK]
     if prep.region:
         regions = labels[REGION]
-        n_src = len(prep.source_keys)
+        n_src = prep.n_sources
         voided = torch.where(regions.repeat(1, n_src, 1, 1) > 0, torch.tensor(BACKGROUND), out[SOURCE])
         out[SOURCE] = torch.cat([voided, regions], dim=1)
         out[REGION] = regions[:, prep.context_slices : prep.context_slices + 1]

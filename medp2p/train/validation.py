@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from medp2p.data.case_reader import CaseKeys, read_case
+from medp2p.data.checks import ReadOptions
 from medp2p.data.corruption import seeded_corruption
 from medp2p.data.intensity import ct_body
 from medp2p.data.prepare import Prep
-from medp2p.io import read_volume
 from medp2p.metrics import inpainting_metrics, segmentation_metrics, synthrad_metrics
 from medp2p.tasks import Task
 from medp2p.tasks.predict import RunOptions, predict_volume
@@ -31,23 +32,25 @@ class ValCase:
     region: Volume | None = None
 
 
-def load_val_cases(cases: list[dict[str, Any]], prep: Prep, task: Task, eval_seed: int) -> list[ValCase]:
-    """Read validation cases; inpainting cases without a region get a seeded box (BraTS-style)."""
+def load_val_cases(
+    cases: list[dict[str, Any]], prep: Prep, task: Task, eval_seed: int, keys: CaseKeys | None = None,
+    datalist: dict[str, Any] | None = None, options: ReadOptions = ReadOptions(),
+) -> list[ValCase]:
+    """Read validation cases with the checks training applies; inpainting cases without a region get a seeded box (BraTS-style)."""
+    keys = keys or task.case_keys(prep.source_keys, prep.target_key, prep.mask_key, prep.source_channels)
     out = []
-    for case in cases:
-        sources = [read_volume(case[k]) for k in prep.source_keys]
-        target = read_volume(case[prep.target_key])
-        mask = read_volume(case[prep.mask_key]) if prep.mask_key and prep.mask_key in case else None
-        region = None
+    for raw in cases:
+        case = read_case(raw, keys, "validation", datalist, options)
+        assert case.target is not None
+        sources, region = case.sources, None
         if prep.region:
-            if task.region_key in case:
-                region = read_volume(case[task.region_key])
-                voided = read_volume(case[task.voided_key]) if task.voided_key in case else sources[0]
-                sources = [voided, *sources[1:]]
+            if case.region is not None:
+                region = case.region
+                sources = [case.voided or sources[0], *sources[1:]]
             else:
-                voided, region = seeded_corruption(sources[0], str(case["id"]), eval_seed)
+                voided, region = seeded_corruption(sources[0], case.id, eval_seed)
                 sources = [voided, *sources[1:]]
-        out.append(ValCase(str(case["id"]), sources, target, mask, region))
+        out.append(ValCase(case.id, sources, case.target, case.mask, region))
     return out
 
 
