@@ -87,7 +87,10 @@ def run_demo(
     # train.minutes fits the schedule to the budget after timing a few steps (the quick demo stops at QUICK_STEPS)
     cap = QUICK_STEPS if quick else MAX_STEPS
     cfg = load_config("mri2ct", None, [*(QUICK_OVERRIDES if quick else DEMO_OVERRIDES), f"train.steps={cap}", f"train.minutes={minutes}"])
-    say(f"2/5 training mri2ct for {minutes:g} min (batch {cfg.train.batch_size}; the schedule is fitted to the time) -> {out / 'run'}")
+    if quick:
+        say(f"2/5 training mri2ct: {QUICK_STEPS} steps of a tiny network (batch {cfg.train.batch_size}; seconds, a smoke test) -> {out / 'run'}")
+    else:
+        say(f"2/5 training mri2ct for {minutes:g} min (batch {cfg.train.batch_size}; the schedule is fitted to the time) -> {out / 'run'}")
     start = time.perf_counter()
     result = train(cfg, train_dir, out / "run", val_data=val_dir, progress=progress)
     train_seconds = time.perf_counter() - start

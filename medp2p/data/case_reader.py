@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medp2p.data.cases import Case, image_keys, label_values
+from medp2p.data.cases import KEY_FAMILIES, Case, image_keys, label_values
 from medp2p.data.checks import GridTolerance, Problem, ReadOptions, check_volume, choose_affine, compare_grids
 from medp2p.io import DicomSeriesError, VolumeReadError, VolumeWriteError, read_volume
 from medp2p.types import Volume
@@ -40,17 +40,6 @@ log = logging.getLogger("medp2p")
 #: and target, ``validation`` (held-out cases scored during training) also reads an inpainting
 #: region, ``predict`` the inputs only, ``evaluate`` the reference (inputs optional).
 ROLES = ("train", "validation", "predict", "evaluate")
-
-#: Key families, for suggesting the user's own key when a task's default is missing.
-KEY_FAMILIES: dict[str, tuple[str, ...]] = {
-    "mr": ("mr", "mri", "t1", "t1w", "t1c", "t1ce", "t1n", "t1gd", "t2", "t2w", "t2f", "flair", "pd", "mprage", "dwi", "adc", "image", "img", "input", "source"),
-    "ct": ("ct", "sct", "cbct", "hu"),
-    "tumor": ("tumor", "tumour", "label", "labels", "seg", "lesion", "gt", "truth", "otmulticlass"),
-    "mask": ("mask", "body", "brain", "brainmask", "brain_mask", "roi"),
-    "region": ("region", "mask", "hole", "void"),
-    "voided": ("voided", "corrupted", "masked"),
-}
-
 
 class CaseError(ValueError):
     """A case cannot be used; ``str(err)`` names the file (or case and key), the problem and the fix.
@@ -173,6 +162,24 @@ class CaseVolumes:
         raise ValueError(f"case {self.id!r}: no volume was read")
 
 
+def as_single_source(case: Case, keys: CaseKeys) -> Case:
+    """A case holding one image under another key (``image``: a file of a folder of volumes, a DICOM
+    series folder) read as the source of a one-source task; other cases unchanged.
+
+    ``predict`` and ``validate`` apply this one rule, so ``validate --task`` accepts what
+    ``predict`` accepts.
+
+    Example:
+        >>> as_single_source({"id": "p1", "image": "p1.nii.gz"}, CaseKeys(("mr",), "ct"))
+        {'id': 'p1', 'mr': 'p1.nii.gz'}
+    """
+    present = image_keys(case)
+    one_source = len(keys.sources) == 1 and (keys.source_channels is None or tuple(keys.source_channels) == (1,))
+    if one_source and len(present) == 1 and present[0] not in keys.sources and not isinstance(case[present[0]], list):
+        return {"id": case["id"], keys.sources[0]: case[present[0]]}
+    return case
+
+
 def _family(key: str) -> tuple[str, ...]:
     k = key.lower()
     return next((fam for name, fam in KEY_FAMILIES.items() if k == name or k in fam), ())
@@ -249,14 +256,18 @@ def _route_warning(message: Warning | str, category: type[Warning], filename: st
         sink.append(str(message))
 
 
-class _PydicomLogSink(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
+class _CollectLogRecords(logging.Filter):
+    """On pydicom's logger: while a case is being read in this thread, its records go to the case."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
         sink = getattr(_local, "sink", None)
-        if sink is not None:
-            sink.append(record.getMessage())
+        if sink is None:
+            return True  # logged as usual
+        sink.append(record.getMessage())
+        return False
 
 
-_pydicom_sink = _PydicomLogSink()
+_pydicom_filter = _CollectLogRecords()
 
 
 @contextmanager
@@ -272,9 +283,8 @@ def collected_warnings(case_id: str) -> Iterator[list[str]]:
             _original_showwarning = warnings.showwarning
             warnings.showwarning = _route_warning
         pydicom_log = logging.getLogger("pydicom")
-        if _pydicom_sink not in pydicom_log.handlers:
-            pydicom_log.addHandler(_pydicom_sink)
-            pydicom_log.propagate = False
+        if _pydicom_filter not in pydicom_log.filters:
+            pydicom_log.addFilter(_pydicom_filter)
     outer = getattr(_local, "sink", None)
     sink: list[str] = []
     _local.sink = sink
@@ -344,6 +354,8 @@ def inspect_case(
         wanted = needed + [k for k in keys.optional(role) if k in case and k not in needed]
         if every_key:
             wanted += [k for k in present if k not in wanted]
+        # the inputs first: the grid every other image is compared with, whatever the role
+        wanted.sort(key=lambda k: (k not in keys.sources, k != keys.voided))
     missing = [k for k in needed if k not in case]
     if missing:
         assert keys is not None

@@ -33,6 +33,17 @@ from typing import Any
 from medp2p.io import VOLUME_SUFFIXES, full_suffix, is_volume_file
 from medp2p.io.dicom import probe_dicom
 
+#: Key families, for reading a folder of files as one case and for suggesting the user's own key
+#: when a task's default is missing (``mr`` ~ ``t1c``, ``flair``; ``tumor`` ~ ``label``, ``seg``).
+KEY_FAMILIES: dict[str, tuple[str, ...]] = {
+    "mr": ("mr", "mri", "t1", "t1w", "t1c", "t1ce", "t1n", "t1gd", "t2", "t2w", "t2f", "flair", "pd", "mprage", "dwi", "adc", "image", "img", "input", "source"),
+    "ct": ("ct", "sct", "cbct", "hu"),
+    "tumor": ("tumor", "tumour", "label", "labels", "seg", "lesion", "gt", "truth", "otmulticlass"),
+    "mask": ("mask", "body", "brain", "brainmask", "brain_mask", "roi"),
+    "region": ("region", "mask", "hole", "void"),
+    "voided": ("voided", "corrupted", "masked"),
+}
+
 Case = dict[str, Any]
 
 #: Label keys and the values they may hold, unless the datalist declares its own.
@@ -128,8 +139,11 @@ def _unique_ids(cases: list[Case], where: Path) -> list[Case]:
     seen: dict[str, int] = {}
     for case in cases:
         if "id" not in case:
-            first = next((v for k, v in case.items() if isinstance(v, str)), None)
-            case["id"] = _stem(Path(first)) if first else f"case_{len(seen):03d}"
+            # named after its first file; a file named after a key (case_001/mr.nii.gz) by its folder
+            first = next((v if isinstance(v, str) else v[0] for v in case.values() if isinstance(v, str) or (isinstance(v, list) and v)), None)
+            stem = _stem(Path(first)) if first else ""
+            named = Path(first).parent.name if first and stem.lower() in KNOWN_KEYS and Path(first).parent.name else stem
+            case["id"] = named or f"case_{len(seen):03d}"
         case["id"] = str(case["id"])
         seen[case["id"]] = seen.get(case["id"], 0) + 1
     dups = sorted(i for i, n in seen.items() if n > 1)
@@ -270,11 +284,59 @@ def _case_folders(root: Path, depth: int) -> Iterable[Path]:
             yield from _case_folders(sub, depth + 1)
 
 
+#: Stems a folder's files may have for the folder to be read as one case (``mr.nii.gz``,
+#: ``ct.nii.gz``, ``mask.nii.gz``...): keys of the tasks and of the common public layouts.
+KNOWN_KEYS = frozenset({
+    *(k for family in KEY_FAMILIES.values() for k in family), *DEFAULT_LABEL_VALUES, *_BRATS_KEYS.values(), "target", "voided",
+})
+
+
+def _split_stem(stem: str) -> tuple[str, str] | None:
+    """``brain1_image`` -> ``("brain1", "image")``: a case prefix and a key, at the last ``_`` or ``-``."""
+    m = re.match(r"^(?P<case>.+?)[_-](?P<key>[A-Za-z][A-Za-z0-9]*)$", stem)
+    return (m["case"], m["key"].lower()) if m else None
+
+
+def _read_flat(root: Path) -> dict[str, Any]:
+    """The cases of a folder that holds volumes (and DICOM series folders) directly.
+
+    - files named ``<case>_<key>`` (or ``<case>-<key>``) for two or more cases that share a key
+      (``brain1_image``, ``brain1_label``, ``brain2_image``...): one case per prefix;
+    - files all named after known keys (``mr``, ``ct``, ``mask``, ``t1``, ``flair``...) or BraTS
+      names: one case, the folder;
+    - otherwise unrelated volumes: one case per file (or DICOM folder) with the key ``image``, in
+      the ``test`` section (no targets), as ``predict`` reads a folder of inputs;
+    - the folder itself a DICOM series: one such case.
+    """
+    files = sorted(f for f in root.iterdir() if f.is_file() and is_volume_file(f))
+    series = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and is_dicom_folder(d))
+    if not files and not series:
+        return {"test": [{"id": root.name, "image": str(root.resolve())}]} if is_dicom_folder(root) else {}
+    named = [(f, _stem(f)) for f in files] + [(d, d.name) for d in series]
+    split = [(p, _split_stem(stem)) for p, stem in named]
+    if all(parts is not None for _, parts in split):
+        groups: dict[str, Case] = {}
+        for p, parts in split:
+            assert parts is not None
+            case = groups.setdefault(parts[0], {"id": parts[0]})
+            if parts[1] in case:
+                raise DataLayoutError(f"{p}: key '{parts[1]}' appears twice for case '{parts[0]}' in {root}; keep one")
+            case[parts[1]] = str(p.resolve())
+        shared = set.intersection(*(set(c) - {"id"} for c in groups.values()))
+        if len(groups) >= 2 and shared:
+            return {"training": list(groups.values())}
+    if any(_BRATS_RE.match(f.name) for f in files) or all(stem.lower() in KNOWN_KEYS for _, stem in named):
+        case = _case_from_folder(root)
+        return {"training": [case]} if case is not None else {}
+    return {"test": [{"id": stem, "image": str(p.resolve())} for p, stem in named]}
+
+
 def _read_case_folders(root: Path) -> dict[str, Any]:
     cases = [c for d in _case_folders(root, 1) if (c := _case_from_folder(d)) is not None]
-    if not cases and _is_case_folder(root):
-        cases = [c for c in [_case_from_folder(root)] if c is not None]  # DATA is one case folder
     if not cases:
+        flat = _read_flat(root)  # DATA is one case folder, a folder of volumes, or one DICOM series
+        if flat:
+            return {name: _unique_ids(items, root) for name, items in flat.items()}
         raise DataLayoutError(
             f"{root}: no cases found. Expected per-case folders (<case>/mr.nii.gz, ct.nii.gz, mask.nii.gz), "
             f"BraTS folders (<case>/<case>-t1n.nii.gz ...), an nnU-Net folder (dataset.json, imagesTr, labelsTr) "

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medp2p.data.case_reader import CaseKeys, inspect_case
+from medp2p.data.case_reader import CaseKeys, as_single_source, inspect_case
 from medp2p.data.cases import Case, image_keys, load_datalist
 from medp2p.data.checks import (
     SHEAR_TOL,
@@ -124,9 +124,12 @@ def validate_data(
         for case in datalist.get(section, []):
             if on_case is not None:
                 on_case(str(case["id"]))
-            # Test cases have no targets: only what prediction reads is required of them.
+            # Test cases have no targets: only what prediction reads is required of them, and a
+            # lone image is the source, as predict reads it.
             role = "predict" if section == "test" else "train"
             need = [k for k in required if k in case] if section == "test" else required
+            if role == "predict" and keys is not None:
+                case = as_single_source(case, keys)
             problems, files = validate_case(case, need, datalist, tol, keys, role, options)
             report.cases += 1
             report.files += files

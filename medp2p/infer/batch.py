@@ -22,8 +22,8 @@ from medp2p import __version__
 from medp2p.checkpoint import case_keys_for, generator_from_checkpoint, load_checkpoint
 from medp2p.config import Config
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
-from medp2p.data.case_reader import CaseKeys, CaseVolumes, error_text, read_case
-from medp2p.data.cases import image_keys, is_dicom_folder
+from medp2p.data.case_reader import CaseKeys, CaseVolumes, as_single_source, error_text, read_case
+from medp2p.data.cases import is_dicom_folder
 from medp2p.data.checks import ReadOptions, count_non_finite
 from medp2p.data.corruption import seeded_corruption
 from medp2p.data.intensity import looks_like_ct
@@ -106,7 +106,7 @@ def _single_input_case(path: Path, key: str, generic: Sequence[str]) -> dict[str
     return {"id": case_id, key: str(path.resolve())}
 
 
-def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep) -> list[dict[str, Any]]:
+def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep, keys: CaseKeys | None = None) -> list[dict[str, Any]]:
     """Cases to predict from ``inputs``: volume files, DICOM series folders, or datasets.
 
     A single volume (file or DICOM folder) is one case of a one-source model; its id is the file
@@ -121,6 +121,7 @@ def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep) -> list
     """
     generic = {k.lower() for k in (*prep.source_keys, "image", "img", "input", "mr", "t1", "t2", "flair", "voided")}
     one_source = prep.n_sources == 1
+    keys = keys or task.case_keys(prep.source_keys, prep.target_key, prep.mask_key, prep.source_channels)
     cases: list[dict[str, Any]] = []
     for raw in inputs:
         path = Path(raw).expanduser()
@@ -137,11 +138,7 @@ def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep) -> list
         else:
             datalist = load_datalist(path)
             for section in ("training", "validation", "test"):
-                for case in datalist.get(section, []):
-                    keys = image_keys(case)
-                    if one_source and len(keys) == 1 and keys[0] not in prep.source_keys and not isinstance(case[keys[0]], list):
-                        case = {"id": case["id"], prep.source_keys[0]: case[keys[0]]}
-                    cases.append(case)
+                cases += [as_single_source(case, keys) for case in datalist.get(section, [])]
     seen: dict[str, str] = {}
     for case in cases:
         sid = safe_case_id(case["id"])
@@ -307,7 +304,7 @@ def predict_cases(
     model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile, tta)
     if fmt != "nifti" and model.task.name not in DICOM_OUTPUT:
         raise ValueError(f"--format {fmt}: DICOM output exists for {sorted(DICOM_OUTPUT)}, not {model.task.name}; use --format nifti")
-    cases = resolve_inputs(inputs, model.task, model.prep)
+    cases = resolve_inputs(inputs, model.task, model.prep, model.keys)
     mine = partition(cases, num_parts, part_id)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

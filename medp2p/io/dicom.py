@@ -173,7 +173,7 @@ def _check_decoder(path: Path, ds: Dataset) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise VolumeReadError(path, f"transfer syntax {name}: pydicom has no decoder for it; convert the series to an uncompressed syntax first (e.g. gdcmconv --raw)") from None
+        raise VolumeReadError(path, f"transfer syntax {name}: pydicom has no decoder for it; convert the series to an uncompressed transfer syntax first (dcmdjpeg, gdcmconv)") from None
     if not decoder.is_available:
         package = next((p for family, p in _DECODER_PACKAGES.items() if syntax.name.startswith(family) or family in syntax.name), "pylibjpeg")
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"

@@ -24,6 +24,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from medp2p.io.atomic import atomic_path, default_mode, replace_folder
+from medp2p.io.errors import VolumeWriteError, disk_full_cause, disk_full_error
 from medp2p.io.geometry import itk_from_affine, shear
 from medp2p.types import Volume
 
@@ -203,8 +204,11 @@ def write_ct_series(
         for f in staging.iterdir():
             f.chmod(default_mode())
         replace_folder(staging, folder)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        full = disk_full_cause(exc)
+        if full is not None and not isinstance(exc, VolumeWriteError):
+            raise disk_full_error(folder, full) from None
         raise
     return files
 

@@ -417,7 +417,7 @@ def train(
                 if step == first + _WARMUP_STEPS and probe_at > 0:
                     probe_from = time.perf_counter()
                 if probe_from is not None and step == probe_at and on_timing is not None:
-                    on_timing((time.perf_counter() - probe_from) / _TIMED_STEPS, stop)
+                    on_timing((time.perf_counter() - probe_from) / _TIMED_STEPS, schedule["steps"])
                     probe_from = None
                 if timing_from is not None and step == fit_at:
                     # Fit, then refit every _REFIT_EVERY steps with the longer average (checkpoints and
