@@ -257,7 +257,7 @@ def _route_warning(message: Warning | str, category: type[Warning], filename: st
 
 
 class _CollectLogRecords(logging.Filter):
-    """On pydicom's logger: while a case is being read in this thread, its records go to the case."""
+    """On a library's logger: while a case is read or written in this thread, its records go to the case."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         sink = getattr(_local, "sink", None)
@@ -267,7 +267,9 @@ class _CollectLogRecords(logging.Filter):
         return False
 
 
-_pydicom_filter = _CollectLogRecords()
+_library_filter = _CollectLogRecords()
+#: Libraries that log their notices instead of warning (pydicom's VR notices, highdicom's).
+_LIBRARY_LOGGERS = ("pydicom", "highdicom")
 
 
 @contextmanager
@@ -282,9 +284,13 @@ def collected_warnings(case_id: str) -> Iterator[list[str]]:
         if warnings.showwarning is not _route_warning:
             _original_showwarning = warnings.showwarning
             warnings.showwarning = _route_warning
-        pydicom_log = logging.getLogger("pydicom")
-        if _pydicom_filter not in pydicom_log.filters:
-            pydicom_log.addFilter(_pydicom_filter)
+        # a logger's filter sees only its own records, so every module logger of the libraries
+        # gets it (those imported later get it on the next case)
+        names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in _LIBRARY_LOGGERS]
+        for name in {*_LIBRARY_LOGGERS, *names}:
+            library_log = logging.getLogger(name)
+            if _library_filter not in library_log.filters:
+                library_log.addFilter(_library_filter)
     outer = getattr(_local, "sink", None)
     sink: list[str] = []
     _local.sink = sink

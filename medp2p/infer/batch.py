@@ -22,7 +22,7 @@ from medp2p import __version__
 from medp2p.checkpoint import case_keys_for, generator_from_checkpoint, load_checkpoint
 from medp2p.config import Config
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
-from medp2p.data.case_reader import CaseKeys, CaseVolumes, as_single_source, error_text, read_case
+from medp2p.data.case_reader import CaseKeys, CaseVolumes, as_single_source, collected_warnings, error_text, read_case
 from medp2p.data.cases import is_dicom_folder
 from medp2p.data.checks import ReadOptions, count_non_finite
 from medp2p.data.corruption import seeded_corruption
@@ -313,7 +313,8 @@ def predict_cases(
         if on_case is not None:
             on_case(str(case["id"]))
         try:
-            report.written[str(case["id"])] = predict_case(model, case, out_dir, fmt, overwrite, read_options, force)
+            with collected_warnings(str(case["id"])):  # reading, predicting and writing: once per case
+                report.written[str(case["id"])] = predict_case(model, case, out_dir, fmt, overwrite, read_options, force)
         except Exception as exc:  # one bad case must not stop the others
             source = case.get(model.prep.source_keys[0]) or next((v for k, v in case.items() if k != "id"), "")
             report.failures.append({"case": str(case["id"]), "input": str(source), "error": error_text(exc)})
