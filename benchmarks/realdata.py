@@ -94,13 +94,20 @@ def train_predict_evaluate(
     else:
         train_s = medp2p(*cmd, log=log)
         (out / "run" / "train_s.txt").write_text(f"{train_s:.1f}\n")
-    predict_s = medp2p("predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", *PREDICT_OPTIONS, log=log)
+    predict_s = medp2p(
+        "predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", *PREDICT_OPTIONS, log=log
+    )
     medp2p("evaluate", "--task", task, "--pred", str(out / "pred"), "--ref", str(test_list), "-o", str(out / "report"), *eval_args, log=log)
     import torch
 
     steps = int(torch.load(out / "run" / "last.pt", map_location="cpu", weights_only=True)["step"])  # train.minutes may fit fewer
-    return {"metrics": summary(out / "report"), "train_s": round(train_s, 1), "steps": steps, "predict_s": round(predict_s, 1),
-            "command": "medp2p " + " ".join(cmd)}
+    return {
+        "metrics": summary(out / "report"),
+        "train_s": round(train_s, 1),
+        "steps": steps,
+        "predict_s": round(predict_s, 1),
+        "command": "medp2p " + " ".join(cmd),
+    }
 
 
 def evaluate_baseline(task: str, name: str, predictions: dict[str, Any], test_list: Path, out: Path, **kwargs: Any) -> dict[str, float]:
@@ -164,8 +171,11 @@ BRATS = ("brats_2013_pat0001_1", "brats_2013_pat0002_1", "brats_2013_pat0003_1",
 def brats_case(name: str) -> dict[str, str]:
     folder = SHARED / "brats2015_deepmedic" / name
     return {
-        "id": name, "flair": str(folder / "Flair_subtrMeanDivStd.nii.gz"), "t1c": str(folder / "T1c_subtrMeanDivStd.nii.gz"),
-        "tumor": str(folder / "OTMultiClass.nii.gz"), "brain": str(folder / "brainmask.nii.gz"),
+        "id": name,
+        "flair": str(folder / "Flair_subtrMeanDivStd.nii.gz"),
+        "t1c": str(folder / "T1c_subtrMeanDivStd.nii.gz"),
+        "tumor": str(folder / "OTMultiClass.nii.gz"),
+        "brain": str(folder / "brainmask.nii.gz"),
     }
 
 
@@ -181,8 +191,12 @@ def run_seg(work: Path, quick: bool = False, folds: tuple[int, ...] = (0, 1, 2, 
     work = work.resolve()
     result = Result("seg")
     ood = [
-        {"id": f"brain{i}", "flair": str(SHARED / "pyradiomics_brain" / f"brain{i}_image.nrrd"),
-         "t1c": str(SHARED / "pyradiomics_brain" / f"brain{i}_image.nrrd"), "tumor": str(SHARED / "pyradiomics_brain" / f"brain{i}_label.nrrd")}
+        {
+            "id": f"brain{i}",
+            "flair": str(SHARED / "pyradiomics_brain" / f"brain{i}_image.nrrd"),
+            "t1c": str(SHARED / "pyradiomics_brain" / f"brain{i}_image.nrrd"),
+            "tumor": str(SHARED / "pyradiomics_brain" / f"brain{i}_label.nrrd"),
+        }
         for i in (1, 2)
     ]
     ood_list = write_datalist(work / "seg" / "pyradiomics.json", ood)
@@ -193,14 +207,27 @@ def run_seg(work: Path, quick: bool = False, folds: tuple[int, ...] = (0, 1, 2, 
         out = work / "seg" / f"fold{fold}"
         train_list = write_datalist(out / "train.json", training)
         test_list = write_datalist(out / "test.json", [test])
-        row = train_predict_evaluate("seg", CONFIGS / "seg_brats.yaml", train_list, test_list, out, [*(quick_sets if quick else []), *EXTRA_SETS], [])
+        row = train_predict_evaluate(
+            "seg", CONFIGS / "seg_brats.yaml", train_list, test_list, out, [*(quick_sets if quick else []), *EXTRA_SETS], []
+        )
         threshold = ThresholdSegmenter.fit(
             [(read_volume(c["flair"]), read_volume(c["tumor"]), read_volume(c["brain"]).array) for c in training]
         )
         guess = threshold.predict(read_volume(test["flair"]), read_volume(test["brain"]).array)
         row["baselines"] = {"flair_threshold": evaluate_baseline("seg", "flair_threshold", {test["id"]: guess}, test_list, out)}
         medp2p("predict", "--model", str(out / "run"), "-i", str(ood_list), "-o", str(out / "ood_pred"), "--overwrite", log=out / "log.txt")
-        medp2p("evaluate", "--task", "seg", "--pred", str(out / "ood_pred"), "--ref", str(ood_list), "-o", str(out / "ood_report"), log=out / "log.txt")
+        medp2p(
+            "evaluate",
+            "--task",
+            "seg",
+            "--pred",
+            str(out / "ood_pred"),
+            "--ref",
+            str(ood_list),
+            "-o",
+            str(out / "ood_report"),
+            log=out / "log.txt",
+        )
         row["pyradiomics"] = summary(out / "ood_report")
         row.update(fold=fold, test_case=test["id"])
         result.splits.append(row)
@@ -302,7 +329,9 @@ def run_inpaint(work: Path, quick: bool = False) -> Result:
     train_list = write_datalist(out / "train.json", training)
     test_list = write_datalist(out / "test.json", healthy_boxes(test, out / "test_inputs"))
     quick_sets = ["train.steps=200", "data.image_size=[96, 96]", "model.depth=5", "model.base_channels=16"]
-    row = train_predict_evaluate("inpaint", CONFIGS / "inpaint_brain.yaml", train_list, test_list, out, [*(quick_sets if quick else []), *EXTRA_SETS], [])
+    row = train_predict_evaluate(
+        "inpaint", CONFIGS / "inpaint_brain.yaml", train_list, test_list, out, [*(quick_sets if quick else []), *EXTRA_SETS], []
+    )
     cases = json.loads(test_list.read_text())["training"]
     fills = {c["id"]: mean_fill(read_volume(c["voided"]), read_volume(c["region"]).array) for c in cases}
     row["baselines"] = {"mean_fill": evaluate_baseline("inpaint", "mean_fill", fills, test_list, out)}
@@ -324,7 +353,11 @@ def table(result: Result) -> str:
     for row in result.splits:
         name = row.get("split") or (f"fold {row['fold']} (test {row['test_case']})" if "fold" in row else "test volumes")
         lines.append(f"\n### {result.task}: {name}  (train {row['train_s'] / 60:.1f} min, predict {row['predict_s']:.0f} s)")
-        models = {"medp2p": row["metrics"], **row["baselines"], **({"pyradiomics (OOD)": row["pyradiomics"]} if "pyradiomics" in row else {})}
+        models = {
+            "medp2p": row["metrics"],
+            **row["baselines"],
+            **({"pyradiomics (OOD)": row["pyradiomics"]} if "pyradiomics" in row else {}),
+        }
         models.update({f"{name} (oracle: sees the truth)": metrics for name, metrics in row.get("oracles", {}).items()})
         keys = list(row["metrics"])
         lines.append("| | " + " | ".join(keys) + " |")
@@ -343,8 +376,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="The short protocol the realdata tests run.")
     parser.add_argument("--splits", nargs="+", default=[s[0] for s in MRIDIR_SPLITS], help="mri2ct: which slab splits.")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3], help="seg: which folds.")
-    parser.add_argument("--reuse", action="store_true", help="Keep runs that finished (WORK/.../run/train_s.txt): predict and evaluate only.")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="Config override for every training (repeatable).")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Keep runs that finished (WORK/.../run/train_s.txt): predict and evaluate only."
+    )
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="Config override for every training (repeatable)."
+    )
     parser.add_argument("--tta", action="store_true", help="Predict with medp2p predict --tta (left-right mirror averaging).")
     args = parser.parse_args()
     global REUSE

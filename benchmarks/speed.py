@@ -103,7 +103,9 @@ class ReferencePix2Pix:
         for p in self.D.parameters():
             p.requires_grad = True
         self.opt_D.zero_grad()
-        loss_D = 0.5 * (self._gan(self.D(torch.cat((real_A, fake_B), 1).detach()), False) + self._gan(self.D(torch.cat((real_A, real_B), 1)), True))
+        loss_D = 0.5 * (
+            self._gan(self.D(torch.cat((real_A, fake_B), 1).detach()), False) + self._gan(self.D(torch.cat((real_A, real_B), 1)), True)
+        )
         loss_D.backward()
         self.opt_D.step()
         for p in self.D.parameters():
@@ -284,8 +286,20 @@ def bench_memory(shape: tuple[int, int, int]) -> dict:
         write_volume(Volume(rng.normal(100, 30, shape).astype(np.float32), np.diag([0.5, 0.5, 1.0, 1.0])), tmp / "big.nii.gz")
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "medp2p", "predict", "--model", str(tmp / "model.pt"), "-i", str(tmp / "big.nii.gz"), "-o", str(tmp / "out")],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "medp2p",
+                "predict",
+                "--model",
+                str(tmp / "model.pt"),
+                "-i",
+                str(tmp / "big.nii.gz"),
+                "-o",
+                str(tmp / "out"),
+            ],
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - start
         if done.returncode != 0:
@@ -300,11 +314,18 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=4)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="Frozen-weight torch.compile for generator inference.")
-    parser.add_argument("--train-compile", action="store_true", help="medp2p's training step with train.compile (torch.compile of G and D).")
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=True, help="Frozen-weight torch.compile for generator inference."
+    )
+    parser.add_argument(
+        "--train-compile", action="store_true", help="medp2p's training step with train.compile (torch.compile of G and D)."
+    )
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="medp2p keeps the C library's malloc defaults (MEDP2P_MALLOC=system), here and in the memory run's medp2p.")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="medp2p keeps the C library's malloc defaults (MEDP2P_MALLOC=system), here and in the memory run's medp2p.",
+    )
     args = parser.parse_args()
     from medp2p.models.precision import resolve_device, resolve_precision
 
@@ -316,8 +337,13 @@ def main() -> None:
     device = resolve_device(args.device)
     parts = args.only or ["train", "infer", "volume", "memory"]
     dtype = resolve_precision(device, "auto") or torch.float32
-    out: dict = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": str(dtype),
-                 "malloc": "medp2p reuses freed memory" if reuse else "system defaults"}
+    out: dict = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "malloc": "medp2p reuses freed memory" if reuse else "system defaults",
+    }
     peak = matmul_peak(device, dtype)
     out["matmul_peak_gflops"] = peak
     out["generator_peak_img_s"] = peak / 12.0  # 12 GFLOP per 256x256 unet_256 forward
@@ -326,19 +352,29 @@ def main() -> None:
     if "train" in parts:
         r = out["train"] = bench_train(device, args.train_batch, args.rounds, 3 if device.type == "cpu" else 20, args.train_compile)
         r["fraction_of_peak"] = r["medp2p_img_s"] / out["train_peak_img_s"]
-        print(f"train  batch {r['batch']}{' compiled' if r['compiled'] else ''}: reference {r['reference_img_s']:.2f} img/s, medp2p {r['medp2p_img_s']:.2f} img/s, "
-              f"ratio {r['ratio']:.2f}x, {100 * r['fraction_of_peak']:.0f}% of the {out['train_peak_img_s']:.1f} img/s ceiling", flush=True)
+        print(
+            f"train  batch {r['batch']}{' compiled' if r['compiled'] else ''}: reference {r['reference_img_s']:.2f} img/s, medp2p {r['medp2p_img_s']:.2f} img/s, "
+            f"ratio {r['ratio']:.2f}x, {100 * r['fraction_of_peak']:.0f}% of the {out['train_peak_img_s']:.1f} img/s ceiling",
+            flush=True,
+        )
     if "infer" in parts:
         r = out["infer"] = bench_infer(device, args.rounds, 16 if device.type == "cpu" else 200, args.compile)
         r["fraction_of_peak"] = r["medp2p_generator_img_s"] / out["generator_peak_img_s"]
-        print(f"infer  generator: reference {r['reference_img_s']:.1f} img/s, medp2p {r['medp2p_generator_img_s']:.1f} img/s, "
-              f"ratio {r['ratio']:.2f}x, {100 * r['fraction_of_peak']:.0f}% of the {out['generator_peak_img_s']:.0f} img/s peak", flush=True)
+        print(
+            f"infer  generator: reference {r['reference_img_s']:.1f} img/s, medp2p {r['medp2p_generator_img_s']:.1f} img/s, "
+            f"ratio {r['ratio']:.2f}x, {100 * r['fraction_of_peak']:.0f}% of the {out['generator_peak_img_s']:.0f} img/s peak",
+            flush=True,
+        )
     if "volume" in parts:
         r = out["volume"] = bench_volume(device, 64, args.rounds)
         if "infer" in out:
             r["ratio_to_reference"] = r["end_to_end_img_s"] / out["infer"]["reference_img_s"]
-        print(f"volume {r['slices']} slices 256x256: end to end {r['end_to_end_img_s']:.1f} img/s, bare forward {r['bare_forward_img_s']:.1f} img/s "
-              f"({100 * r['fraction_of_bare']:.0f}%)" + (f", {r['ratio_to_reference']:.2f}x the reference" if "ratio_to_reference" in r else ""), flush=True)
+        print(
+            f"volume {r['slices']} slices 256x256: end to end {r['end_to_end_img_s']:.1f} img/s, bare forward {r['bare_forward_img_s']:.1f} img/s "
+            f"({100 * r['fraction_of_bare']:.0f}%)"
+            + (f", {r['ratio_to_reference']:.2f}x the reference" if "ratio_to_reference" in r else ""),
+            flush=True,
+        )
     if "memory" in parts:
         r = out["memory"] = bench_memory((512, 512, 300))
         print(f"memory predict 512x512x300: peak RSS {r['peak_rss_gib']:.2f} GiB ({r['wall_s']:.0f} s)", flush=True)

@@ -51,8 +51,12 @@ def build_generator_for(cfg: Config, prep: Prep) -> nn.Module:
 def build_discriminator_for(cfg: Config, prep: Prep) -> nn.Module:
     m = cfg.model
     return build_discriminator(
-        m.discriminator, in_channels=prep.in_channels + 1, base_channels=m.disc_channels, layers=m.disc_layers,
-        norm=m.disc_norm, spectral_norm=m.spectral_norm,
+        m.discriminator,
+        in_channels=prep.in_channels + 1,
+        base_channels=m.disc_channels,
+        layers=m.disc_layers,
+        norm=m.disc_norm,
+        spectral_norm=m.spectral_norm,
     )
 
 

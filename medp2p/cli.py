@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -132,10 +132,16 @@ def _main(
 
 # Options shared by the commands that read volumes.
 AffineFrom = Annotated[
-    Optional[str],
-    typer.Option("--affine-from", metavar="qform|sform", help="NIfTI files whose qform and sform disagree (or whose sform is sheared): use this one (refused otherwise)."),
+    str | None,
+    typer.Option(
+        "--affine-from",
+        metavar="qform|sform",
+        help="NIfTI files whose qform and sform disagree (or whose sform is sheared): use this one (refused otherwise).",
+    ),
 ]
-SeriesUid = Annotated[Optional[str], typer.Option("--series-uid", metavar="UID", help="DICOM folders holding several series: read this SeriesInstanceUID.")]
+SeriesUid = Annotated[
+    str | None, typer.Option("--series-uid", metavar="UID", help="DICOM folders holding several series: read this SeriesInstanceUID.")
+]
 
 
 def _read_options(affine_from: str | None, series_uid: str | None) -> Any:
@@ -148,12 +154,27 @@ def _read_options(affine_from: str | None, series_uid: str | None) -> Any:
 
 @command
 def validate(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="Dataset: per-case folders, BraTS, nnU-Net raw folder, datalist .json or one DICOM series folder.")],
-    task: Annotated[Optional[str], typer.Option(metavar="TASK", help="Check the keys this task reads (mri2ct, seg, inpaint), as `train` reads them.")] = None,
-    config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="The training config: its task and data.source_keys/target_key/mask_key.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config value, as for train (repeatable).")] = None,
-    require: Annotated[Optional[list[str]], typer.Option("--require", metavar="KEY", help="Require this key in every case (repeatable).")] = None,
-    section: Annotated[Optional[list[str]], typer.Option("--section", metavar="NAME", help="Check only this datalist section (repeatable).")] = None,
+    data: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATA", help="Dataset: per-case folders, BraTS, nnU-Net raw folder, datalist .json or one DICOM series folder."
+        ),
+    ],
+    task: Annotated[
+        str | None, typer.Option(metavar="TASK", help="Check the keys this task reads (mri2ct, seg, inpaint), as `train` reads them.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="The training config: its task and data.source_keys/target_key/mask_key.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config value, as for train (repeatable).")
+    ] = None,
+    require: Annotated[
+        list[str] | None, typer.Option("--require", metavar="KEY", help="Require this key in every case (repeatable).")
+    ] = None,
+    section: Annotated[
+        list[str] | None, typer.Option("--section", metavar="NAME", help="Check only this datalist section (repeatable).")
+    ] = None,
     origin_tol_mm: Annotated[float, typer.Option(metavar="MM", help="Largest origin difference between a case's images, mm.")] = 1e-2,
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
@@ -173,8 +194,12 @@ def validate(
         keys = case_keys_for(load_config(task, config, list(set_ or [])))
     with err.status("validating...") as status:
         report = validate_data(
-            data, required_keys=list(require or []), sections=section, tol=GridTolerance(origin_mm=origin_tol_mm),
-            on_case=lambda cid: status.update(f"validating case {escape(cid)}"), keys=keys,
+            data,
+            required_keys=list(require or []),
+            sections=section,
+            tol=GridTolerance(origin_mm=origin_tol_mm),
+            on_case=lambda cid: status.update(f"validating case {escape(cid)}"),
+            keys=keys,
             options=_read_options(affine_from, series_uid),
         )
     if as_json:
@@ -214,17 +239,32 @@ SLOW_DEFAULT_HOURS = 0.5
 
 @command
 def train(
-    task: Annotated[Optional[str], typer.Option(metavar="TASK", help="What to learn: mri2ct, seg or inpaint (default: the config's).")] = None,
-    data: Annotated[Optional[Path], typer.Option(metavar="DATA", help="Training data: any layout `medp2p validate` reads (optional with --resume).")] = None,
+    task: Annotated[
+        str | None, typer.Option(metavar="TASK", help="What to learn: mri2ct, seg or inpaint (default: the config's).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(metavar="DATA", help="Training data: any layout `medp2p validate` reads (optional with --resume).")
+    ] = None,
     out: Annotated[Path, typer.Option(metavar="RUN_DIR", help="Run folder: config, checkpoints, metrics, previews.")] = Path("runs/run"),
-    val_data: Annotated[Optional[Path], typer.Option(metavar="DATA", help="Validation data (else the datalist's 'validation' section, else data.val_cases).")] = None,
-    config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="YAML config (configs/quick.yaml, configs/mri2ct.yaml...); defaults when absent.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config value: --set train.lr=1e-4 (repeatable).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Stop after this global step (default train.steps, the schedule length).")] = None,
-    seed: Annotated[Optional[int], typer.Option(metavar="S", help="Seed of weights, sampling and augmentation (train.seed).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR/last.pt exactly where it stopped, with the run's own config.")] = False,
+    val_data: Annotated[
+        Path | None,
+        typer.Option(metavar="DATA", help="Validation data (else the datalist's 'validation' section, else data.val_cases)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="YAML config (configs/quick.yaml, configs/mri2ct.yaml...); defaults when absent.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config value: --set train.lr=1e-4 (repeatable).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Stop after this global step (default train.steps, the schedule length).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(metavar="S", help="Seed of weights, sampling and augmentation (train.seed).")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue RUN_DIR/last.pt exactly where it stopped, with the run's own config.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in RUN_DIR.")] = False,
-    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="auto, cpu or cuda (train.device).")] = None,
+    device: Annotated[str | None, typer.Option(metavar="DEVICE", help="auto, cpu or cuda (train.device).")] = None,
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
 ) -> None:
@@ -256,11 +296,22 @@ def train(
             )
 
     result = run_training(
-        cfg, data, out, val_data, stop_step=steps, resume=resume, overwrite=overwrite, device=device,
-        read_options=_read_options(affine_from, series_uid) if (affine_from or series_uid) else None, on_timing=on_timing,
+        cfg,
+        data,
+        out,
+        val_data,
+        stop_step=steps,
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+        read_options=_read_options(affine_from, series_uid) if (affine_from or series_uid) else None,
+        on_timing=on_timing,
     )
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
-    err.print(f"trained to step {result.step}; run in [bold]{escape(str(result.run_dir))}[/]" + (f"; validation: {escape(summary)}" if summary else ""))
+    err.print(
+        f"trained to step {result.step}; run in [bold]{escape(str(result.run_dir))}[/]"
+        + (f"; validation: {escape(summary)}" if summary else "")
+    )
     if result.best:
         err.print(f"best {result.best['metric']} {result.best['value']:.4g} at step {result.best['step']} -> best.pt")
     elif not result.val_metrics:
@@ -272,18 +323,36 @@ def train(
 
 @command
 def predict(
-    model: Annotated[Path, typer.Option("--model", metavar="RUN_DIR", help="A run folder (uses best.pt, else last.pt) or a checkpoint file.")],
-    inputs: Annotated[list[Path], typer.Option("--input", "-i", metavar="INPUT", help="A volume file, a DICOM series folder, or a dataset (repeatable).")],
+    model: Annotated[
+        Path, typer.Option("--model", metavar="RUN_DIR", help="A run folder (uses best.pt, else last.pt) or a checkpoint file.")
+    ],
+    inputs: Annotated[
+        list[Path], typer.Option("--input", "-i", metavar="INPUT", help="A volume file, a DICOM series folder, or a dataset (repeatable).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT_DIR", help="Output folder: one <case>/ folder per case.")],
-    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="nifti, dicom (mri2ct: CT series; seg: DICOM SEG) or both.")] = "nifti",
+    fmt: Annotated[
+        str, typer.Option("--format", metavar="FORMAT", help="nifti, dicom (mri2ct: CT series; seg: DICOM SEG) or both.")
+    ] = "nifti",
     num_parts: Annotated[int, typer.Option(min=1, metavar="N", help="Split the cases into this many parts...")] = 1,
     part_id: Annotated[int, typer.Option(min=0, metavar="K", help="...and predict this one (0-based).")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (refused otherwise).")] = False,
     device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[Optional[int], typer.Option(min=1, metavar="B", help="Slices per forward pass (default: 16 of 256x256; fewer, larger slices: 4 of 512x512).")] = None,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Compile the generator with frozen weights first (a minute or more; pays over many volumes).")] = False,
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Also predict each slice mirrored left-right and average the two (twice the time).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Predict inputs that do not look like the model's training sources (a CT given to an MR model).")] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="B", help="Slices per forward pass (default: 16 of 256x256; fewer, larger slices: 4 of 512x512)."),
+    ] = None,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile", help="Compile the generator with frozen weights first (a minute or more; pays over many volumes)."
+        ),
+    ] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Also predict each slice mirrored left-right and average the two (twice the time).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Predict inputs that do not look like the model's training sources (a CT given to an MR model).")
+    ] = False,
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
 ) -> None:
@@ -300,9 +369,20 @@ def predict(
     with err.status("predicting...") as status:
         try:
             report = predict_cases(
-                model, inputs, out, fmt, num_parts, part_id, overwrite, device, batch_size,
-                on_case=lambda cid: status.update(f"predicting {escape(cid)}"), compile=compile, tta=tta,
-                read_options=_read_options(affine_from, series_uid), force=force,
+                model,
+                inputs,
+                out,
+                fmt,
+                num_parts,
+                part_id,
+                overwrite,
+                device,
+                batch_size,
+                on_case=lambda cid: status.update(f"predicting {escape(cid)}"),
+                compile=compile,
+                tta=tta,
+                read_options=_read_options(affine_from, series_uid),
+                force=force,
             )
         except (ValueError, RuntimeError) as exc:  # bad model, options or inputs: before any case ran
             raise _usage_error(str(exc)) from None
@@ -325,16 +405,25 @@ def evaluate(
     task: Annotated[str, typer.Option(metavar="TASK", help="mri2ct, seg or inpaint.")],
     pred: Annotated[Path, typer.Option(metavar="OUT_DIR", help="The prediction folder written by `medp2p predict`.")],
     ref: Annotated[Path, typer.Option(metavar="DATA", help="Reference data: any layout `medp2p validate` reads.")],
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="REPORT_DIR", help="Report folder: metrics.csv, summary.json, one PNG per case.")],
-    target_key: Annotated[Optional[str], typer.Option(metavar="KEY", help="Reference image key (default the task's: ct, tumor, mr).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="REPORT_DIR", help="Report folder: metrics.csv, summary.json, one PNG per case.")
+    ],
+    target_key: Annotated[
+        str | None, typer.Option(metavar="KEY", help="Reference image key (default the task's: ct, tumor, mr).")
+    ] = None,
     seed: Annotated[int, typer.Option(metavar="S", help="inpaint: seed of the generated regions (inpaint.eval_seed).")] = 1234,
     montages: Annotated[bool, typer.Option(help="Write one montage PNG per case.")] = True,
     slice_range: Annotated[
-        Optional[tuple[float, float]],
-        typer.Option(metavar="START END", help="Score only this fraction [START, END) of the slices along --axis, as data.slice_range trains on them (slab splits)."),
+        tuple[float, float] | None,
+        typer.Option(
+            metavar="START END",
+            help="Score only this fraction [START, END) of the slices along --axis, as data.slice_range trains on them (slab splits).",
+        ),
     ] = None,
     axis: Annotated[str, typer.Option(metavar="AXIS", help="Slicing axis of --slice-range: axial, coronal, sagittal.")] = "axial",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report in REPORT_DIR (refused otherwise; only its own files are removed).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the report in REPORT_DIR (refused otherwise; only its own files are removed).")
+    ] = False,
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
 ) -> None:
@@ -358,8 +447,17 @@ def evaluate(
     slab = None if slice_range is None else (axis, (float(slice_range[0]), float(slice_range[1])))
     with err.status("evaluating...") as status:
         report = run_evaluation(
-            task, pred, ref, out, target_key, seed, montages, on_case=lambda c: status.update(f"evaluating {escape(c)}"), slab=slab,
-            overwrite=overwrite, read_options=_read_options(affine_from, series_uid),
+            task,
+            pred,
+            ref,
+            out,
+            target_key,
+            seed,
+            montages,
+            on_case=lambda c: status.update(f"evaluating {escape(c)}"),
+            slab=slab,
+            overwrite=overwrite,
+            read_options=_read_options(affine_from, series_uid),
         )
     from rich.table import Table
 
@@ -380,7 +478,12 @@ def evaluate(
 @command
 def demo(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for everything the demo writes.")] = Path("demo_out"),
-    minutes: Annotated[float, typer.Option(min=0.05, metavar="M", help="Training time budget (train.minutes): the schedule is fitted to it after a few timed steps.")] = 4.0,
+    minutes: Annotated[
+        float,
+        typer.Option(
+            min=0.05, metavar="M", help="Training time budget (train.minutes): the schedule is fitted to it after a few timed steps."
+        ),
+    ] = 4.0,
     quick: Annotated[bool, typer.Option("--quick", help="A tiny phantom and network, 30 steps: seconds, for smoke tests.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DIR even if it is not a previous demo's.")] = False,
 ) -> None:

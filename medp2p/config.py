@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,21 +36,21 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """How volumes become training slices (see docs/configs.md)."""
 
-    source_keys: Optional[list[str]] = None  # None: the task's
-    target_key: Optional[str] = None
-    mask_key: Optional[str] = None
+    source_keys: list[str] | None = None  # None: the task's
+    target_key: str | None = None
+    mask_key: str | None = None
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     context_slices: int = Field(0, ge=0, le=8)  # 2.5D: 2k+1 neighbouring source slices as channels
     image_size: tuple[int, int] = (256, 256)  # training crop (H, W)
-    spacing_mm: Optional[float] = Field(None, gt=0)  # in-plane working spacing; None = native
+    spacing_mm: float | None = Field(None, gt=0)  # in-plane working spacing; None = native
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     empty_slice_weight: float = Field(0.05, ge=0, le=1)  # sampling weight of slices without body
-    slice_range: Optional[tuple[float, float]] = None  # train on this fraction of the slicing axis
+    slice_range: tuple[float, float] | None = None  # train on this fraction of the slicing axis
     val_cases: int = Field(0, ge=0)  # hold out this many training cases when no validation data
     num_workers: int = Field(0, ge=0)  # processes decoding volumes for the cache
     # images per source key: a list-valued datalist key ("image": [t1, flair]) is that many input
     # channels; filled from the training data (every case must agree) and kept in the run
-    source_channels: Optional[list[int]] = None
+    source_channels: list[int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -100,10 +100,10 @@ class ModelConfig(_Section):
 class LossConfig(_Section):
     """Generator loss weights (None: the task's default) and options."""
 
-    l1: Optional[float] = Field(None, ge=0)
-    gan: Optional[float] = Field(None, ge=0)
-    dice: Optional[float] = Field(None, ge=0)
-    bce: Optional[float] = Field(None, ge=0)
+    l1: float | None = Field(None, ge=0)
+    gan: float | None = Field(None, ge=0)
+    dice: float | None = Field(None, ge=0)
+    bce: float | None = Field(None, ge=0)
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     l1_in_mask: bool = True  # mri2ct: L1 only inside the body mask
     region_weight: float = Field(10.0, ge=1)  # inpaint: L1 weight inside the region vs outside
@@ -122,7 +122,7 @@ class TrainConfig(_Section):
     # Wall-time budget of the whole `medp2p train` (minutes): after a few timed steps the schedule
     # is shortened to the steps that fit (never more than `steps`), so a config holds its time on
     # any machine. None: exactly `steps` steps.
-    minutes: Optional[float] = Field(None, gt=0)
+    minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -267,9 +267,7 @@ def resolve(cfg: Config) -> Config:
     return cfg.model_copy(update={"data": data, "loss": loss})
 
 
-def load_config(
-    task: str | None = None, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> Config:
+def load_config(task: str | None = None, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``overrides`` (``"a.b=v"``), validated and resolved.
 
     Args:

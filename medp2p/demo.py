@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,15 +26,31 @@ from medp2p.train import train
 
 #: The demo's model and schedule: a 7-level U-Net (128x128 slices), 2.5D, batch 8.
 DEMO_OVERRIDES = [
-    "data.context_slices=1", "data.image_size=[128, 128]", "data.empty_slice_weight=0.02",
-    "model.depth=7", "model.base_channels=32", "model.disc_channels=32",
-    "train.batch_size=8", "train.lr=0.0005", "train.decay_start=0.3", "train.val_every=100000",
-    "train.checkpoint_every=100", "train.log_every=10", "train.preview_count=3", "train.tensorboard=false",
+    "data.context_slices=1",
+    "data.image_size=[128, 128]",
+    "data.empty_slice_weight=0.02",
+    "model.depth=7",
+    "model.base_channels=32",
+    "model.disc_channels=32",
+    "train.batch_size=8",
+    "train.lr=0.0005",
+    "train.decay_start=0.3",
+    "train.val_every=100000",
+    "train.checkpoint_every=100",
+    "train.log_every=10",
+    "train.preview_count=3",
+    "train.tensorboard=false",
 ]
 #: ``--quick``: a tiny phantom and network, for tests and smoke checks (seconds).
 QUICK_OVERRIDES = [
-    "data.image_size=[32, 32]", "model.depth=4", "model.base_channels=8", "model.disc_channels=8",
-    "model.disc_layers=2", "train.batch_size=2", "train.val_every=100000", "train.tensorboard=false",
+    "data.image_size=[32, 32]",
+    "model.depth=4",
+    "model.base_channels=8",
+    "model.disc_channels=8",
+    "model.disc_layers=2",
+    "train.batch_size=2",
+    "train.val_every=100000",
+    "train.tensorboard=false",
 ]
 DEMO_PHANTOM = PhantomSpec()
 QUICK_PHANTOM = PhantomSpec((40, 44, 12), (5.0, 5.0, 10.0))
@@ -64,8 +81,12 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def run_demo(
-    out: str | Path = "demo_out", minutes: float = 5.0, quick: bool = False, overwrite: bool = False,
-    say: Callable[[str], None] = print, progress: bool = True,
+    out: str | Path = "demo_out",
+    minutes: float = 5.0,
+    quick: bool = False,
+    overwrite: bool = False,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> DemoResult:
     """Run the demo into ``out``; training takes about ``minutes`` (the number of steps is sized to it).
 
@@ -88,7 +109,9 @@ def run_demo(
     cap = QUICK_STEPS if quick else MAX_STEPS
     cfg = load_config("mri2ct", None, [*(QUICK_OVERRIDES if quick else DEMO_OVERRIDES), f"train.steps={cap}", f"train.minutes={minutes}"])
     if quick:
-        say(f"2/5 training mri2ct: {QUICK_STEPS} steps of a tiny network (batch {cfg.train.batch_size}; seconds, a smoke test) -> {out / 'run'}")
+        say(
+            f"2/5 training mri2ct: {QUICK_STEPS} steps of a tiny network (batch {cfg.train.batch_size}; seconds, a smoke test) -> {out / 'run'}"
+        )
     else:
         say(f"2/5 training mri2ct for {minutes:g} min (batch {cfg.train.batch_size}; the schedule is fitted to the time) -> {out / 'run'}")
     start = time.perf_counter()
@@ -113,10 +136,16 @@ def run_demo(
     baseline = evaluate("mri2ct", out / "baseline", val_dir, out / "report_baseline", montages=False).summary["metrics"]
     series = sorted(p for p in (out / "pred").glob("*/sct_dicom"))
     summary = {k: {"model": model[k]["mean"], "lookup": baseline[k]["mean"]} for k in model if k in baseline}
-    (out / MARKER).write_text(json.dumps({"minutes": minutes, "quick": quick, "steps": result.step,
-                                          "train_seconds": round(train_seconds, 1), "metrics": summary}, indent=2) + "\n")
-    return DemoResult(out, result.step, train_seconds, {k: v["mean"] for k, v in model.items()},
-                      {k: v["mean"] for k, v in baseline.items()}, series)
+    (out / MARKER).write_text(
+        json.dumps(
+            {"minutes": minutes, "quick": quick, "steps": result.step, "train_seconds": round(train_seconds, 1), "metrics": summary},
+            indent=2,
+        )
+        + "\n"
+    )
+    return DemoResult(
+        out, result.step, train_seconds, {k: v["mean"] for k, v in model.items()}, {k: v["mean"] for k, v in baseline.items()}, series
+    )
 
 
 def lookup_vs_model_rows(result: DemoResult) -> list[tuple[str, str, str]]:

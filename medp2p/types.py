@@ -76,12 +76,14 @@ class Volume:
     @property
     def direction(self) -> np.ndarray:
         """3x3 matrix whose columns are the unit RAS+ directions of the array axes."""
-        return self.affine[:3, :3] / np.asarray(self.spacing_mm)
+        direction: np.ndarray = self.affine[:3, :3] / np.asarray(self.spacing_mm)
+        return direction
 
     @property
     def origin_mm(self) -> np.ndarray:
         """RAS+ position of voxel ``(0, 0, 0)`` in millimetres."""
-        return self.affine[:3, 3].copy()
+        origin: np.ndarray = self.affine[:3, 3].copy()
+        return origin
 
     @property
     def path(self) -> Path | None:

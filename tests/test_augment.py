@@ -21,10 +21,17 @@ def test_geometry_is_shared_and_intensity_touches_the_source_only() -> None:
     x = _batch()
     mask = (x > 0).float()
     spec = AugmentSpec(flip_prob=0.5, affine_prob=1.0, rotate_deg=10, intensity_prob=1.0)
-    images, labels = augment({"source": x.clone(), "target": x.clone()}, {"mask": mask.clone()}, ("source",), spec, torch.Generator().manual_seed(3))
+    images, labels = augment(
+        {"source": x.clone(), "target": x.clone()}, {"mask": mask.clone()}, ("source",), spec, torch.Generator().manual_seed(3)
+    )
     assert not torch.equal(images["target"], x)  # it moved
-    geo_only, labels2 = augment({"source": x.clone(), "target": x.clone()}, {"mask": mask.clone()}, ("source",),
-                                AugmentSpec(flip_prob=0.5, affine_prob=1.0, rotate_deg=10, intensity_prob=0.0), torch.Generator().manual_seed(3))
+    geo_only, labels2 = augment(
+        {"source": x.clone(), "target": x.clone()},
+        {"mask": mask.clone()},
+        ("source",),
+        AugmentSpec(flip_prob=0.5, affine_prob=1.0, rotate_deg=10, intensity_prob=0.0),
+        torch.Generator().manual_seed(3),
+    )
     assert torch.equal(geo_only["source"], geo_only["target"])  # same warp for source and target
     assert torch.equal(geo_only["target"], images["target"])  # the target never gets intensity jitter
     assert not torch.equal(images["source"], images["target"])

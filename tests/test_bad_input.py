@@ -68,7 +68,18 @@ def test_predict_dicom_only_writes_the_ct_series(tiny_runs: dict, tiny_phantom: 
         case_dir = tmp_path / "out" / cid
         assert sorted(p.name for p in case_dir.iterdir()) == ["sct_dicom"]
         assert len(list((case_dir / "sct_dicom").glob("*.dcm"))) == TINY.shape[2]
-    again = _run("predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(tmp_path / "out"), "--format", "dicom", "--overwrite")
+    again = _run(
+        "predict",
+        "--model",
+        str(tiny_runs["mri2ct"]),
+        "-i",
+        str(tiny_phantom),
+        "-o",
+        str(tmp_path / "out"),
+        "--format",
+        "dicom",
+        "--overwrite",
+    )
     assert again.exit_code == 0, again.output
     assert not [p for p in (tmp_path / "out" / "case_000").iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -78,7 +89,10 @@ def test_predict_dicom_only_writes_the_ct_series(tiny_runs: dict, tiny_phantom: 
 
 def _monai_datalist(tiny_phantom: Path, path: Path) -> Path:
     cases = [
-        {"image": [str(tiny_phantom / f"case_00{i}/mr.nii.gz"), str(tiny_phantom / f"case_00{i}/ct.nii.gz")], "label": str(tiny_phantom / f"case_00{i}/tumor.nii.gz")}
+        {
+            "image": [str(tiny_phantom / f"case_00{i}/mr.nii.gz"), str(tiny_phantom / f"case_00{i}/ct.nii.gz")],
+            "label": str(tiny_phantom / f"case_00{i}/tumor.nii.gz"),
+        }
         for i in range(3)
     ]
     path.write_text(json.dumps({"training": cases[:2], "validation": cases[2:]}))
@@ -89,7 +103,9 @@ def test_list_valued_keys_are_channels_in_validate_train_and_predict(tiny_phanto
     datalist = _monai_datalist(tiny_phantom, tmp_path / "monai.json")
     keys = ["--set", "data.source_keys=[image]", "--set", "data.target_key=label"]
     assert _run("validate", str(datalist), "--task", "seg", *keys).exit_code == 0
-    result = _run("train", "--task", "seg", "--config", TINY_CONFIG, "--data", str(datalist), "--out", str(tmp_path / "run"), "--steps", "2", *keys)
+    result = _run(
+        "train", "--task", "seg", "--config", TINY_CONFIG, "--data", str(datalist), "--out", str(tmp_path / "run"), "--steps", "2", *keys
+    )
     assert result.exit_code == 0, result.output
     from medp2p.infer import load_model
 
@@ -102,7 +118,20 @@ def test_list_valued_keys_are_channels_in_validate_train_and_predict(tiny_phanto
     bad = json.loads(datalist.read_text())
     bad["training"][1]["image"] = bad["training"][1]["image"][:1]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    result = _run("train", "--task", "seg", "--config", TINY_CONFIG, "--data", str(tmp_path / "bad.json"), "--out", str(tmp_path / "run2"), "--steps", "1", *keys)
+    result = _run(
+        "train",
+        "--task",
+        "seg",
+        "--config",
+        TINY_CONFIG,
+        "--data",
+        str(tmp_path / "bad.json"),
+        "--out",
+        str(tmp_path / "run2"),
+        "--steps",
+        "1",
+        *keys,
+    )
     assert result.exit_code == 1 and "case 'case_001'" in _error_lines(result.output)[0] and "[1]" in result.output
 
 
@@ -251,14 +280,33 @@ def test_missing_keys_say_what_the_task_reads_and_how_to_map(tiny_phantom: Path,
     case.mkdir(parents=True)
     for src, dest in (("mr", "flair"), ("mr", "t1c"), ("tumor", "label")):
         shutil.copy(tiny_phantom / "case_000" / f"{src}.nii.gz", case / f"{dest}.nii.gz")
-    result = _run("train", "--task", "seg", "--config", TINY_CONFIG, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "1")
+    result = _run(
+        "train", "--task", "seg", "--config", TINY_CONFIG, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "1"
+    )
     (line,) = _error_lines(result.output)
     assert result.exit_code == 1
     assert "case 'x' has no 'mr', 'tumor' (it has flair, label, t1c)" in line and "seg reads sources [mr], target tumor" in line
     assert "--set data.source_keys=[flair,t1c] --set data.target_key=label" in line
     assert "[" in line and "'mr'" in line and "['mr'" not in line  # no Python repr of a list
-    fixed = _run("train", "--task", "seg", "--config", TINY_CONFIG, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "1",
-                 "--set", "data.source_keys=[flair,t1c]", "--set", "data.target_key=label", "--set", "data.image_size=[16, 16]")
+    fixed = _run(
+        "train",
+        "--task",
+        "seg",
+        "--config",
+        TINY_CONFIG,
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "1",
+        "--set",
+        "data.source_keys=[flair,t1c]",
+        "--set",
+        "data.target_key=label",
+        "--set",
+        "data.image_size=[16, 16]",
+    )
     assert fixed.exit_code == 0, fixed.output
 
 
@@ -395,7 +443,10 @@ def test_a_compressed_syntax_without_its_decoder_names_both(tmp_path: Path, monk
     assert read_volume(folder).shape == (64, 64, 1)  # decodes with the installed plugins
     decoder = get_decoder(JPEGLSLossless)
     monkeypatch.setattr(type(decoder), "is_available", property(lambda self: False))
-    with pytest.raises(Exception, match=r"im\.dcm: transfer syntax JPEG-LS Lossless Image Compression \(1\.2\.840\.10008\.1\.2\.4\.80\) needs a decoder.*pip install pylibjpeg-libjpeg"):
+    with pytest.raises(
+        Exception,
+        match=r"im\.dcm: transfer syntax JPEG-LS Lossless Image Compression \(1\.2\.840\.10008\.1\.2\.4\.80\) needs a decoder.*pip install pylibjpeg-libjpeg",
+    ):
         read_volume(folder)
 
 
@@ -436,7 +487,9 @@ def test_a_full_disk_while_predicting_names_the_path_and_leaves_nothing(tiny_run
     out = tmp_path / "out"
     assert _run("predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom / "case_000"), "-o", str(out)).exit_code == 0
     earlier = (out / "case_000" / "sct.nii.gz").read_bytes()
-    proc = _limited(2_000, "predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(out), "--format", "both", "--overwrite")
+    proc = _limited(
+        2_000, "predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(out), "--format", "both", "--overwrite"
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     text = proc.stdout + proc.stderr
     assert "file size limit was reached while writing" in text or "disk is full" in text
@@ -448,7 +501,10 @@ def test_a_full_disk_while_predicting_names_the_path_and_leaves_nothing(tiny_run
 
 def test_a_full_disk_while_saving_a_checkpoint_keeps_last_pt(tiny_phantom: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert _run("train", "--task", "mri2ct", "--config", TINY_CONFIG, "--data", str(tiny_phantom), "--out", str(out), "--steps", "5").exit_code == 0
+    assert (
+        _run("train", "--task", "mri2ct", "--config", TINY_CONFIG, "--data", str(tiny_phantom), "--out", str(out), "--steps", "5").exit_code
+        == 0
+    )
     before = (out / "last.pt").read_bytes()
     proc = _limited(len(before) // 2, "train", "--out", str(out), "--resume", "--steps", "10")
     text = proc.stdout + proc.stderr
@@ -514,19 +570,36 @@ def test_run_json_records_what_auto_resolved_to(tiny_runs: dict) -> None:
 
 
 def test_a_run_without_validation_says_so(tiny_phantom: Path, tmp_path: Path) -> None:
-    result = _run("train", "--task", "mri2ct", "--config", TINY_CONFIG, "--data", str(tiny_phantom), "--out", str(tmp_path / "run"), "--steps", "2")
+    result = _run(
+        "train", "--task", "mri2ct", "--config", TINY_CONFIG, "--data", str(tiny_phantom), "--out", str(tmp_path / "run"), "--steps", "2"
+    )
     assert result.exit_code == 0 and "no validation data, so no best.pt and no previews" in result.output and "--val-data" in result.output
 
 
-def test_train_without_a_config_warns_how_long_the_default_takes(tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_without_a_config_warns_how_long_the_default_takes(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import medp2p.cli
 
     monkeypatch.setattr(medp2p.cli, "SLOW_DEFAULT_HOURS", 0.0)
-    small = ["--set", "data.image_size=[32, 32]", "--set", "model.depth=4", "--set", "model.base_channels=4", "--set", "model.disc_channels=4", "--set", "train.tensorboard=false"]
+    small = [
+        "--set",
+        "data.image_size=[32, 32]",
+        "--set",
+        "model.depth=4",
+        "--set",
+        "model.base_channels=4",
+        "--set",
+        "model.disc_channels=4",
+        "--set",
+        "train.tensorboard=false",
+    ]
     result = _run("train", "--task", "mri2ct", "--data", str(tiny_phantom), "--out", str(tmp_path / "run"), "--steps", "12", *small)
     assert result.exit_code == 0, result.output
     assert "s per step here: 2000 steps are about" in result.output and "configs/quick.yaml" in result.output
-    quiet = _run("train", "--task", "mri2ct", "--config", TINY_CONFIG, "--data", str(tiny_phantom), "--out", str(tmp_path / "run2"), "--steps", "12")
+    quiet = _run(
+        "train", "--task", "mri2ct", "--config", TINY_CONFIG, "--data", str(tiny_phantom), "--out", str(tmp_path / "run2"), "--steps", "12"
+    )
     assert "per step here" not in quiet.output
     assert (ROOT / "configs" / "quick.yaml").is_file()
 
@@ -543,8 +616,12 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     plain = subprocess.run([sys.executable, "-c", code, *bad], capture_output=True, text=True, cwd=ROOT)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and plain.stderr.count("\n") == 1
     (tmp_path / "c.yaml").write_text("train: [1, 2]\n")
-    internal = subprocess.run([sys.executable, "-c", code, "--debug", "train", "--data", str(tmp_path), "--config", str(tmp_path / "c.yaml")],
-                              capture_output=True, text=True, cwd=ROOT)
+    internal = subprocess.run(
+        [sys.executable, "-c", code, "--debug", "train", "--data", str(tmp_path), "--config", str(tmp_path / "c.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert internal.returncode != 0 and "Traceback" in internal.stderr
 
 

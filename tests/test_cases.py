@@ -85,7 +85,9 @@ def test_nnunet_raw(tmp_path: Path) -> None:
 def test_nnunet_missing_channel_or_label(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     root.mkdir()
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2", "1": "ADC"}, "labels": {"bg": 0}, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "T2", "1": "ADC"}, "labels": {"bg": 0}, "file_ending": ".nii.gz"})
+    )
     _touch(root / "imagesTr" / "a_0000.nii.gz")
     with pytest.raises(DataLayoutError, match=r"case 'a' lacks channel\(s\) \['adc'\]"):
         load_datalist(root)

@@ -26,7 +26,9 @@ def test_task_defaults_fill_the_gaps() -> None:
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_config("mri2ct", overrides=["train.lr=1e-4", "data.image_size=[128, 96]", "data.spacing_mm=null", "data.source_keys=[t1, t2]"])
+    cfg = load_config(
+        "mri2ct", overrides=["train.lr=1e-4", "data.image_size=[128, 96]", "data.spacing_mm=null", "data.source_keys=[t1, t2]"]
+    )
     assert cfg.train.lr == 1e-4 and cfg.data.image_size == (128, 96) and cfg.data.source_keys == ["t1", "t2"]
     assert parse_override("train.steps=5") == ("train.steps", 5)
 

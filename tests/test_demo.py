@@ -24,7 +24,14 @@ def demo_out(tmp_path_factory) -> Path:
 
 
 def test_demo_writes_everything_and_says_where(demo_out: Path) -> None:
-    for path in ("run/last.pt", "run/config.yaml", "report/metrics.csv", "report/summary.json", "report_baseline/summary.json", "demo.json"):
+    for path in (
+        "run/last.pt",
+        "run/config.yaml",
+        "report/metrics.csv",
+        "report/summary.json",
+        "report_baseline/summary.json",
+        "demo.json",
+    ):
         assert (demo_out / path).is_file(), path
     assert sorted(p.name for p in (demo_out / "pred").iterdir()) == ["case_000", "case_001"]
     assert list((demo_out / "pred" / "case_000" / "sct_dicom").glob("*.dcm"))

@@ -61,7 +61,9 @@ def _check_ct_series(series: Path, source: Path | None, sct_nifti: Path) -> None
         for s in src_ds:
             d = by_ref[s.SOPInstanceUID]  # each CT instance references its MR slice
             for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
-                assert np.allclose(np.atleast_1d(d.data_element(key).value).astype(float), np.atleast_1d(s.data_element(key).value).astype(float)), key
+                assert np.allclose(
+                    np.atleast_1d(d.data_element(key).value).astype(float), np.atleast_1d(s.data_element(key).value).astype(float)
+                ), key
             for key in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
                 assert str(d.get(key)) == str(s.get(key)), key
             assert d.ReferencedSeriesSequence[0].SeriesInstanceUID == s.SeriesInstanceUID
@@ -88,7 +90,9 @@ def test_standalone_ct_series_from_nifti(tiny_runs: dict, tiny_phantom: Path, tm
     _check_ct_series(out / "case_000" / "sct_dicom", None, out / "case_000" / "sct.nii.gz")
     # --overwrite replaces the series folder as a whole
     first = {pydicom.dcmread(f).SeriesInstanceUID for f in (out / "case_000" / "sct_dicom").glob("*.dcm")}
-    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(mr), "-o", str(out), "--format", "dicom", "--overwrite"])
+    result = runner.invoke(
+        app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(mr), "-o", str(out), "--format", "dicom", "--overwrite"]
+    )
     assert result.exit_code == 0
     second = {pydicom.dcmread(f).SeriesInstanceUID for f in (out / "case_000" / "sct_dicom").glob("*.dcm")}
     assert len(second) == 1 and second != first
@@ -117,9 +121,24 @@ def test_dicom_seg_references_the_source_series(tiny_runs: dict, mr_series: Path
 
 
 def test_seg_dicom_from_nifti_fails_clearly(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["seg"]), "-i", str(tiny_phantom / "case_000/mr.nii.gz"), "-o", str(tmp_path), "--format", "dicom"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(tiny_runs["seg"]),
+            "-i",
+            str(tiny_phantom / "case_000/mr.nii.gz"),
+            "-o",
+            str(tmp_path),
+            "--format",
+            "dicom",
+        ],
+    )
     assert result.exit_code == 1 and "DICOM SEG must reference a DICOM source series" in result.output
-    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["inpaint"]), "-i", str(tiny_phantom), "-o", str(tmp_path), "--format", "dicom"])
+    result = runner.invoke(
+        app, ["predict", "--model", str(tiny_runs["inpaint"]), "-i", str(tiny_phantom), "-o", str(tmp_path), "--format", "dicom"]
+    )
     assert result.exit_code == 2 and "use --format nifti" in result.output
 
 

@@ -30,11 +30,14 @@ def predictions(tiny_runs: dict, tiny_phantom: Path, tmp_path_factory) -> dict[s
     return out
 
 
-@pytest.mark.parametrize("task, metrics", [
-    ("mri2ct", ["mae", "psnr", "ssim", "mae_air", "mae_soft_tissue", "mae_bone"]),
-    ("seg", ["dice", "hd95"]),
-    ("inpaint", ["ssim", "psnr", "mse"]),
-])
+@pytest.mark.parametrize(
+    "task, metrics",
+    [
+        ("mri2ct", ["mae", "psnr", "ssim", "mae_air", "mae_soft_tissue", "mae_bone"]),
+        ("seg", ["dice", "hd95"]),
+        ("inpaint", ["ssim", "psnr", "mse"]),
+    ],
+)
 def test_reports_per_case_and_summary(predictions: dict, tiny_phantom: Path, tmp_path: Path, task: str, metrics: list[str]) -> None:
     out = tmp_path / "report"
     result = runner.invoke(app, ["evaluate", "--task", task, "--pred", str(predictions[task]), "--ref", str(tiny_phantom), "-o", str(out)])
@@ -53,7 +56,9 @@ def test_reports_per_case_and_summary(predictions: dict, tiny_phantom: Path, tmp
 
 
 def test_mri2ct_values_are_the_synthrad_metrics(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
-    runner.invoke(app, ["evaluate", "--task", "mri2ct", "--pred", str(predictions["mri2ct"]), "--ref", str(tiny_phantom), "-o", str(tmp_path)])
+    runner.invoke(
+        app, ["evaluate", "--task", "mri2ct", "--pred", str(predictions["mri2ct"]), "--ref", str(tiny_phantom), "-o", str(tmp_path)]
+    )
     row = next(csv.DictReader((tmp_path / "metrics.csv").open()))
     ct = read_volume(tiny_phantom / "case_000/ct.nii.gz").array
     sct = read_volume(predictions["mri2ct"] / "case_000/sct.nii.gz").array
@@ -73,11 +78,31 @@ def test_missing_prediction_is_reported(predictions: dict, tiny_phantom: Path, t
     assert summary["cases"] == 2 and summary["missing"] == ["case_001"]
     empty = tmp_path / "none"
     empty.mkdir()
-    assert runner.invoke(app, ["evaluate", "--task", "seg", "--pred", str(empty), "--ref", str(tiny_phantom), "-o", str(tmp_path / "r2")]).exit_code == 2
+    assert (
+        runner.invoke(
+            app, ["evaluate", "--task", "seg", "--pred", str(empty), "--ref", str(tiny_phantom), "-o", str(tmp_path / "r2")]
+        ).exit_code
+        == 2
+    )
 
 
 def test_inpaint_regions_must_match_the_seed(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["evaluate", "--task", "inpaint", "--pred", str(predictions["inpaint"]), "--ref", str(tiny_phantom), "-o", str(tmp_path), "--seed", "99"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--task",
+            "inpaint",
+            "--pred",
+            str(predictions["inpaint"]),
+            "--ref",
+            str(tiny_phantom),
+            "-o",
+            str(tmp_path),
+            "--seed",
+            "99",
+        ],
+    )
     assert result.exit_code == 1 and "another region" in result.output
 
 

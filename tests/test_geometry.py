@@ -7,10 +7,24 @@ import pytest
 import torch
 
 from medp2p.data.geometry import (
-    SLICE_AXES, canonical_orientation, context_indices, from_model_space, gather_slices, plan_grid, slab_bounds, slab_mask, to_model_space,
+    SLICE_AXES,
+    canonical_orientation,
+    context_indices,
+    from_model_space,
+    gather_slices,
+    plan_grid,
+    slab_bounds,
+    slab_mask,
+    to_model_space,
 )
 from medp2p.data.intensity import (
-    HU_WINDOW, IntensityWindow, binary_closing_cross, body_mask, bounding_box, fill_holes_per_slice, mr_window,
+    HU_WINDOW,
+    IntensityWindow,
+    binary_closing_cross,
+    body_mask,
+    bounding_box,
+    fill_holes_per_slice,
+    mr_window,
 )
 from tests.test_io_volumes import AFFINES
 

@@ -101,7 +101,9 @@ CASES = [
 
 @pytest.mark.parametrize("name, kwargs, channels, size", CASES)
 @pytest.mark.parametrize("batch", [1, 4])
-def test_optimized_generator_predicts_what_the_plain_one_does(name: str, kwargs: dict, channels: tuple[int, int], size: tuple[int, int], batch: int) -> None:
+def test_optimized_generator_predicts_what_the_plain_one_does(
+    name: str, kwargs: dict, channels: tuple[int, int], size: tuple[int, int], batch: int
+) -> None:
     torch.manual_seed(0)
     g = build_generator(name, in_channels=channels[0], out_channels=channels[1], dropout=0.5, **kwargs)
     _randomise_norms(g)

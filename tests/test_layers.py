@@ -15,7 +15,19 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medp2p"
-LAYERS = [{"types"}, {"io", "metrics", "models"}, {"data"}, {"tasks"}, {"config"}, {"checkpoint"}, {"train", "infer"}, {"eval"}, {"demo"}, {"cli"}, {"__main__"}]  # __main__: `python -m medp2p` runs the CLI
+LAYERS = [
+    {"types"},
+    {"io", "metrics", "models"},
+    {"data"},
+    {"tasks"},
+    {"config"},
+    {"checkpoint"},
+    {"train", "infer"},
+    {"eval"},
+    {"demo"},
+    {"cli"},
+    {"__main__"},
+]  # __main__: `python -m medp2p` runs the CLI
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 FILE_LIBRARIES = {"nibabel", "SimpleITK", "pydicom", "highdicom"}
 

@@ -153,7 +153,7 @@ def test_trained_model_predicts_files_on_their_grid(tiny_runs: dict, tiny_phanto
     assert img.shape == src.shape and img.get_data_dtype() == np.float32
     np.testing.assert_allclose(img.affine, AFFINES[name], atol=1e-4)
     np.testing.assert_allclose(img.header.get_qform(), img.header.get_sform(), atol=1e-4)
-    assert -1024.5 <= img.get_fdata().min() and img.get_fdata().max() <= 3000.5
+    assert img.get_fdata().min() >= -1024.5 and img.get_fdata().max() <= 3000.5
 
 
 def test_seg_and_inpaint_outputs(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
@@ -171,7 +171,9 @@ def test_seg_and_inpaint_outputs(tiny_runs: dict, tiny_phantom: Path, tmp_path: 
     assert not np.array_equal(inpainted[region], mr[region])
 
 
-def test_predict_tta_option_reaches_the_generator_runs(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_tta_option_reaches_the_generator_runs(
+    tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import medp2p.infer.batch as batch
 
     seen = []
@@ -182,7 +184,9 @@ def test_predict_tta_option_reaches_the_generator_runs(tiny_runs: dict, tiny_pha
 
     monkeypatch.setattr(batch, "predict_volume", spy)
     for flag in ("--no-tta", "--tta"):
-        result = runner.invoke(app, ["predict", "--model", str(tiny_runs["seg"]), "-i", str(tiny_phantom), "-o", str(tmp_path / flag), flag])
+        result = runner.invoke(
+            app, ["predict", "--model", str(tiny_runs["seg"]), "-i", str(tiny_phantom), "-o", str(tmp_path / flag), flag]
+        )
         assert result.exit_code == 0, result.output
     n = len(seen) // 2
     assert n > 0 and seen == [False] * n + [True] * n
@@ -226,13 +230,21 @@ def test_parts_write_each_case_exactly_once(tiny_runs: dict, tiny_phantom: Path,
     out = tmp_path / "out"
     seen = []
     for part in (0, 1):
-        result = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(out), "--num-parts", "2", "--part-id", str(part)])
+        result = runner.invoke(
+            app,
+            ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(out), "--num-parts", "2", "--part-id", str(part)],
+        )
         assert result.exit_code == 0, result.output
         seen.append({line.split(":")[0] for line in result.stdout.splitlines() if line.strip()})
     assert seen[0] | seen[1] == {"p1", "p2", "p3", "p4"} and not seen[0] & seen[1]
     assert len(seen[0]) == len(seen[1]) == 2
     assert sorted(p.name for p in out.iterdir()) == ["p1", "p2", "p3", "p4"]
-    assert runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(out), "--num-parts", "2", "--part-id", "2"]).exit_code == 2
+    assert (
+        runner.invoke(
+            app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(out), "--num-parts", "2", "--part-id", "2"]
+        ).exit_code
+        == 2
+    )
 
 
 def test_existing_output_is_refused_without_overwrite(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:

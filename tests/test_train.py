@@ -38,7 +38,9 @@ def _cli(*args: str):
 @pytest.mark.parametrize("task", sorted(TASK_SETS))
 def test_cli_trains_each_task_in_seconds(tiny_phantom: Path, tmp_path: Path, task: str) -> None:
     out = tmp_path / "run"
-    result = _cli("--task", task, "--data", str(tiny_phantom), "--out", str(out), "--config", TINY, "--set", "data.val_cases=1", "--steps", "6")
+    result = _cli(
+        "--task", task, "--data", str(tiny_phantom), "--out", str(out), "--config", TINY, "--set", "data.val_cases=1", "--steps", "6"
+    )
     assert result.exit_code == 0, result.output
     for name in ("config.yaml", "versions.json", "run.json", "last.pt", "best.pt", "metrics.csv"):
         assert (out / name).is_file(), name
@@ -77,7 +79,12 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tiny_phantom: Path,
 def test_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
     cfg = load_config(task, TINY, ["train.precision=fp32", "model.dropout=0"])
     prep = prep_from_config(cfg)
-    case = prepare_case(read_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, case_keys_for(cfg)), prep)
+    case = prepare_case(
+        read_case(
+            {"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, case_keys_for(cfg)
+        ),
+        prep,
+    )
     gen = torch.Generator().manual_seed(0)
     batcher = SliceBatcher([case], 4, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
     no_aug = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0)
@@ -86,8 +93,13 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
     G, D = build_generator_for(cfg, prep), build_discriminator_for(cfg, prep)
     spec = loss_spec(cfg)
     step = Pix2PixStep(
-        G, D if spec.gan else None, torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999)),
-        torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)), spec, torch.device("cpu"), None,
+        G,
+        D if spec.gan else None,
+        torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999)),
+        torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)),
+        spec,
+        torch.device("cpu"),
+        None,
     )
     key = {"mri2ct": "loss_G_L1", "inpaint": "loss_G_L1", "seg": "loss_G_BCE"}[task]
     history = [step(i, batch)[key] for i in range(40)]
@@ -100,7 +112,10 @@ def test_intensity_jitter_reaches_the_target_only_where_it_is_the_source(tiny_ph
     # model to undo a random gain/offset/gamma it cannot see. A CT target never gets MR jitter.
     cfg = load_config(task, TINY, ["data.context_slices=1"])
     prep = prep_from_config(cfg)
-    case = prepare_case(read_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask")}}, case_keys_for(cfg)), prep)
+    case = prepare_case(
+        read_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask")}}, case_keys_for(cfg)),
+        prep,
+    )
     jitter_only = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=1.0, gamma=0.3)
     batches = {}
     for name, spec in (("jitter", jitter_only), ("none", AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0))):
@@ -162,7 +177,9 @@ def test_minutes_fit_the_schedule_and_the_lr_decays_to_zero(tiny_phantom: Path, 
     out = tmp_path / "run"
     sets = ["train.steps=100000", "train.minutes=0.15", "train.val_every=100000", "train.checkpoint_every=5", "train.log_every=1"]
     start = time.perf_counter()
-    result = _cli("--task", "mri2ct", "--data", str(tiny_phantom), "--out", str(out), "--config", TINY, *[x for e in sets for x in ("--set", e)])
+    result = _cli(
+        "--task", "mri2ct", "--data", str(tiny_phantom), "--out", str(out), "--config", TINY, *[x for e in sets for x in ("--set", e)]
+    )
     wall = time.perf_counter() - start
     assert result.exit_code == 0, result.output
     ckpt = torch.load(out / "last.pt", weights_only=True)
@@ -182,8 +199,26 @@ def test_minutes_fit_the_schedule_and_the_lr_decays_to_zero(tiny_phantom: Path, 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_phantom: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "medp2p.cli", "train", "--task", "mri2ct", "--data", str(tiny_phantom), "--out", str(out),
-           "--config", TINY, "--set", "train.checkpoint_every=1", "--set", "train.steps=100000", "--set", "train.val_every=100000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medp2p.cli",
+        "train",
+        "--task",
+        "mri2ct",
+        "--data",
+        str(tiny_phantom),
+        "--out",
+        str(out),
+        "--config",
+        TINY,
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "train.val_every=100000",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     deadline = time.time() + 120
     try:
@@ -256,8 +291,24 @@ def test_nan_input_exits_one_with_a_message(tiny_phantom: Path, tmp_path: Path) 
 
 
 def test_non_finite_loss_stops_the_run_with_a_message(tiny_phantom: Path, tmp_path: Path) -> None:
-    result = _cli("--task", "mri2ct", "--data", str(tiny_phantom), "--out", str(tmp_path / "run"), "--config", TINY,
-                  "--steps", "6", "--set", "train.lr=1e30", "--set", "loss.gan=0", "--set", "train.checkpoint_every=100")
+    result = _cli(
+        "--task",
+        "mri2ct",
+        "--data",
+        str(tiny_phantom),
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        TINY,
+        "--steps",
+        "6",
+        "--set",
+        "train.lr=1e30",
+        "--set",
+        "loss.gan=0",
+        "--set",
+        "train.checkpoint_every=100",
+    )
     assert result.exit_code == 1
     assert "non-finite loss" in result.output
 
@@ -281,8 +332,20 @@ def test_torchrun_two_processes_keep_identical_weights_and_resume(tiny_phantom: 
 
     out = tmp_path / "run"
     # batch norm: its running statistics differ between ranks, the weights must not
-    common = ("--task", "mri2ct", "--data", str(tiny_phantom), "--config", TINY, "--set", "data.val_cases=1",
-              "--set", "model.depth=6", "--set", "model.norm=batch")
+    common = (
+        "--task",
+        "mri2ct",
+        "--data",
+        str(tiny_phantom),
+        "--config",
+        TINY,
+        "--set",
+        "data.val_cases=1",
+        "--set",
+        "model.depth=6",
+        "--set",
+        "model.norm=batch",
+    )
     proc = _torchrun(*common, "--out", str(out), "--steps", "3", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "ddp.json").read_text())

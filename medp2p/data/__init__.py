@@ -12,11 +12,11 @@ from medp2p.data.cases import (
     Case,
     DataLayoutError,
     case_seed,
-    safe_case_id,
     find_cases,
     image_keys,
     label_values,
     load_datalist,
+    safe_case_id,
 )
 from medp2p.data.phantom import PhantomSpec, make_phantom_case, write_phantom
 from medp2p.data.validate import GridTolerance, Problem, ValidationReport, check_volume, compare_grids, validate_case, validate_data

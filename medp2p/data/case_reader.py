@@ -41,6 +41,7 @@ log = logging.getLogger("medp2p")
 #: region, ``predict`` the inputs only, ``evaluate`` the reference (inputs optional).
 ROLES = ("train", "validation", "predict", "evaluate")
 
+
 class CaseError(ValueError):
     """A case cannot be used; ``str(err)`` names the file (or case and key), the problem and the fix.
 
@@ -229,7 +230,9 @@ def missing_key_problem(case: Case, keys: CaseKeys, missing: list[str], role: st
         if keys.hint == "set" and sources:
             options.append(f"--set data.source_keys=[{','.join(dict.fromkeys(sources))}]")
         elif sources:
-            advice.append(f"the model reads [{', '.join(keys.sources)}]: give each case those keys (nearest here: {', '.join(sources)}), or pass one volume file per case with -i")
+            advice.append(
+                f"the model reads [{', '.join(keys.sources)}]: give each case those keys (nearest here: {', '.join(sources)}), or pass one volume file per case with -i"
+            )
     for key, option in ((keys.target, "data.target_key"), (keys.mask, "data.mask_key")):
         if key and key in missing:
             near = nearest_keys(key, present, set(sources) | set(keys.sources))
@@ -238,7 +241,9 @@ def missing_key_problem(case: Case, keys: CaseKeys, missing: list[str], role: st
             elif near and keys.hint == "set":
                 options.append(f"--set {option}={near[0]}")
     fix = "; ".join(([f"map yours with {' '.join(options)}"] if options else []) + advice)
-    return Problem(where, "missing_key", f"{head}: {fix or 'name the files after those keys, or map them in a datalist .json'}", cid, missing[0])
+    return Problem(
+        where, "missing_key", f"{head}: {fix or 'name the files after those keys, or map them in a datalist .json'}", cid, missing[0]
+    )
 
 
 # --- library warnings, once per case ---------------------------------------------------------------
@@ -248,7 +253,9 @@ _hook_lock = threading.Lock()
 _original_showwarning = warnings.showwarning
 
 
-def _route_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+def _route_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None
+) -> None:
     sink = getattr(_local, "sink", None)
     if sink is None:
         _original_showwarning(message, category, filename, lineno, file, line)
@@ -369,7 +376,15 @@ def inspect_case(
     if keys is not None and keys.source_channels is not None:
         for key, n in zip(keys.sources, keys.source_channels):
             if key in case and len(_paths(case[key])) != n:
-                problems.append(Problem(_paths(case[key])[0], "channels", f"'{key}' holds {len(_paths(case[key]))} image(s), the run was trained on {n}", cid, key))
+                problems.append(
+                    Problem(
+                        _paths(case[key])[0],
+                        "channels",
+                        f"'{key}' holds {len(_paths(case[key]))} image(s), the run was trained on {n}",
+                        cid,
+                        key,
+                    )
+                )
     volumes: dict[str, list[Volume]] = {}
     reference: tuple[str, str, Volume] | None = None
     files = 0
@@ -395,11 +410,15 @@ def inspect_case(
                 else:
                     diff = compare_grids(reference[2], vol, tol)
                     if diff is not None:
-                        problems.append(Problem(
-                            path, "grid_mismatch",
-                            f"'{key}' is not on the '{reference[0]}' grid of {reference[1]}: {diff}. Resample '{key}' onto the '{reference[0]}' grid first",
-                            cid, key,
-                        ))
+                        problems.append(
+                            Problem(
+                                path,
+                                "grid_mismatch",
+                                f"'{key}' is not on the '{reference[0]}' grid of {reference[1]}: {diff}. Resample '{key}' onto the '{reference[0]}' grid first",
+                                cid,
+                                key,
+                            )
+                        )
                 if keep:
                     volumes.setdefault(key, []).append(vol)
     return volumes, problems, files
@@ -431,8 +450,14 @@ def read_case(
     sources = [v for k in keys.sources for v in volumes.get(k, [])]
     scored = next((volumes[k][0] for k in keys.scored_regions if k in volumes), None)
     return CaseVolumes(
-        id=str(case["id"]), sources=sources, target=one(keys.target), mask=one(keys.mask), region=one(keys.region),
-        voided=one(keys.voided), scored_region=scored, paths={k: case[k] for k in volumes},
+        id=str(case["id"]),
+        sources=sources,
+        target=one(keys.target),
+        mask=one(keys.mask),
+        region=one(keys.region),
+        voided=one(keys.voided),
+        scored_region=scored,
+        paths={k: case[k] for k in volumes},
     )
 
 

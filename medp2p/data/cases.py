@@ -36,7 +36,28 @@ from medp2p.io.dicom import probe_dicom
 #: Key families, for reading a folder of files as one case and for suggesting the user's own key
 #: when a task's default is missing (``mr`` ~ ``t1c``, ``flair``; ``tumor`` ~ ``label``, ``seg``).
 KEY_FAMILIES: dict[str, tuple[str, ...]] = {
-    "mr": ("mr", "mri", "t1", "t1w", "t1c", "t1ce", "t1n", "t1gd", "t2", "t2w", "t2f", "flair", "pd", "mprage", "dwi", "adc", "image", "img", "input", "source"),
+    "mr": (
+        "mr",
+        "mri",
+        "t1",
+        "t1w",
+        "t1c",
+        "t1ce",
+        "t1n",
+        "t1gd",
+        "t2",
+        "t2w",
+        "t2f",
+        "flair",
+        "pd",
+        "mprage",
+        "dwi",
+        "adc",
+        "image",
+        "img",
+        "input",
+        "source",
+    ),
     "ct": ("ct", "sct", "cbct", "hu"),
     "tumor": ("tumor", "tumour", "label", "labels", "seg", "lesion", "gt", "truth", "otmulticlass"),
     "mask": ("mask", "body", "brain", "brainmask", "brain_mask", "roi"),
@@ -68,9 +89,7 @@ _BRATS_KEYS = {
     "mask-healthy": "region_healthy",
     "mask-unhealthy": "region_unhealthy",
 }
-_BRATS_RE = re.compile(
-    r"^(?P<case>.+?)-(?P<key>t1n-voided|mask-healthy|mask-unhealthy|t1n|t1c|t2w|t2f|seg|mask)\.nii(\.gz)?$"
-)
+_BRATS_RE = re.compile(r"^(?P<case>.+?)-(?P<key>t1n-voided|mask-healthy|mask-unhealthy|t1n|t1c|t2w|t2f|seg|mask)\.nii(\.gz)?$")
 
 
 class DataLayoutError(ValueError):
@@ -140,7 +159,9 @@ def _unique_ids(cases: list[Case], where: Path) -> list[Case]:
     for case in cases:
         if "id" not in case:
             # named after its first file; a file named after a key (case_001/mr.nii.gz) by its folder
-            first = next((v if isinstance(v, str) else v[0] for v in case.values() if isinstance(v, str) or (isinstance(v, list) and v)), None)
+            first = next(
+                (v if isinstance(v, str) else v[0] for v in case.values() if isinstance(v, str) or (isinstance(v, list) and v)), None
+            )
             stem = _stem(Path(first)) if first else ""
             named = Path(first).parent.name if first and stem.lower() in KNOWN_KEYS and Path(first).parent.name else stem
             case["id"] = named or f"case_{len(seen):03d}"
@@ -161,7 +182,7 @@ def _read_datalist_json(path: Path) -> dict[str, Any]:
         raise DataLayoutError(f"{path}: a datalist is a JSON object with sections like 'training'; found {type(raw).__name__}")
     sections = {k: v for k, v in raw.items() if isinstance(v, list)}
     if not sections:
-        raise DataLayoutError(f"{path}: no case lists found; expected e.g. {{\"training\": [{{\"id\": ..., \"mr\": ...}}]}}")
+        raise DataLayoutError(f'{path}: no case lists found; expected e.g. {{"training": [{{"id": ..., "mr": ...}}]}}')
     out: dict[str, Any] = {k: v for k, v in raw.items() if not isinstance(v, list)}
     for name, items in sections.items():
         cases = []
@@ -191,7 +212,7 @@ def _read_nnunet(folder: Path) -> dict[str, Any]:
     channels = meta.get("channel_names") or meta.get("modality")
     ending = meta.get("file_ending", ".nii.gz")
     if not isinstance(channels, dict) or not channels:
-        raise DataLayoutError(f"{meta_path}: 'channel_names' missing; nnU-Net v2 needs e.g. {{\"0\": \"T2\"}}")
+        raise DataLayoutError(f'{meta_path}: \'channel_names\' missing; nnU-Net v2 needs e.g. {{"0": "T2"}}')
     keys: dict[int, str] = {}
     for idx, name in sorted(((int(i), n) for i, n in channels.items())):
         key = _channel_key(str(name))
@@ -286,9 +307,15 @@ def _case_folders(root: Path, depth: int) -> Iterable[Path]:
 
 #: Stems a folder's files may have for the folder to be read as one case (``mr.nii.gz``,
 #: ``ct.nii.gz``, ``mask.nii.gz``...): keys of the tasks and of the common public layouts.
-KNOWN_KEYS = frozenset({
-    *(k for family in KEY_FAMILIES.values() for k in family), *DEFAULT_LABEL_VALUES, *_BRATS_KEYS.values(), "target", "voided",
-})
+KNOWN_KEYS = frozenset(
+    {
+        *(k for family in KEY_FAMILIES.values() for k in family),
+        *DEFAULT_LABEL_VALUES,
+        *_BRATS_KEYS.values(),
+        "target",
+        "voided",
+    }
+)
 
 
 def _split_stem(stem: str) -> tuple[str, str] | None:
@@ -326,8 +353,8 @@ def _read_flat(root: Path) -> dict[str, Any]:
         if len(groups) >= 2 and shared:
             return {"training": list(groups.values())}
     if any(_BRATS_RE.match(f.name) for f in files) or all(stem.lower() in KNOWN_KEYS for _, stem in named):
-        case = _case_from_folder(root)
-        return {"training": [case]} if case is not None else {}
+        single = _case_from_folder(root)
+        return {"training": [single]} if single is not None else {}
     return {"test": [{"id": stem, "image": str(p.resolve())} for p, stem in named]}
 
 
@@ -391,4 +418,5 @@ def find_cases(data: str | Path, section: str = "training") -> list[Case]:
     if section not in datalist:
         present = [s for s, v in datalist.items() if isinstance(v, list)]
         raise DataLayoutError(f"{data}: no '{section}' section; it has {present}")
-    return datalist[section]
+    cases: list[Case] = datalist[section]
+    return cases

@@ -105,13 +105,22 @@ def choose_affine(volume: Volume, file: str, options: ReadOptions = ReadOptions(
     if sheared:
         angle = np.degrees(np.arccos(min(shear(volume.affine), 1.0)))
         fix = " or pick the qform with --affine-from qform" if qcode > 0 and options.affine_from != "qform" else ""
-        problems.append(Problem(file, "sheared_affine", f"sheared affine (voxel axes {angle:.2f} deg apart instead of 90); resample onto an orthogonal grid{fix}"))
+        problems.append(
+            Problem(
+                file,
+                "sheared_affine",
+                f"sheared affine (voxel axes {angle:.2f} deg apart instead of 90); resample onto an orthogonal grid{fix}",
+            )
+        )
     if diff > XFORM_TOL_MM:
-        problems.append(Problem(
-            file, "qform_sform",
-            f"qform and sform disagree by up to {diff:.4f} (qform_code={qcode}, sform_code={scode}); readers differ on where "
-            "this image is: set both to the right affine, or pick one with --affine-from qform|sform",
-        ))
+        problems.append(
+            Problem(
+                file,
+                "qform_sform",
+                f"qform and sform disagree by up to {diff:.4f} (qform_code={qcode}, sform_code={scode}); readers differ on where "
+                "this image is: set both to the right affine, or pick one with --affine-from qform|sform",
+            )
+        )
     return volume, problems
 
 
@@ -150,10 +159,13 @@ def check_volume(
             declared = "non-negative integer labels"
         if outside:
             shown = ", ".join(f"{v:g}" for v in outside[:8]) + (" ..." if len(outside) > 8 else "")
-            problems.append(Problem(
-                file, "label_values",
-                f"label values {shown} outside {declared} (declare the set in a datalist: \"label_values\": {{KEY: [...]}})",
-            ))
+            problems.append(
+                Problem(
+                    file,
+                    "label_values",
+                    f'label values {shown} outside {declared} (declare the set in a datalist: "label_values": {{KEY: [...]}})',
+                )
+            )
         if (nonempty if nonempty is not None else tuple(labels) == (0, 1)) and not np.any(finite != 0):
             problems.append(Problem(file, "empty_mask", "empty mask: no voxel is non-zero"))
     return problems

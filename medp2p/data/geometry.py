@@ -282,4 +282,5 @@ def slab_mask(shape: tuple[int, ...], affine: np.ndarray, axis: str, fraction: t
         keep = keep[::-1]
     view = [1] * len(shape)
     view[array_axis] = depth
-    return np.broadcast_to(keep.reshape(view), tuple(shape)).copy()
+    mask: np.ndarray = np.broadcast_to(keep.reshape(view), tuple(shape)).copy()
+    return mask

@@ -188,7 +188,7 @@ def _otsu_foreground(image: np.ndarray) -> np.ndarray | None:
     fg = image > threshold
     if not all_finite:
         fg &= finite  # +inf is above any threshold
-    return fg
+    return np.asarray(fg, bool)
 
 
 def fill_holes_per_slice(mask: np.ndarray, axis: int) -> np.ndarray:
@@ -207,14 +207,14 @@ def fill_holes_per_slice(mask: np.ndarray, axis: int) -> np.ndarray:
     # touches only the slice border or background joined to it, so labelling the box is enough.
     box = bounding_box(mask, margin_axes=plane)
     if box is None:
-        return mask.copy()
+        return np.array(mask, bool)
     crop = mask[box]
     structure = np.zeros((3, 3, 3), bool)
     index: list[slice | int] = [slice(None)] * 3
     index[axis] = 1
     structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
     labels, n = ndimage.label(~crop, structure)
-    filled = mask.copy()
+    filled: np.ndarray = mask.copy()
     if n == 0:
         return filled
     outside = np.zeros(n + 1, bool)  # per label; label 0 is the mask itself
@@ -234,8 +234,8 @@ def bounding_box(mask: np.ndarray, margin_axes: tuple[int, ...] = ()) -> tuple[s
     Example:
         >>> head = image[bounding_box(body)]   # the smallest box holding the body
     """
-    xy = mask.any(axis=2)
-    hits = (np.flatnonzero(xy.any(axis=1)), np.flatnonzero(xy.any(axis=0)), np.flatnonzero(mask.any(axis=(0, 1))))
+    xy = np.any(mask, axis=2)
+    hits = (np.flatnonzero(xy.any(axis=1)), np.flatnonzero(xy.any(axis=0)), np.flatnonzero(np.any(mask, axis=(0, 1))))
     if hits[0].size == 0:
         return None
     box = []
@@ -248,7 +248,10 @@ def bounding_box(mask: np.ndarray, margin_axes: tuple[int, ...] = ()) -> tuple[s
 
 
 def mr_window(
-    image: np.ndarray, body: np.ndarray | None = None, percentiles: tuple[float, float] = (0.5, 99.5), clip: tuple[float, float] = (-1.0, 1.5)
+    image: np.ndarray,
+    body: np.ndarray | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    clip: tuple[float, float] = (-1.0, 1.5),
 ) -> IntensityWindow:
     """The robust MR window: the body's ``percentiles`` map to -1 and 1.
 

@@ -73,13 +73,15 @@ def _rotation(rng: np.random.Generator, max_deg: tuple[float, float, float]) -> 
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    rotation: np.ndarray = rz @ ry @ rx
+    return rotation
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: float) -> np.ndarray:
     """Smooth noise with zero mean and unit standard deviation."""
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma_vox, mode="reflect")
-    return (field - field.mean()) / (field.std() + 1e-12)
+    normalised: np.ndarray = (field - field.mean()) / (field.std() + 1e-12)
+    return normalised
 
 
 def make_phantom_case(seed: int, index: int, spec: PhantomSpec = PhantomSpec()) -> dict[str, Volume]:
@@ -115,7 +117,8 @@ def make_phantom_case(seed: int, index: int, spec: PhantomSpec = PhantomSpec()) 
     semi = np.minimum(semi, 0.95 * half / scale)
 
     def radius(center: np.ndarray, axes_: np.ndarray) -> np.ndarray:
-        return np.sqrt((((p - center) / axes_) ** 2).sum(-1))
+        r: np.ndarray = np.sqrt((((p - center) / axes_) ** 2).sum(-1))
+        return r
 
     r = radius(np.zeros(3), semi)
     skull_in = rng.uniform(0.80, 0.85)
@@ -129,9 +132,7 @@ def make_phantom_case(seed: int, index: int, spec: PhantomSpec = PhantomSpec()) 
     white = brain & ~grey
     # Ventricles: two ellipsoids either side of the midline.
     v_axes = np.array([0.07, 0.20, 0.12]) * rng.uniform(0.8, 1.3) * semi
-    ventricles = (radius(np.array([0.12, 0.0, 0.05]) * semi, v_axes) <= 1) | (
-        radius(np.array([-0.12, 0.0, 0.05]) * semi, v_axes) <= 1
-    )
+    ventricles = (radius(np.array([0.12, 0.0, 0.05]) * semi, v_axes) <= 1) | (radius(np.array([-0.12, 0.0, 0.05]) * semi, v_axes) <= 1)
     # A frontal sinus: air inside the skull's front, low in the head.
     sinus = radius(np.array([0.0, 0.88 * skull_in, -0.30]) * semi, np.array([0.22, 0.07, 0.10]) * semi) <= 1
     # The tumour: a lumpy sphere somewhere in the brain, away from the midline ventricles.
@@ -188,9 +189,7 @@ def make_phantom_case(seed: int, index: int, spec: PhantomSpec = PhantomSpec()) 
 _DTYPES = {"mr": np.float32, "ct": np.int16, "mask": np.uint8, "tumor": np.uint8}
 
 
-def write_phantom(
-    out: str | Path, cases: int = 4, seed: int = 0, spec: PhantomSpec = PhantomSpec(), overwrite: bool = False
-) -> list[Path]:
+def write_phantom(out: str | Path, cases: int = 4, seed: int = 0, spec: PhantomSpec = PhantomSpec(), overwrite: bool = False) -> list[Path]:
     """Write ``cases`` phantom cases to ``out`` in the SynthRAD layout (``<case>/mr|ct|mask|tumor.nii.gz``).
 
     The whole folder is built beside ``out`` and renamed into place at the end, so a failure

@@ -23,10 +23,15 @@ def _body_extent(body: torch.Tensor) -> torch.Tensor:
     rows, cols = body.amax(2) > 0, body.amax(1) > 0  # (D, H), (D, W)
     ys, xs = torch.arange(h), torch.arange(w)
     big = torch.tensor(max(h, w))
-    ext = torch.stack([
-        torch.where(rows, ys, big).amin(1), torch.where(rows, ys, -1).amax(1),
-        torch.where(cols, xs, big).amin(1), torch.where(cols, xs, -1).amax(1),
-    ], 1)
+    ext = torch.stack(
+        [
+            torch.where(rows, ys, big).amin(1),
+            torch.where(rows, ys, -1).amax(1),
+            torch.where(cols, xs, big).amin(1),
+            torch.where(cols, xs, -1).amax(1),
+        ],
+        1,
+    )
     return torch.where(rows.any(1, keepdim=True), ext, -1)
 
 
@@ -49,7 +54,9 @@ class SliceBatcher:
         torch.Size([4, 3, 256, 256])
     """
 
-    def __init__(self, cases: Sequence[PreparedCase], batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator) -> None:
+    def __init__(
+        self, cases: Sequence[PreparedCase], batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator
+    ) -> None:
         if not cases:
             raise ValueError("no training cases")
         self.cases = list(cases)

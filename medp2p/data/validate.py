@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medp2p.data.case_reader import CaseKeys, as_single_source, inspect_case
 from medp2p.data.cases import Case, image_keys, load_datalist
 from medp2p.data.checks import (
@@ -30,8 +28,16 @@ from medp2p.data.checks import (
 )
 
 __all__ = [
-    "SHEAR_TOL", "XFORM_TOL_MM", "GridTolerance", "Problem", "ReadOptions", "ValidationReport",
-    "check_volume", "compare_grids", "validate_case", "validate_data",
+    "SHEAR_TOL",
+    "XFORM_TOL_MM",
+    "GridTolerance",
+    "Problem",
+    "ReadOptions",
+    "ValidationReport",
+    "check_volume",
+    "compare_grids",
+    "validate_case",
+    "validate_data",
 ]
 
 

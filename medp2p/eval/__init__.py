@@ -9,4 +9,14 @@ from medp2p.eval.baseline import IntensityLookup, ThresholdSegmenter, mean_fill,
 from medp2p.eval.evaluate import DEFINITIONS, EvalReport, evaluate, evaluate_case
 from medp2p.eval.montage import case_montage
 
-__all__ = ["DEFINITIONS", "EvalReport", "IntensityLookup", "ThresholdSegmenter", "mean_fill", "mean_hu", "case_montage", "evaluate", "evaluate_case"]
+__all__ = [
+    "DEFINITIONS",
+    "EvalReport",
+    "IntensityLookup",
+    "ThresholdSegmenter",
+    "mean_fill",
+    "mean_hu",
+    "case_montage",
+    "evaluate",
+    "evaluate_case",
+]

@@ -35,15 +35,15 @@ from medp2p.tasks import get_task
 
 DEFINITIONS = {
     "mri2ct": "SynthRAD2023: MAE in HU over body-mask voxels (no clipping); PSNR with both volumes clipped to "
-              "[-1024, 3000] HU, data range 4024, over mask voxels; SSIM (scikit-image, 7-voxel window) of the "
-              "clipped volumes with outside-mask voxels set to -1024, shifted by +1024, data range 4024, averaged "
-              "over the mask after a 3-voxel border crop. mae_air/soft_tissue/bone: MAE where the reference is "
-              "< -500, -500..300, > 300 HU.",
+    "[-1024, 3000] HU, data range 4024, over mask voxels; SSIM (scikit-image, 7-voxel window) of the "
+    "clipped volumes with outside-mask voxels set to -1024, shifted by +1024, data range 4024, averaged "
+    "over the mask after a 3-voxel border crop. mae_air/soft_tissue/bone: MAE where the reference is "
+    "< -500, -500..300, > 300 HU.",
     "seg": "Dice of prediction vs reference label > 0 (both empty: 1); HD95: 95th percentile symmetric surface "
-           "distance in mm (MONAI), 0 when both are empty, the volume diagonal when one is.",
+    "distance in mm (MONAI), 0 when both are empty, the volume diagonal when one is.",
     "inpaint": "BraTS-Inpainting 2023: both images masked to the region, clipped to the 0.5/99.5 percentiles of the "
-               "voided input (lower >= 0) and scaled to [0, 1]; SSIM (Gaussian sigma 1.5, 11x11, per (Y, Z) plane) "
-               "averaged over the region; PSNR (reference-region range) and MSE over region voxels.",
+    "voided input (lower >= 0) and scaled to [0, 1]; SSIM (Gaussian sigma 1.5, 11x11, per (Y, Z) plane) "
+    "averaged over the region; PSNR (reference-region range) and MSE over region voxels.",
 }
 
 
@@ -66,8 +66,14 @@ def _summary(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[s
     for m in metrics:
         values = np.array([r[m] for r in rows if m in r and np.isfinite(r[m])], float)
         if values.size:
-            out[m] = {"mean": float(values.mean()), "std": float(values.std()), "median": float(np.median(values)),
-                      "min": float(values.min()), "max": float(values.max()), "n": int(values.size)}
+            out[m] = {
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "median": float(np.median(values)),
+                "min": float(values.min()),
+                "max": float(values.max()),
+                "n": int(values.size),
+            }
     return out
 
 
@@ -111,8 +117,14 @@ def _read_prediction(path: Path, reference_path: str, reference, options: ReadOp
 
 
 def evaluate_case(
-    task_name: str, case: dict[str, Any], pred_dir: Path, target_key: str, seed: int, slab: Slab | None = None,
-    datalist: dict[str, Any] | None = None, options: ReadOptions = ReadOptions(),
+    task_name: str,
+    case: dict[str, Any],
+    pred_dir: Path,
+    target_key: str,
+    seed: int,
+    slab: Slab | None = None,
+    datalist: dict[str, Any] | None = None,
+    options: ReadOptions = ReadOptions(),
 ) -> tuple[dict[str, float], tuple]:
     """Metrics of one case, and what its montage shows ``(source, prediction, reference, mask)``.
 
@@ -221,8 +233,12 @@ def evaluate(
         for row in report.rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in ("case", *metric_names)})
     report.summary = {
-        "task": task, "cases": len(report.rows), "metrics": _summary(report.rows, metric_names),
-        "missing": report.missing, "failures": report.failures, "definitions": DEFINITIONS[task],
+        "task": task,
+        "cases": len(report.rows),
+        "metrics": _summary(report.rows, metric_names),
+        "missing": report.missing,
+        "failures": report.failures,
+        "definitions": DEFINITIONS[task],
         "slab": None if slab is None else {"axis": slab[0], "slice_range": list(slab[1])},
         "montages": written,
     }

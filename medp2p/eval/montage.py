@@ -13,8 +13,14 @@ HU_DIFF_DISPLAY = (-500.0, 500.0)
 
 
 def case_montage(
-    path: Path, task: str, case_id: str, source: np.ndarray, prediction: np.ndarray, reference: np.ndarray,
-    mask: np.ndarray | None, metrics: dict[str, float],
+    path: Path,
+    task: str,
+    case_id: str,
+    source: np.ndarray,
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    mask: np.ndarray | None,
+    metrics: dict[str, float],
 ) -> Path:
     """The montage of one evaluated case at the slice with the most mask (or the middle slice)."""
     z = middle_slice(mask, 2, prediction.shape[2])

@@ -70,9 +70,7 @@ class Model:
         return case_keys_for(self.cfg, hint="model")
 
 
-def load_model(
-    path: str | Path, device: str = "auto", batch_size: int | None = None, compile: bool = False, tta: bool = False
-) -> Model:
+def load_model(path: str | Path, device: str = "auto", batch_size: int | None = None, compile: bool = False, tta: bool = False) -> Model:
     """Load a generator from a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
 
     The generator runs as :func:`~medp2p.models.inference.optimize_for_inference` rewrites it
@@ -127,7 +125,9 @@ def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep, keys: C
         path = Path(raw).expanduser()
         if not path.exists():
             raise DataLayoutError(f"{path}: no such file or folder")
-        single = (path.is_file() and (is_volume_file(path) or path.suffix.lower() in (".dcm", ".ima"))) or (path.is_dir() and is_dicom_folder(path))
+        single = (path.is_file() and (is_volume_file(path) or path.suffix.lower() in (".dcm", ".ima"))) or (
+            path.is_dir() and is_dicom_folder(path)
+        )
         if single:
             if not one_source:
                 raise DataLayoutError(
@@ -191,8 +191,13 @@ def _check_modality(model: Model, case: CaseVolumes, force: bool) -> None:
 
 
 def predict_case(
-    model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "nifti", overwrite: bool = False,
-    options: ReadOptions = ReadOptions(), force: bool = False,
+    model: Model,
+    case: dict[str, Any],
+    out_dir: Path,
+    fmt: str = "nifti",
+    overwrite: bool = False,
+    options: ReadOptions = ReadOptions(),
+    force: bool = False,
 ) -> list[Path]:
     """Predict one case and write its outputs under ``out_dir/<case>/``; returns the written paths.
 

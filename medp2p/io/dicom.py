@@ -162,7 +162,7 @@ _DECODER_PACKAGES = {
 
 def _check_decoder(path: Path, ds: Dataset) -> None:
     """Refuse pixel data no installed decoder can read, naming the syntax and what decodes it."""
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels.decoders.base import get_decoder
 
     syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
     if syntax is None:
@@ -173,9 +173,14 @@ def _check_decoder(path: Path, ds: Dataset) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise VolumeReadError(path, f"transfer syntax {name}: pydicom has no decoder for it; convert the series to an uncompressed transfer syntax first (dcmdjpeg, gdcmconv)") from None
+        raise VolumeReadError(
+            path,
+            f"transfer syntax {name}: pydicom has no decoder for it; convert the series to an uncompressed transfer syntax first (dcmdjpeg, gdcmconv)",
+        ) from None
     if not decoder.is_available:
-        package = next((p for family, p in _DECODER_PACKAGES.items() if syntax.name.startswith(family) or family in syntax.name), "pylibjpeg")
+        package = next(
+            (p for family, p in _DECODER_PACKAGES.items() if syntax.name.startswith(family) or family in syntax.name), "pylibjpeg"
+        )
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"
         raise VolumeReadError(path, f"transfer syntax {name} needs a decoder that is not installed ({missing}): pip install {package}")
 
@@ -198,7 +203,9 @@ def _check_and_sort(folder: Path, items: list[tuple[Path, Dataset]]) -> _Stack:
         iop0 = _floats(first, "ImageOrientationPatient", 6)
         ps0 = _floats(first, "PixelSpacing", 2)
     except (ValueError, TypeError) as err:
-        raise DicomSeriesError(folder, [(first_path, f"malformed geometry value ({err}): the file breaks the DICOM value rules (VR)")]) from None
+        raise DicomSeriesError(
+            folder, [(first_path, f"malformed geometry value ({err}): the file breaks the DICOM value rules (VR)")]
+        ) from None
     shape0 = (_int(first_path, first, "Rows"), _int(first_path, first, "Columns"))
     positions: list[np.ndarray] = []
     for path, ds in items:
@@ -214,7 +221,7 @@ def _check_and_sort(folder: Path, items: list[tuple[Path, Dataset]]) -> _Stack:
             problems.append((path, f"malformed geometry value ({err}): the file breaks the DICOM value rules (VR)"))
             continue
         missing = [k for k, v in (("ImageOrientationPatient", iop), ("ImagePositionPatient", ipp), ("PixelSpacing", ps)) if v is None]
-        if missing:
+        if missing or iop is None or ipp is None or ps is None:
             problems.append((path, f"missing {', '.join(missing)}; cannot place the slice in space"))
             continue
         if iop0 is None or np.max(np.abs(iop - iop0)) > ORIENTATION_ATOL:
@@ -229,6 +236,7 @@ def _check_and_sort(folder: Path, items: list[tuple[Path, Dataset]]) -> _Stack:
         positions.append(ipp)
     if problems:
         raise DicomSeriesError(folder, problems)
+    assert iop0 is not None and ps0 is not None  # every slice matched them above
 
     row, col = iop0[:3], iop0[3:]
     normal = np.cross(row, col)
@@ -249,11 +257,13 @@ def _check_and_sort(folder: Path, items: list[tuple[Path, Dataset]]) -> _Stack:
         # steps longer, so a plain median would be fooled by short series (3 slices, 1 gap).
         step = float(np.median(steps[steps < GAP_FACTOR * steps.min()]))
         for k in np.flatnonzero(steps > GAP_FACTOR * step):
-            problems.append((
-                files[k + 1],
-                f"gap of {steps[k]:.3f} mm after {files[k].name} where the series steps {step:.3f} mm: "
-                f"about {int(round(steps[k] / step)) - 1} slice(s) missing",
-            ))
+            problems.append(
+                (
+                    files[k + 1],
+                    f"gap of {steps[k]:.3f} mm after {files[k].name} where the series steps {step:.3f} mm: "
+                    f"about {int(round(steps[k] / step)) - 1} slice(s) missing",
+                )
+            )
         uneven = np.abs(steps - step) > SPACING_RTOL * step
         if np.any(uneven) and not problems:
             problems.append((folder, f"uneven slice spacing: steps from {steps.min():.4f} to {steps.max():.4f} mm"))

@@ -17,11 +17,12 @@ import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medp2p.io.atomic import atomic_path, default_mode, replace_folder
 from medp2p.io.errors import VolumeWriteError, disk_full_cause, disk_full_error
@@ -30,17 +31,42 @@ from medp2p.types import Volume
 
 #: Patient and study attributes copied from the source series (type 2 ones are written empty when absent).
 _PATIENT_STUDY = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight", "PatientSize",
-    "IssuerOfPatientID", "OtherPatientIDs", "EthnicGroup", "PatientComments", "PatientIdentityRemoved",
-    "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName",
-    "StudyID", "AccessionNumber", "StudyDescription",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientWeight",
+    "PatientSize",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "EthnicGroup",
+    "PatientComments",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
 )
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 HU_STORED_RANGE = (-32768, 32767)
 
 
-def _fmt_ds(values: np.ndarray) -> list[str]:
+def _fmt_ds(values: np.ndarray | list[float]) -> list[str]:
     """Decimal strings of at most 16 characters (DICOM DS)."""
     out = []
     for v in np.asarray(values, float).ravel():
@@ -53,26 +79,28 @@ def _fmt_ds(values: np.ndarray) -> list[str]:
     return out
 
 
-def _slice_geometry(volume: Volume) -> list[dict]:
+def _slice_geometry(volume: Volume) -> list[dict[str, Any]]:
     """Per slice k: ImagePositionPatient, ImageOrientationPatient, PixelSpacing (LPS, from the affine)."""
     origin, spacing, direction = itk_from_affine(volume.affine)
     row, col, normal = direction[:, 0], direction[:, 1], direction[:, 2]
     geo = []
     for k in range(volume.shape[2]):
         ipp = origin + k * spacing[2] * normal
-        geo.append({
-            "ImagePositionPatient": _fmt_ds(ipp),
-            "ImageOrientationPatient": _fmt_ds(np.concatenate([row, col])),
-            "PixelSpacing": _fmt_ds([spacing[1], spacing[0]]),
-            "SliceThickness": _fmt_ds([spacing[2]])[0],
-        })
+        geo.append(
+            {
+                "ImagePositionPatient": _fmt_ds(ipp),
+                "ImageOrientationPatient": _fmt_ds(np.concatenate([row, col])),
+                "PixelSpacing": _fmt_ds([spacing[1], spacing[0]]),
+                "SliceThickness": _fmt_ds([spacing[2]])[0],
+            }
+        )
     return geo
 
 
 def _base_dataset(sop_uid: str) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
@@ -169,7 +197,8 @@ def write_ct_series(
             ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
             ds.DerivationDescription = "Synthetic CT predicted from MR by a pix2pix generator (medp2p)"
             ds.BurnedInAnnotation = "NO"
-            ds.update({key: value for key, value in geometry[k].items()})
+            for key, value in geometry[k].items():
+                setattr(ds, key, value)
             if ref is not None:
                 for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
                     if key in ref:

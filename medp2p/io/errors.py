@@ -64,5 +64,6 @@ def disk_full_error(path: str | Path, cause: OSError) -> VolumeWriteError:
     """The one-line error for a write that ran out of room."""
     what = "a file size limit was reached" if cause.errno == errno.EFBIG else "the disk is full"
     return VolumeWriteError(
-        cause.errno, f"{path}: {what} while writing it ({cause.strerror}); nothing was left there and earlier outputs are intact: free space and run again"
+        cause.errno,
+        f"{path}: {what} while writing it ({cause.strerror}); nothing was left there and earlier outputs are intact: free space and run again",
     )

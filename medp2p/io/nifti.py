@@ -26,9 +26,7 @@ def squeeze_to_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(dims) == 2:
         dims.append(1)
     if len(dims) != 3:
-        raise VolumeReadError(
-            path, f"image of shape {tuple(shape)} is not a 3D volume; split the extra dimension first"
-        )
+        raise VolumeReadError(path, f"image of shape {tuple(shape)} is not a 3D volume; split the extra dimension first")
     return tuple(dims)  # type: ignore[return-value]
 
 
@@ -109,7 +107,7 @@ def write_nifti(volume: Volume, path: str | Path, dtype: np.dtype | type | str |
         raise ValueError(f"{path}: the affine is sheared; NIfTI qform cannot store it")
     out_dtype = output_dtype(volume.array, dtype, path)
     source = volume.meta.get("nifti_header")
-    image_cls = nib.Nifti2Image if isinstance(source, nib.Nifti2Header) else nib.Nifti1Image
+    image_cls: type[nib.Nifti1Image] = nib.Nifti2Image if isinstance(source, nib.Nifti2Header) else nib.Nifti1Image
     header = source.copy() if isinstance(source, nib.Nifti1Header) else None
     img = image_cls(volume.array.astype(out_dtype, copy=False), volume.affine, header=header)
     qcode = int(volume.meta.get("qform", (0, None))[0]) or _SCANNER

@@ -56,7 +56,9 @@ def hd95_mm(reference: np.ndarray, prediction: np.ndarray, spacing_mm: tuple[flo
     return float(value[0, 0])
 
 
-def segmentation_metrics(reference: np.ndarray, prediction: np.ndarray, spacing_mm: tuple[float, ...] = (1.0, 1.0, 1.0)) -> dict[str, float]:
+def segmentation_metrics(
+    reference: np.ndarray, prediction: np.ndarray, spacing_mm: tuple[float, ...] = (1.0, 1.0, 1.0)
+) -> dict[str, float]:
     """Dice and HD95 (mm) of binary masks.
 
     Example:

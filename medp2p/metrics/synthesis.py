@@ -126,7 +126,8 @@ def percentile_normalize(image: np.ndarray, reference: np.ndarray, percentiles: 
     lo = max(float(lo), 0.0)
     if hi <= lo:
         raise ValueError(f"cannot normalise: percentiles {percentiles} of the voided image are {lo}..{hi}")
-    return (np.clip(image.astype(np.float64), lo, hi) - lo) / (hi - lo)
+    scaled: np.ndarray = (np.clip(image.astype(np.float64), lo, hi) - lo) / (hi - lo)
+    return scaled
 
 
 def inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, voided: np.ndarray, mask: np.ndarray) -> dict[str, float]:

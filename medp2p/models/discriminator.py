@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.networks.nets import PatchDiscriminator as MonaiPatchDiscriminator
 from torch import nn
 
 from medp2p.models.layers import apply_spectral_norm
 
-_MONAI_NORMS = {"instance": ("INSTANCE", {"affine": True}), "batch": "BATCH", "none": None}
+_MONAI_NORMS: dict[str, Any] = {"instance": ("INSTANCE", {"affine": True}), "batch": "BATCH", "none": None}
 
 
 class PatchDiscriminator(nn.Module):

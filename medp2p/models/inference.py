@@ -70,11 +70,12 @@ class MatmulConvTranspose2d(nn.Module):
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
         self._taps: torch.Tensor | None = None  # made on first use
-        self._taps_of: tuple = ()
+        self._taps_of: tuple[object, ...] = ()
 
     def taps(self) -> torch.Tensor:
         """The weight as ``(cin, ky * kx * cout)``: one row of taps per input channel, remade
-        when the weight moves, changes dtype or is written to."""
+        when the weight moves, changes dtype or is written to.
+        """
         w = self.weight
         key = (w.device, w.dtype, w._version, w.data_ptr())
         if self._taps is None or self._taps_of != key:
@@ -138,6 +139,7 @@ def fold_batch_norm(net: nn.Module) -> int:
         for i in range(1, len(seq)):
             conv, bn = seq[i - 1], seq[i]
             if type(bn) is nn.BatchNorm2d and bn.track_running_stats and type(conv) in (nn.Conv2d, nn.ConvTranspose2d):
+                assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d)
                 seq[i - 1] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
                 seq[i] = nn.Identity()
                 folded += 1
@@ -157,7 +159,7 @@ def optimize_for_inference(net: nn.Module, inplace: bool = False) -> nn.Module:
     fold_batch_norm(fast)
     for parent in list(fast.modules()):
         for name, child in parent.named_children():
-            if MatmulConvTranspose2d.supports(child):
+            if isinstance(child, nn.ConvTranspose2d) and MatmulConvTranspose2d.supports(child):
                 setattr(parent, name, MatmulConvTranspose2d(child))
     for p in fast.parameters():
         p.requires_grad_(False)

@@ -98,10 +98,13 @@ def compile_for_inference(net: torch.nn.Module) -> torch.nn.Module:
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    return torch.compile(net.eval())
+    compiled: torch.nn.Module = torch.compile(net.eval())  # type: ignore[assignment]  # an OptimizedModule
+    return compiled
 
 
-def resolved_settings(device: torch.device, dtype: torch.dtype | None, layout: torch.memory_format, world_size: int = 1) -> dict[str, object]:
+def resolved_settings(
+    device: torch.device, dtype: torch.dtype | None, layout: torch.memory_format, world_size: int = 1
+) -> dict[str, object]:
     """What ``auto`` resolved to and what the machine offers, for ``run.json`` (two runs compare by it).
 
     Example:

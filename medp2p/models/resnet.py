@@ -27,7 +27,8 @@ class ResidualBlock(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        out: torch.Tensor = x + self.body(x)
+        return out
 
 
 class ResNetGenerator(nn.Module):
@@ -89,4 +90,5 @@ class ResNetGenerator(nn.Module):
         ph, pw = (-h) % 4, (-w) % 4
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return self.net(x)[..., :h, :w]
+        out: torch.Tensor = self.net(x)[..., :h, :w]
+        return out

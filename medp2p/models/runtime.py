@@ -48,7 +48,7 @@ _depth = 0
 
 @functools.cache
 def _glibc() -> Any | None:
-    """glibc with ``mallopt`` and ``malloc_trim`` typed, loaded once; None without them."""
+    """Glibc with ``mallopt`` and ``malloc_trim`` typed, loaded once; None without them."""
     if not sys.platform.startswith("linux"):
         return None
     try:

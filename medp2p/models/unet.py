@@ -79,7 +79,7 @@ class UNetGenerator(nn.Module):
     @property
     def size_multiple(self) -> int:
         """Input sizes that need no padding are multiples of this."""
-        return 2**self.depth
+        return int(2**self.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

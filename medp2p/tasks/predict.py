@@ -18,7 +18,6 @@ from medp2p.models.precision import autocast
 from medp2p.models.runtime import reuse_freed_memory
 from medp2p.types import Volume
 
-
 #: Pixels per forward pass when no batch size is given: 16 slices of 256x256. Larger slices go in
 #: smaller batches (4 of 512x512), which keeps a 512x512x300 prediction's activations at a
 #: quarter for a few percent of speed (docs/results.md).

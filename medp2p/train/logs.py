@@ -63,7 +63,7 @@ HU_DISPLAY = (-1000.0, 1500.0)
 
 def display_window(image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
     """A robust grey-level window of ``image``: its percentiles, never empty."""
-    lo, hi = (np.percentile(image, percentiles) if image.size else (0.0, 1.0))
+    lo, hi = np.percentile(image, percentiles) if image.size else (0.0, 1.0)
     return float(lo), float(hi) if hi > lo else float(lo) + 1.0
 
 

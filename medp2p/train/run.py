@@ -12,11 +12,11 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,15 +31,15 @@ from medp2p.checkpoint import (
 )
 from medp2p.config import Config, TrainConfig, config_from_dict, save_config
 from medp2p.data import load_datalist
+from medp2p.data.augment import AugmentSpec, augment
 from medp2p.data.case_reader import CaseKeys
 from medp2p.data.checks import ReadOptions
-from medp2p.data.augment import AugmentSpec, augment
 from medp2p.data.corruption import corruption_regions
 from medp2p.data.geometry import MIRROR_DIMS
 from medp2p.data.prepare import BACKGROUND, Prep, PrepareCased
 from medp2p.data.sampling import BODY, SliceBatcher
 from medp2p.io.atomic import atomic_path, remove_outputs
-from medp2p.models.precision import memory_format, resolved_settings, resolve_device, resolve_precision
+from medp2p.models.precision import memory_format, resolve_device, resolve_precision, resolved_settings
 from medp2p.models.runtime import reuse_freed_memory
 from medp2p.tasks import get_task
 from medp2p.tasks.predict import RunOptions
@@ -189,7 +189,8 @@ _WARMUP_STEPS, _TIMED_STEPS, _REFIT_EVERY, _BUDGET_MARGIN = 2, 8, 50, 0.97
 
 def fit_schedule(budget_s: float, elapsed_s: float, step: int, step_s: float, max_steps: int) -> int:
     """The schedule length that ends a run within ``budget_s``: ``step`` done after ``elapsed_s``,
-    ``step_s`` per further step, never more than ``max_steps`` nor less than ``step + 1``."""
+    ``step_s`` per further step, never more than ``max_steps`` nor less than ``step + 1``.
+    """
     fits = int(max(0.0, budget_s * _BUDGET_MARGIN - elapsed_s) / max(step_s, 1e-9))
     return max(step + 1, min(max_steps, step + fits))
 
@@ -199,8 +200,14 @@ def loss_spec(cfg: Config) -> LossSpec:
     task = get_task(cfg.task)
     ls = cfg.loss
     return LossSpec(
-        l1=float(ls.l1), gan=float(ls.gan), dice=float(ls.dice), bce=float(ls.bce), gan_mode=ls.gan_mode,
-        l1_in_mask=ls.l1_in_mask, region_weight=ls.region_weight, logits=task.target_kind == "mask",
+        l1=float(ls.l1),
+        gan=float(ls.gan),
+        dice=float(ls.dice),
+        bce=float(ls.bce),
+        gan_mode=ls.gan_mode,
+        l1_in_mask=ls.l1_in_mask,
+        region_weight=ls.region_weight,
+        logits=task.target_kind == "mask",
     )
 
 
@@ -331,8 +338,10 @@ def train(
             if torch_device.type == "cuda" and rng["cuda"][ddp.rank] is not None:
                 torch.cuda.set_rng_state(rng["cuda"][ddp.rank])
         else:
-            warnings.warn(f"{out / 'last.pt'}: saved by {len(rng['data'])} process(es), resumed by {ddp.world}: "
-                          "random streams restart from the seed, so the run is not bit-identical to an uninterrupted one")
+            warnings.warn(
+                f"{out / 'last.pt'}: saved by {len(rng['data'])} process(es), resumed by {ddp.world}: "
+                "random streams restart from the seed, so the run is not bit-identical to an uninterrupted one"
+            )
             gen.manual_seed(t.seed + 1_000_003 * ddp.rank + step)
     elif ddp.rank:
         torch.manual_seed(t.seed + 1_000_003 * ddp.rank)  # per-rank dropout masks
@@ -353,13 +362,17 @@ def train(
     if ckpt is None and ddp.main:
         save_config(cfg, out / "config.yaml")
         _write_json(out / "versions.json", _versions())
-        _write_json(out / "run.json", {
-            "task": cfg.task, "data": str(Path(data).resolve()),
-            "val_data": str(Path(val_data).resolve()) if val_data else None,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "read_options": {"affine_from": read_options.affine_from, "series_uid": read_options.series_uid},
-            "resolved": resolved_settings(torch_device, dtype, layout, ddp.world),
-        })
+        _write_json(
+            out / "run.json",
+            {
+                "task": cfg.task,
+                "data": str(Path(data).resolve()),
+                "val_data": str(Path(val_data).resolve()) if val_data else None,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "read_options": {"affine_from": read_options.affine_from, "series_uid": read_options.series_uid},
+                "resolved": resolved_settings(torch_device, dtype, layout, ddp.world),
+            },
+        )
     log = MetricsLog(out, resume_step=step, tensorboard=t.tensorboard, enabled=ddp.main)
 
     def gathered_rng() -> dict[str, list]:
@@ -370,12 +383,20 @@ def train(
 
     def state(rng: dict[str, list]) -> dict[str, Any]:
         return {
-            "generator": G.state_dict(), "discriminator": D.state_dict() if D is not None else None,
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict() if opt_d is not None else None,
-            "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict() if sched_d is not None else None,
+            "generator": G.state_dict(),
+            "discriminator": D.state_dict() if D is not None else None,
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict() if opt_d is not None else None,
+            "sched_g": sched_g.state_dict(),
+            "sched_d": sched_d.state_dict() if sched_d is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": step, "config": cfg.to_dict(), "best": best, "world_size": ddp.world, "rng": rng,
-            "schedule": dict(schedule), "data_profile": profile,
+            "step": step,
+            "config": cfg.to_dict(),
+            "best": best,
+            "world_size": ddp.world,
+            "rng": rng,
+            "schedule": dict(schedule),
+            "data_profile": profile,
         }
 
     def run_validation(rng: dict[str, list]) -> dict[str, float]:
@@ -401,8 +422,15 @@ def train(
     val_metrics: dict[str, float] = {}
     # In a log file (no terminal), a line every 30 s instead of ten a second.
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=stop, initial=min(step, stop), disable=not progress or not ddp.main, desc=f"train {cfg.task}", unit="step",
-               dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
+    bar = tqdm(
+        total=stop,
+        initial=min(step, stop),
+        disable=not progress or not ddp.main,
+        desc=f"train {cfg.task}",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.1 if interactive else 30.0,
+    )
     first = step
     timing_from: float | None = None
     fit_at = first + _WARMUP_STEPS + _TIMED_STEPS

@@ -1,8 +1,8 @@
 """One pix2pix training step, readable top to bottom: ``d_step`` then ``g_step``.
 
-    fake = G(source)
-    loss_D = 0.5 * (GAN(D(source, fake.detach()), False) + GAN(D(source, target), True))
-    loss_G = gan * GAN(D(source, fake), True) + l1 * L1(fake, target) [+ dice * Dice + bce * BCE]
+fake = G(source)
+loss_D = 0.5 * (GAN(D(source, fake.detach()), False) + GAN(D(source, target), True))
+loss_G = gan * GAN(D(source, fake), True) + l1 * L1(fake, target) [+ dice * Dice + bce * BCE]
 """
 
 from __future__ import annotations
@@ -69,8 +69,19 @@ class Pix2PixStep:
         any_rank: under torchrun, a collective "is this True on any rank?" (the NaN guard).
     """
 
-    def __init__(self, generator, discriminator, opt_g, opt_d, loss: LossSpec, device, dtype, scaler=None,
-                 memory_format=torch.contiguous_format, any_rank: Callable[[bool], bool] = bool):
+    def __init__(
+        self,
+        generator,
+        discriminator,
+        opt_g,
+        opt_d,
+        loss: LossSpec,
+        device,
+        dtype,
+        scaler=None,
+        memory_format=torch.contiguous_format,
+        any_rank: Callable[[bool], bool] = bool,
+    ):
         self.G, self.D = generator, discriminator
         # The G step only reads D (its weights are frozen there): run the plain module, not the
         # DDP wrapper, which would wait for gradients that never come.
@@ -109,7 +120,9 @@ class Pix2PixStep:
         self._backward(loss_d, self.opt_d)
         return values
 
-    def g_step(self, step: int, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, weight: torch.Tensor | None) -> dict[str, float]:
+    def g_step(
+        self, step: int, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, weight: torch.Tensor | None
+    ) -> dict[str, float]:
         """Update G: fool D, and match the target (L1, or Dice + BCE for masks)."""
         w = self.loss
         terms: dict[str, torch.Tensor] = {}

@@ -33,8 +33,13 @@ class ValCase:
 
 
 def load_val_cases(
-    cases: list[dict[str, Any]], prep: Prep, task: Task, eval_seed: int, keys: CaseKeys | None = None,
-    datalist: dict[str, Any] | None = None, options: ReadOptions = ReadOptions(),
+    cases: list[dict[str, Any]],
+    prep: Prep,
+    task: Task,
+    eval_seed: int,
+    keys: CaseKeys | None = None,
+    datalist: dict[str, Any] | None = None,
+    options: ReadOptions = ReadOptions(),
 ) -> list[ValCase]:
     """Read validation cases with the checks training applies; inpainting cases without a region get a seeded box (BraTS-style)."""
     keys = keys or task.case_keys(prep.source_keys, prep.target_key, prep.mask_key, prep.source_channels)
@@ -66,8 +71,14 @@ def score(task: Task, case: ValCase, prediction: Volume) -> dict[str, float]:
 
 
 def validate(
-    generator: nn.Module, cases: list[ValCase], prep: Prep, task: Task, options: RunOptions,
-    preview_dir: Path | None = None, preview_count: int = 0, step: int = 0,
+    generator: nn.Module,
+    cases: list[ValCase],
+    prep: Prep,
+    task: Task,
+    options: RunOptions,
+    preview_dir: Path | None = None,
+    preview_count: int = 0,
+    step: int = 0,
 ) -> dict[str, float]:
     """Mean of each metric over ``cases`` (NaNs skipped); writes preview PNGs for the first few."""
     rows = []
