@@ -32,7 +32,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medp2p.models.runtime import MALLOC_ENV, reuse_freed_memory  # noqa: E402  (after the path)
+from medp2p.device.allocator import MALLOC_ENV, reuse_freed_memory  # noqa: E402  (after the path)
 
 # ------------------------------------------------------------------------ the reference pix2pix
 
@@ -127,7 +127,7 @@ def medp2p_config(overrides: list[str] = ()):
 def medp2p_trainer(cfg, device: torch.device):
     """medp2p's training step for ``cfg``, built as ``medp2p train`` builds it (no data loading)."""
     from medp2p.checkpoint import build_discriminator_for, build_generator_for, prep_from_config
-    from medp2p.models.precision import memory_format, resolve_precision
+    from medp2p.device.precision import memory_format, resolve_precision
     from medp2p.train import Pix2PixStep
     from medp2p.train.run import loss_spec, make_optimizer
 
@@ -147,7 +147,7 @@ def medp2p_predictor(cfg, device: torch.device, compile_freeze: bool = False):
     prediction layout, then frozen compilation (``--compile``) or the eager rewrite."""
     from medp2p.checkpoint import build_generator_for, prep_from_config
     from medp2p.models.inference import optimize_for_inference
-    from medp2p.models.precision import compile_for_inference, memory_format, resolve_precision
+    from medp2p.device.precision import compile_for_inference, memory_format, resolve_precision
 
     layout = memory_format(device, resolve_precision(device, cfg.train.precision), cfg.train.channels_last)
     G = build_generator_for(cfg, prep_from_config(cfg)).to(device, memory_format=layout).eval()
@@ -205,7 +205,7 @@ def bench_train(device: torch.device, batch: int, rounds: int, steps: int, compi
 
 def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool) -> dict:
     """Generator inference: the reference (fp32 NCHW, batch 1, as its test script) vs medp2p's path."""
-    from medp2p.models.precision import autocast, resolve_precision
+    from medp2p.device.precision import autocast, resolve_precision
 
     torch.manual_seed(0)
     ref = reference_unet256().to(device).eval()
@@ -237,8 +237,8 @@ def bench_volume(device: torch.device, slices: int, rounds: int) -> dict:
     """End to end (read NIfTI -> predict every slice -> write NIfTI) vs the bare forward on as many slices."""
     from medp2p.checkpoint import prep_from_config
     from medp2p.io import read_volume, write_volume
-    from medp2p.models.precision import autocast, resolve_precision
-    from medp2p.tasks.predict import RunOptions, predict_volume
+    from medp2p.device.precision import autocast, resolve_precision
+    from medp2p.infer.volume import RunOptions, predict_volume
     from medp2p.types import Volume
 
     cfg = medp2p_config()
@@ -327,7 +327,7 @@ def main() -> None:
         help="medp2p keeps the C library's malloc defaults (MEDP2P_MALLOC=system), here and in the memory run's medp2p.",
     )
     args = parser.parse_args()
-    from medp2p.models.precision import resolve_device, resolve_precision
+    from medp2p.device.precision import resolve_device, resolve_precision
 
     if args.system_malloc:
         os.environ[MALLOC_ENV] = "system"

@@ -76,7 +76,7 @@ def _usage_error(message: str) -> typer.Exit:
 
 def _exit_code(exc: BaseException) -> int:
     """2 for usage errors (unknown key, layout, refused overwrite, missing run), 1 for bad data and failures."""
-    from medp2p.checkpoint import CheckpointError
+    from medp2p.infer.checkpoint import CheckpointError
     from medp2p.config import ConfigError
     from medp2p.data import DataLayoutError
 
@@ -161,7 +161,7 @@ def validate(
         ),
     ],
     task: Annotated[
-        str | None, typer.Option(metavar="TASK", help="Check the keys this task reads (mri2ct, seg, inpaint), as `train` reads them.")
+        str | None, typer.Option(metavar="TASK", help="Check the keys this task reads, as `train` reads them (`medp2p tasks` lists the tasks).")
     ] = None,
     config: Annotated[
         Path | None, typer.Option(metavar="FILE", help="The training config: its task and data.source_keys/target_key/mask_key.")
@@ -185,13 +185,13 @@ def validate(
     The same checks train, predict and evaluate apply to every case they read. Prints one line
     per problem naming the file. Exit 0 when clean, 1 when problems were found, 2 on usage errors.
     """
-    from medp2p.checkpoint import case_keys_for
     from medp2p.config import load_config
     from medp2p.data import GridTolerance, validate_data
+    from medp2p.plan import build_plan
 
     keys = None
     if task is not None or config is not None or set_:
-        keys = case_keys_for(load_config(task, config, list(set_ or [])))
+        keys = build_plan(load_config(task, config, list(set_ or []))).keys
     with err.status("validating...") as status:
         report = validate_data(
             data,
@@ -240,7 +240,7 @@ SLOW_DEFAULT_HOURS = 0.5
 @command
 def train(
     task: Annotated[
-        str | None, typer.Option(metavar="TASK", help="What to learn: mri2ct, seg or inpaint (default: the config's).")
+        str | None, typer.Option(metavar="TASK", help="What to learn (`medp2p tasks` lists the tasks; default: the config's).")
     ] = None,
     data: Annotated[
         Path | None, typer.Option(metavar="DATA", help="Training data: any layout `medp2p validate` reads (optional with --resume).")
@@ -402,7 +402,7 @@ def predict(
 
 @command
 def evaluate(
-    task: Annotated[str, typer.Option(metavar="TASK", help="mri2ct, seg or inpaint.")],
+    task: Annotated[str, typer.Option(metavar="TASK", help="The task the predictions are for (`medp2p tasks` lists them).")],
     pred: Annotated[Path, typer.Option(metavar="OUT_DIR", help="The prediction folder written by `medp2p predict`.")],
     ref: Annotated[Path, typer.Option(metavar="DATA", help="Reference data: any layout `medp2p validate` reads.")],
     out: Annotated[
@@ -431,12 +431,12 @@ def evaluate(
 
     Exit 0 when every reference case was scored, 1 when a case was missing or failed, 2 on usage errors.
     """
+    from medp2p.config import load_config
     from medp2p.data.geometry import SLICE_AXES, check_slice_range
     from medp2p.eval import evaluate as run_evaluation
-    from medp2p.tasks import TASKS
+    from medp2p.plan import build_plan
 
-    if task not in TASKS:
-        raise _usage_error(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+    plan = build_plan(load_config(task, None, [f"data.target_key={target_key}"] if target_key else []))
     if axis not in SLICE_AXES:
         raise _usage_error(f"unknown --axis {axis!r}; choose from {sorted(SLICE_AXES)}")
     if slice_range is not None:
@@ -447,11 +447,11 @@ def evaluate(
     slab = None if slice_range is None else (axis, (float(slice_range[0]), float(slice_range[1])))
     with err.status("evaluating...") as status:
         report = run_evaluation(
-            task,
+            plan,
             pred,
             ref,
             out,
-            target_key,
+            None,
             seed,
             montages,
             on_case=lambda c: status.update(f"evaluating {escape(c)}"),
@@ -473,6 +473,22 @@ def evaluate(
     for failure in report.failures:
         err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}")
     raise typer.Exit(0 if report.ok else 1)
+
+
+@command
+def tasks() -> None:
+    """List the tasks: what each reads and writes, and how it is scored."""
+    from rich.table import Table
+
+    from medp2p.tasks import TASKS
+
+    table = Table(title="medp2p tasks")
+    for col in ("task", "what", "sources", "target", "writes", "metrics"):
+        table.add_column(col)
+    for t in TASKS.values():
+        writes = t.output_name + (f", {t.dicom.name}" if t.dicom is not None else "")
+        table.add_row(t.name, t.description, ", ".join(t.source_keys), t.target_key, writes, ", ".join(d.name for d in t.metrics))
+    Console().print(table)
 
 
 @command

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medp2p.data.geometry import check_slice_range
 from medp2p.io.atomic import atomic_path
-from medp2p.tasks import TASKS, get_task
+from medp2p.tasks import TASKS
 
 
 class ConfigError(ValueError):
@@ -51,6 +51,9 @@ class DataConfig(_Section):
     # images per source key: a list-valued datalist key ("image": [t1, flair]) is that many input
     # channels; filled from the training data (every case must agree) and kept in the run
     source_channels: list[int] | None = None
+    # a codec that writes the target contrast's scale (mr2mr): the training targets' median window
+    # (lo, hi), filled by training and kept in the run
+    target_window: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -253,7 +256,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def resolve(cfg: Config) -> Config:
     """Fill what the task decides (sources, target, mask, loss weights) where the config left None."""
-    task = get_task(cfg.task)
+    task = TASKS[cfg.task]
     data = cfg.data.model_copy(
         update={
             "source_keys": cfg.data.source_keys or list(task.source_keys),

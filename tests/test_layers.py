@@ -1,10 +1,14 @@
-"""The package layers of DESIGN.md: a module imports only from layers to its left.
+"""The package layers (docs/architecture.md): a module imports only from layers to its left.
 
-``types | io, metrics, models | data | tasks | config | checkpoint | train, infer | eval | demo | cli``
-(``config`` and ``checkpoint`` sit on top of ``tasks``: a run's config resolves the task's
-defaults, and both training and inference build networks from it); ``io`` is the only code
-touching nibabel, SimpleITK, pydicom and highdicom, and it never imports torch; ``models`` is torch
-only and never touches files.
+``types | io, metrics, models, device | viz | data | tasks | config | plan | infer | train | eval | demo | cli``
+
+As ``../shared/DESIGN.md`` orders them, except that ``viz`` sits just above ``io`` (it draws
+arrays and writes PNGs atomically, and training's previews use it, which DESIGN's
+``train | viz`` order would forbid) and
+that the tasks layer is three rooms in order (the task values, the config that validates task
+names against them, the plan built from both); ``demo`` runs train, predict and evaluate, so it
+sits above eval. ``io`` is the only code touching nibabel, SimpleITK, pydicom and highdicom, and it
+never imports torch; ``models`` is torch only and never touches files.
 """
 
 from __future__ import annotations
@@ -16,18 +20,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medp2p"
 LAYERS = [
-    {"types"},
-    {"io", "metrics", "models"},
-    {"data"},
-    {"tasks"},
-    {"config"},
-    {"checkpoint"},
-    {"train", "infer"},
-    {"eval"},
-    {"demo"},
-    {"cli"},
-    {"__main__"},
-]  # __main__: `python -m medp2p` runs the CLI
+    {"types"}, {"io", "metrics", "models", "device"}, {"viz"}, {"data"}, {"tasks"}, {"config"}, {"plan"}, {"infer"}, {"train"},
+    {"eval"}, {"demo"}, {"cli"}, {"__main__"},  # __main__: `python -m medp2p` runs the CLI
+]  # fmt: skip
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 FILE_LIBRARIES = {"nibabel", "SimpleITK", "pydicom", "highdicom"}
 
@@ -70,3 +65,5 @@ def test_imports_point_left(module: Path) -> None:
             assert top != "torch" and top != "monai", f"{module.name}: medp2p.io never imports {top}"
         if room == "models":
             assert top not in FILE_LIBRARIES, f"{module.name}: models never touch files"
+        if room == "viz":
+            assert top not in ("torch", "monai"), f"{module.name}: viz draws numpy arrays"

@@ -80,7 +80,7 @@ def test_fast_path_matches_fp32_within_tolerance() -> None:
     Stated tolerance (docs/scale.md): generator outputs in [-1, 1] differ by at most 0.02 and by
     0.005 on average (10 HU on the CT window), training losses by 2%.
     """
-    from medp2p.models.precision import autocast
+    from medp2p.device.precision import autocast
     from medp2p.train import Pix2PixStep
     from medp2p.train.steps import LossSpec
     from medp2p.types import SOURCE, TARGET
@@ -113,7 +113,7 @@ def test_fast_path_matches_fp32_within_tolerance() -> None:
 
 @pytest.mark.slow
 def test_frozen_compilation_predicts_what_eager_does() -> None:
-    from medp2p.models.precision import compile_for_inference
+    from medp2p.device.precision import compile_for_inference
 
     torch.manual_seed(0)
     g = build_generator("unet", in_channels=1, out_channels=1, depth=3, base_channels=4, dropout=0.5).eval()
@@ -138,14 +138,14 @@ def test_frozen_compilation_predicts_what_eager_does() -> None:
     ],
 )
 def test_memory_format_auto_and_explicit(device: str, dtype, setting, training: bool, expected) -> None:
-    from medp2p.models.precision import memory_format
+    from medp2p.device.precision import memory_format
 
     assert memory_format(torch.device(device), dtype, setting, training=training) == expected
 
 
 def test_channels_last_setting_is_auto_true_or_false() -> None:
     from medp2p.config import load_config
-    from medp2p.models.precision import memory_format
+    from medp2p.device.precision import memory_format
 
     assert load_config("mri2ct", None, []).train.channels_last == "auto"
     assert load_config("mri2ct", None, ["train.channels_last=false"]).train.channels_last is False

@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from medp2p.cli import app
 from medp2p.data.intensity import HU_WINDOW, body_mask, mr_window
+from medp2p.data.codecs import HU, MR_SOURCE
 from medp2p.data.prepare import Prep
 from medp2p.infer import load_model, predict_volume
 from medp2p.io import read_volume, write_nifti
-from medp2p.tasks.predict import RunOptions
+from medp2p.infer.volume import RunOptions
 from medp2p.types import Volume
 from tests.test_io_volumes import AFFINES
 
@@ -41,7 +42,7 @@ class CentreChannel(torch.nn.Module):
 def test_prediction_lands_voxel_for_voxel_on_the_input_grid(rng: np.random.Generator, name: str, axis: str) -> None:
     array = rng.uniform(0, 1000, (13, 11, 7)).astype(np.float32)
     mr = Volume(array, AFFINES[name])
-    prep = Prep(("mr",), "ct", "hu", axis=axis, context_slices=1, size_multiple=8)
+    prep = Prep(("mr",), "ct", HU, axis=axis, context_slices=1, size_multiple=8)
     sct = predict_volume(CentreChannel(1), mr, prep, options=RunOptions(batch_size=3))
     assert sct.shape == mr.shape
     np.testing.assert_allclose(sct.affine, mr.affine, atol=1e-4)
@@ -50,7 +51,7 @@ def test_prediction_lands_voxel_for_voxel_on_the_input_grid(rng: np.random.Gener
 
 
 def test_default_batch_holds_16_slices_of_256x256_worth_of_pixels(rng: np.random.Generator, monkeypatch) -> None:
-    from medp2p.tasks import predict
+    from medp2p.infer import volume as predict
 
     assert [RunOptions().batch_for(s, s) for s in (128, 256, 300, 512, 1024)] == [16, 16, 11, 4, 1]
     assert RunOptions(batch_size=7).batch_for(512, 512) == 7  # asked for: as asked
@@ -63,7 +64,7 @@ def test_default_batch_holds_16_slices_of_256x256_worth_of_pixels(rng: np.random
     seen: list[int] = []
     monkeypatch.setattr(predict, "AUTO_BATCH_PIXELS", 3 * 16 * 16)  # 3 model-space slices of 16x16
     mr = Volume(rng.uniform(0, 1000, (13, 11, 7)).astype(np.float32), AFFINES["RAS"])
-    prep = Prep(("mr",), "ct", "hu", axis="axial", context_slices=1, size_multiple=16)
+    prep = Prep(("mr",), "ct", HU, axis="axial", context_slices=1, size_multiple=16)
     predict_volume(Recording(1), mr, prep)
     assert seen == [3, 3, 1]
     seen.clear()
@@ -86,7 +87,7 @@ def test_flip_tta_averages_each_slice_with_its_mirror_image(rng: np.random.Gener
     expected = HU_WINDOW.inverse(mr_window(array).forward(array))
     for name in ("LAS", "oblique"):
         mr = Volume(array, AFFINES[name])
-        prep = Prep(("mr",), "ct", "hu", axis=axis, context_slices=1, size_multiple=8)
+        prep = Prep(("mr",), "ct", HU, axis=axis, context_slices=1, size_multiple=8)
         plain = predict_volume(SkewedCentre(1), mr, prep, options=RunOptions(batch_size=3))
         averaged = predict_volume(SkewedCentre(1), mr, prep, options=RunOptions(batch_size=3, flip_tta=True))
         assert np.abs(plain.array - expected).max() > 100
@@ -94,7 +95,7 @@ def test_flip_tta_averages_each_slice_with_its_mirror_image(rng: np.random.Gener
 
 
 def test_flip_tta_refuses_sagittal_slices() -> None:
-    prep = Prep(("mr",), "ct", "hu", axis="sagittal", context_slices=0, size_multiple=8)
+    prep = Prep(("mr",), "ct", HU, axis="sagittal", context_slices=0, size_multiple=8)
     mr = Volume(np.ones((8, 8, 8), np.float32), np.eye(4))
     with pytest.raises(ValueError, match="sagittal slices do not hold"):
         predict_volume(CentreChannel(0), mr, prep, options=RunOptions(flip_tta=True))
@@ -122,7 +123,7 @@ def test_inpainting_windows_ignore_the_voided_region(tiny_phantom: Path) -> None
     region[cx - 2 : cx + 2, cy - 2 : cy + 2, :] = 1  # 4% of the body, as the real boxes: far above 0.5%
     region *= body
     voided = clean.with_array(np.where(region > 0, 0, clean.array).astype(np.float32))
-    prep = Prep(("mr",), "mr", "mr", context_slices=0, size_multiple=8, region=True)
+    prep = Prep(("mr",), "mr", MR_SOURCE, context_slices=0, size_multiple=8, region=True)
     filled = predict_volume(MidGrey(), voided, prep, clean.with_array(region))
     np.testing.assert_array_equal(filled.array[region == 0], clean.array[region == 0])
     trained = mr_window(clean.array)  # the window the model saw in training
@@ -136,7 +137,7 @@ def test_inpainting_predicts_only_the_slices_that_hold_region(tiny_phantom: Path
     region = np.zeros(clean.shape, np.float32)
     region[10:14, 10:14, 2:5] = 1  # 3 of the axial slices
     generator = MidGrey()
-    prep = Prep(("mr",), "mr", "mr", context_slices=1, size_multiple=8, region=True)
+    prep = Prep(("mr",), "mr", MR_SOURCE, context_slices=1, size_multiple=8, region=True)
     filled = predict_volume(generator, clean, prep, clean.with_array(region), RunOptions(batch_size=2))
     assert generator.slices == 3
     np.testing.assert_array_equal(filled.array[region == 0], clean.array[region == 0])
@@ -201,13 +202,13 @@ def test_model_loads_from_run_folder_or_file(tiny_runs: dict) -> None:
 
 
 def test_loaded_model_runs_the_inference_rewrite_with_the_same_outputs(tiny_runs: dict, tiny_phantom: Path) -> None:
-    from medp2p.checkpoint import generator_from_checkpoint, load_checkpoint
+    from medp2p.infer import generator_from_checkpoint, load_checkpoint
     from medp2p.models.inference import MatmulConvTranspose2d
 
     model = load_model(tiny_runs["mri2ct"])
     assert any(isinstance(m, MatmulConvTranspose2d) for m in model.generator.modules())
     assert model.cfg.train.channels_last == "auto" and model.options.channels_last  # prediction: NHWC
-    plain, _, _ = generator_from_checkpoint(load_checkpoint(tiny_runs["mri2ct"]))
+    plain, _ = generator_from_checkpoint(load_checkpoint(tiny_runs["mri2ct"]))
     assert not any(isinstance(m, MatmulConvTranspose2d) for m in plain.modules())
     mr = read_volume(tiny_phantom / "case_000" / "mr.nii.gz")
     # float32 on both sides: where the CPU has bf16 units `auto` would autocast, and bf16 rounds

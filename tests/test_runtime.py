@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from medp2p.models import runtime
+from medp2p.device import allocator as runtime
 
 # A child process: allocate, touch and free 64 MiB; print the minor page faults of a second such
 # round in each situation. Outside, the 64 MiB is a fresh mapping every time: at least one fault
@@ -20,7 +20,7 @@ _PROBE = textwrap.dedent(
     """
     import resource
     import numpy as np
-    from medp2p.models.runtime import reuse_freed_memory
+    from medp2p.device.allocator import reuse_freed_memory
 
     def faults():
         def round_():
@@ -88,8 +88,9 @@ def test_prediction_runs_its_generator_inside_it(monkeypatch: pytest.MonkeyPatch
     import numpy as np
     import torch
 
+    from medp2p.data.codecs import HU
     from medp2p.data.prepare import Prep
-    from medp2p.tasks import predict
+    from medp2p.infer import volume as predict
     from medp2p.types import Volume
 
     spy = _Spy()
@@ -101,7 +102,7 @@ def test_prediction_runs_its_generator_inside_it(monkeypatch: pytest.MonkeyPatch
             return x[:, :1]
 
     vol = Volume(np.random.default_rng(0).normal(100, 20, (16, 16, 5)).astype(np.float32), np.eye(4))
-    prep = Prep(("mr",), "ct", "hu", context_slices=0, size_multiple=8)
+    prep = Prep(("mr",), "ct", HU, context_slices=0, size_multiple=8)
     predict.predict_volume(Recorder(), vol, prep, options=predict.RunOptions(batch_size=2))
     assert spy.seen == [True, True, True] and not spy.inside  # 5 slices in batches of 2
 
@@ -110,12 +111,12 @@ def test_training_runs_its_steps_inside_it(tiny_phantom, tmp_path, monkeypatch: 
     from pathlib import Path
 
     from medp2p.config import load_config
-    from medp2p.train import run
+    from medp2p.train import loop, train
 
     spy = _Spy()
-    monkeypatch.setattr(run, "reuse_freed_memory", spy)
-    batch = run._augmented_batch
-    monkeypatch.setattr(run, "_augmented_batch", lambda *a: spy.seen.append(spy.inside) or batch(*a))
+    monkeypatch.setattr(loop, "reuse_freed_memory", spy)
+    batch = loop.training_batch
+    monkeypatch.setattr(loop, "training_batch", lambda *a: spy.seen.append(spy.inside) or batch(*a))
     cfg = load_config("mri2ct", Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", [])
-    run.train(cfg, tiny_phantom, tmp_path / "run", stop_step=2, progress=False)
+    train(cfg, tiny_phantom, tmp_path / "run", stop_step=2, progress=False)
     assert spy.seen == [True, True] and not spy.inside

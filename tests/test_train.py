@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medp2p.checkpoint import build_discriminator_for, build_generator_for, case_keys_for, prep_from_config
+from medp2p.plan import build_plan
 from medp2p.cli import app
 from medp2p.config import load_config
 from medp2p.data.augment import AugmentSpec
@@ -22,7 +22,7 @@ from medp2p.data.case_reader import read_case
 from medp2p.data.prepare import prepare_case
 from medp2p.data.sampling import SliceBatcher
 from medp2p.train import NonFiniteLossError, Pix2PixStep, train
-from medp2p.train.run import _augmented_batch, fit_schedule, loss_spec, make_optimizer
+from medp2p.train import fit_schedule, make_optimizer, training_batch
 from medp2p.types import REGION, SOURCE, TARGET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,25 +78,26 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tiny_phantom: Path,
 @pytest.mark.parametrize("task", sorted(TASK_SETS))
 def test_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
     cfg = load_config(task, TINY, ["train.precision=fp32", "model.dropout=0"])
-    prep = prep_from_config(cfg)
+    plan = build_plan(cfg)
+    prep = plan.prep
     case = prepare_case(
         read_case(
-            {"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, case_keys_for(cfg)
+            {"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, plan.keys
         ),
         prep,
     )
     gen = torch.Generator().manual_seed(0)
     batcher = SliceBatcher([case], 4, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
     no_aug = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0)
-    batch = _augmented_batch(batcher, no_aug, cfg, prep, gen)
+    batch = training_batch(batcher, no_aug, plan, gen)
     torch.manual_seed(0)
-    G, D = build_generator_for(cfg, prep), build_discriminator_for(cfg, prep)
-    spec = loss_spec(cfg)
+    G, D = plan.build_generator(), plan.build_discriminator()
+    spec = plan.losses
     step = Pix2PixStep(
         G,
         D if spec.gan else None,
         torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999)),
-        torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)),
+        torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)) if D is not None else None,
         spec,
         torch.device("cpu"),
         None,
@@ -111,9 +112,10 @@ def test_intensity_jitter_reaches_the_target_only_where_it_is_the_source(tiny_ph
     # Inpainting learns to restore the source image: a target left un-jittered would ask the
     # model to undo a random gain/offset/gamma it cannot see. A CT target never gets MR jitter.
     cfg = load_config(task, TINY, ["data.context_slices=1"])
-    prep = prep_from_config(cfg)
+    plan = build_plan(cfg)
+    prep = plan.prep
     case = prepare_case(
-        read_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask")}}, case_keys_for(cfg)),
+        read_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask")}}, plan.keys),
         prep,
     )
     jitter_only = AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=1.0, gamma=0.3)
@@ -121,7 +123,7 @@ def test_intensity_jitter_reaches_the_target_only_where_it_is_the_source(tiny_ph
     for name, spec in (("jitter", jitter_only), ("none", AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0))):
         gen = torch.Generator().manual_seed(4)
         batcher = SliceBatcher([case], 4, tuple(cfg.data.image_size), cfg.data.context_slices, gen)
-        batches[name] = _augmented_batch(batcher, spec, cfg, prep, gen)
+        batches[name] = training_batch(batcher, spec, plan, gen)
     jittered, plain = batches["jitter"], batches["none"]
     assert not torch.allclose(jittered[SOURCE][:, :3], plain[SOURCE][:, :3])  # the source was jittered
     if task == "inpaint":
@@ -395,13 +397,13 @@ def test_small_crops_are_centred_on_the_body() -> None:
 def test_fused_adam_makes_the_reference_update() -> None:
     cfg = load_config("mri2ct", TINY)
     torch.manual_seed(0)
-    a = build_generator_for(cfg, prep_from_config(cfg))
-    b = build_generator_for(cfg, prep_from_config(cfg))
+    a = build_plan(cfg).build_generator()
+    b = build_plan(cfg).build_generator()
     b.load_state_dict(a.state_dict())
     fused = make_optimizer(a, cfg.train)
     plain = torch.optim.Adam(b.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), foreach=False)
     assert fused.defaults["fused"]
-    x = torch.rand(2, prep_from_config(cfg).in_channels, 32, 32)
+    x = torch.rand(2, build_plan(cfg).prep.in_channels, 32, 32)
     for _ in range(3):
         for net, opt in ((a, fused), (b, plain)):
             opt.zero_grad()

@@ -17,12 +17,12 @@ from monai.transforms import MapTransform
 
 from medp2p.data.case_reader import CaseKeys, CaseVolumes, read_case
 from medp2p.data.checks import ReadOptions, compare_grids
+from medp2p.data.codecs import BACKGROUND, TargetCodec
 from medp2p.data.geometry import GridMap, plan_grid, slab_bounds, to_model_space
-from medp2p.data.intensity import HU_WINDOW, IntensityWindow, body_mask, ct_body, looks_like_ct, mr_window
+from medp2p.data.intensity import IntensityWindow, body_mask, looks_like_ct, mr_window
 from medp2p.types import Volume
 
-#: Model-space value of background (and of voided voxels): the bottom of every window.
-BACKGROUND = -1.0
+__all__ = ["BACKGROUND", "Prep", "PreparedCase", "PrepareCased", "prepare_case", "prepare_source"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Prep:
     Args:
         source_keys: case keys of the input images (MR-like, percentile-scaled).
         target_key: case key of the target.
-        target_kind: ``hu`` (CT window), ``mask`` (label > 0) or ``mr`` (the first source's window).
+        codec: how the target goes into model space and back (:mod:`medp2p.data.codecs`).
         mask_key: case key of the loss/metric mask (body), or None.
         axis: slicing direction.
         context_slices: 2.5D half-width k (2k+1 slices per source image).
@@ -45,11 +45,13 @@ class Prep:
         region: inpainting: the generator also gets the region mask as channels.
         source_channels: images per source key (a list-valued datalist key holds several);
             None: one each.
+        target_window: ``(lo, hi)`` of the target contrast, for a codec that fits one on the
+            training targets (written in this scale); None otherwise, or before it is fitted.
     """
 
     source_keys: tuple[str, ...]
     target_key: str
-    target_kind: str
+    codec: TargetCodec
     mask_key: str | None = None
     axis: str = "axial"
     context_slices: int = 0
@@ -61,10 +63,19 @@ class Prep:
     slice_range: tuple[float, float] | None = None
     region: bool = False
     source_channels: tuple[int, ...] | None = None
+    target_window: tuple[float, float] | None = None
 
     @property
     def context(self) -> int:
+        """Slices per source image in a 2.5D sample: ``2k + 1``."""
         return 2 * self.context_slices + 1
+
+    @property
+    def fitted_target_window(self) -> IntensityWindow | None:
+        """The run's target window (``target_window``) as an :class:`IntensityWindow`."""
+        if self.target_window is None:
+            return None
+        return IntensityWindow(float(self.target_window[0]), float(self.target_window[1]), clip=(-1.0, 1.5))
 
     @property
     def n_sources(self) -> int:
@@ -90,6 +101,7 @@ class PreparedCase:
     grid: GridMap
     windows: list[IntensityWindow]
     source_is_ct: bool = False  # the first source looks like a CT in HU (checked again at prediction)
+    target_window: IntensityWindow | None = None  # the target's own window, for codecs that fit one
 
 
 def _check_grid(ref: Volume, other: Volume, key: str, ref_key: str) -> None:
@@ -125,15 +137,6 @@ def prepare_source(
     return stack, grid, windows
 
 
-def normalise_target(target: Volume, prep: Prep, windows: list[IntensityWindow]) -> np.ndarray:
-    """The target's values as the generator learns them: CT window, 0/1 labels, or the source's MR window."""
-    if prep.target_kind == "hu":
-        return HU_WINDOW.forward(target.array)
-    if prep.target_kind == "mask":
-        return (target.array > 0).astype(np.float32)
-    return windows[0].forward(target.array)
-
-
 def prepare_case(case: CaseVolumes, prep: Prep) -> PreparedCase:
     """Bring one read and checked case (:func:`~medp2p.data.case_reader.read_case`) into model space.
 
@@ -149,14 +152,16 @@ def prepare_case(case: CaseVolumes, prep: Prep) -> PreparedCase:
     if target is None:
         raise ValueError(f"case {case.id!r}: no target '{prep.target_key}' was read")
     _check_grid(sources[0], target, prep.target_key, prep.source_keys[0])
-    target_kind_mode = "nearest" if prep.target_kind == "mask" else "linear"
-    target_pad = 0.0 if prep.target_kind == "mask" else BACKGROUND
-    target_t = to_model_space(normalise_target(target, prep, windows), grid, target_kind_mode, target_pad)[None]
+    codec = prep.codec
+    encoded, target_window = codec.encode(target, windows, prep.mr_percentiles)
+    target_t = to_model_space(encoded, grid, codec.interpolation, codec.pad_value)[None]
     mask_t = None
-    # a CT target without a body mask gets the body evaluation uses (reference HU > -500)
-    if prep.mask_key and (case.mask is not None or prep.target_kind == "hu"):
-        body_arr = (case.mask.array > 0).astype(np.float32) if case.mask is not None else ct_body(target.array).astype(np.float32)
-        mask_t = to_model_space(body_arr, grid, "nearest", 0.0)[None]
+    # a target without a body mask may carry its own (a CT: reference HU > -500, as evaluation uses)
+    own_body = codec.body_from_target(target.array) if prep.mask_key and case.mask is None else None
+    if prep.mask_key and (case.mask is not None or own_body is not None):
+        body_arr = (case.mask.array > 0) if case.mask is not None else own_body
+        assert body_arr is not None
+        mask_t = to_model_space(body_arr.astype(np.float32), grid, "nearest", 0.0)[None]
         body_t = mask_t
     else:
         body_t = to_model_space(bodies[0].astype(np.float32), grid, "nearest", 0.0)[None]
@@ -168,7 +173,7 @@ def prepare_case(case: CaseVolumes, prep: Prep) -> PreparedCase:
         keep = torch.zeros(depth, dtype=torch.bool)
         keep[lo:hi] = True
         weights = torch.where(keep, weights, 0.0)
-    return PreparedCase(case.id, stack, target_t, mask_t, body_t, weights, grid, windows, looks_like_ct(sources[0]))
+    return PreparedCase(case.id, stack, target_t, mask_t, body_t, weights, grid, windows, looks_like_ct(sources[0]), target_window)
 
 
 class PrepareCased(MapTransform):

@@ -6,12 +6,12 @@ Example:
 """
 
 from medp2p.eval.baseline import IntensityLookup, ThresholdSegmenter, mean_fill, mean_hu
-from medp2p.eval.evaluate import DEFINITIONS, EvalReport, evaluate, evaluate_case
+from medp2p.eval.evaluate import EvalReport, ReportExistsError, evaluate, evaluate_case
 from medp2p.eval.montage import case_montage
 
 __all__ = [
-    "DEFINITIONS",
     "EvalReport",
+    "ReportExistsError",
     "IntensityLookup",
     "ThresholdSegmenter",
     "mean_fill",

@@ -1,17 +1,14 @@
 """``medp2p evaluate``: per-case challenge metrics of a prediction folder against reference data.
 
-Cases are matched by id (the sanitised case id names the prediction folder). Per task:
-
-- ``mri2ct``: SynthRAD2023 MAE / PSNR / SSIM inside the reference body mask (``mask``; when a
-  case has none, reference CT > -500 HU), plus MAE per tissue class;
-- ``seg``: Dice and HD95 (mm) of the predicted mask against reference label > 0;
-- ``inpaint``: BraTS-Inpainting SSIM / PSNR / MSE inside the region (``region_healthy`` when
-  present, else ``region``); cases without a voided input and region get the seeded box
-  ``medp2p predict`` used (same ``seed``).
+Cases are matched by id (the sanitised case id names the prediction folder). Each task says what
+its metrics see (``task.scoring``: mri2ct the body, seg the labels, inpaint the filled region,
+mr2mr the brain) and computes them with its metric definition, named by challenge
+(:mod:`medp2p.tasks.scoring`); the definition's text goes into ``summary.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections.abc import Callable
@@ -21,30 +18,17 @@ from typing import Any
 
 import numpy as np
 
+from medp2p.config import load_config
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
 from medp2p.data.case_reader import error_text, read_case
 from medp2p.data.checks import ReadOptions, check_volume, choose_affine, compare_grids
-from medp2p.data.corruption import seeded_corruption
 from medp2p.data.geometry import slab_mask
-from medp2p.data.intensity import ct_body
 from medp2p.eval.montage import case_montage
 from medp2p.io import read_volume
 from medp2p.io.atomic import atomic_path, remove_outputs
-from medp2p.metrics import inpainting_metrics, segmentation_metrics, synthrad_metrics
-from medp2p.tasks import get_task
-
-DEFINITIONS = {
-    "mri2ct": "SynthRAD2023: MAE in HU over body-mask voxels (no clipping); PSNR with both volumes clipped to "
-    "[-1024, 3000] HU, data range 4024, over mask voxels; SSIM (scikit-image, 7-voxel window) of the "
-    "clipped volumes with outside-mask voxels set to -1024, shifted by +1024, data range 4024, averaged "
-    "over the mask after a 3-voxel border crop. mae_air/soft_tissue/bone: MAE where the reference is "
-    "< -500, -500..300, > 300 HU.",
-    "seg": "Dice of prediction vs reference label > 0 (both empty: 1); HD95: 95th percentile symmetric surface "
-    "distance in mm (MONAI), 0 when both are empty, the volume diagonal when one is.",
-    "inpaint": "BraTS-Inpainting 2023: both images masked to the region, clipped to the 0.5/99.5 percentiles of the "
-    "voided input (lower >= 0) and scaled to [0, 1]; SSIM (Gaussian sigma 1.5, 11x11, per (Y, Z) plane) "
-    "averaged over the region; PSNR (reference-region range) and MSE over region voxels.",
-}
+from medp2p.plan import Plan, build_plan
+from medp2p.tasks import ScoreContext, Scored
+from medp2p.types import Volume
 
 
 @dataclass
@@ -96,14 +80,12 @@ def _prepare_report_dir(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise ReportExistsError(f"{out}: already holds files; pass --overwrite to replace the report (only its own files are removed)")
     montages: list[str] = []
-    try:
+    with contextlib.suppress(OSError, ValueError):
         montages = [str(m) for m in json.loads((out / "summary.json").read_text()).get("montages", [])]
-    except (OSError, ValueError):
-        pass
     remove_outputs(out, (*REPORT_FILES, *(Path(m).name for m in montages)))
 
 
-def _read_prediction(path: Path, reference_path: str, reference, options: ReadOptions):
+def _read_prediction(path: Path, reference: Volume, options: ReadOptions) -> Volume:
     """The prediction volume, checked like any input: readable, finite, on the reference's grid."""
     pred = read_volume(path, options.series_uid)
     problems = check_volume(pred, str(path), options=options)
@@ -112,56 +94,38 @@ def _read_prediction(path: Path, reference_path: str, reference, options: ReadOp
     pred = choose_affine(pred, str(path), options)[0]
     diff = compare_grids(reference, pred)
     if diff is not None and (pred.shape != reference.shape or not np.allclose(pred.affine, reference.affine, atol=1e-3)):
-        raise ValueError(f"{path}: prediction grid {pred.shape} does not match reference {reference_path} {reference.shape}: {diff}")
+        raise ValueError(f"{path}: prediction grid {pred.shape} does not match reference {reference.path} {reference.shape}: {diff}")
     return pred
 
 
 def evaluate_case(
-    task_name: str,
-    case: dict[str, Any],
-    pred_dir: Path,
-    target_key: str,
-    seed: int,
-    slab: Slab | None = None,
-    datalist: dict[str, Any] | None = None,
-    options: ReadOptions = ReadOptions(),
-) -> tuple[dict[str, float], tuple]:
-    """Metrics of one case, and what its montage shows ``(source, prediction, reference, mask)``.
+    plan: Plan, case: dict[str, Any], pred_dir: Path, seed: int = 1234, slab: Slab | None = None,
+    datalist: dict[str, Any] | None = None, options: ReadOptions = ReadOptions(),
+) -> tuple[dict[str, float], Scored]:
+    """Metrics of one case, and what they (and the montage) were computed from.
 
     The reference case is read with the checks every command applies
     (:func:`~medp2p.data.case_reader.read_case`), the prediction with the same per-volume checks.
     ``slab`` ``(axis, (start, end))`` restricts scoring to those slices (see :func:`slab_mask`).
     """
-    task = get_task(task_name)
-    keys = task.case_keys(target_key=target_key)
-    volumes = read_case(case, keys, "evaluate", datalist, options)
+    task = plan.task
+    volumes = read_case(case, plan.keys, "evaluate", datalist, options)
     reference = volumes.target
     assert reference is not None
-    pred = _read_prediction(pred_dir / task.output_name, str(case[target_key]), reference, options)
-    keep = np.ones(reference.shape, bool) if slab is None else slab_mask(reference.shape, reference.affine, *slab)
-    source = volumes.sources[0].array if volumes.sources else reference.array
-    if task_name == "mri2ct":
-        mask = volumes.mask.array > 0 if volumes.mask is not None else ct_body(reference.array)
-        mask &= keep
-        return synthrad_metrics(reference.array, pred.array, mask), (source, pred.array, reference.array, mask)
-    if task_name == "seg":
-        ref, predicted = (reference.array > 0) & keep, (pred.array > 0) & keep
-        return segmentation_metrics(ref, predicted, reference.spacing_mm), (source, pred.array, reference.array, ref)
-    scored = volumes.scored_region if volumes.scored_region is not None else volumes.region
-    if scored is not None and volumes.voided is not None:
-        region, voided = scored.array, volumes.voided.array
-    else:
-        voided_vol, region_vol = seeded_corruption(reference, str(case["id"]), seed)
-        region, voided = region_vol.array, voided_vol.array
-        used = pred_dir / "region.nii.gz"
-        if used.exists() and not np.array_equal(read_volume(used).array > 0, region > 0):
-            raise ValueError(f"{used}: the prediction was made with another region than seed {seed} gives; pass the seed it used (--seed)")
-    region = (region > 0) & keep
-    return inpainting_metrics(reference.array, pred.array, voided, region), (voided, pred.array, reference.array, region)
+    pred = _read_prediction(pred_dir / task.output_name, reference, options)
+    keep = None if slab is None else slab_mask(reference.shape, reference.affine, *slab)
+    scored = task.scoring(volumes, pred, ScoreContext(keep=keep, seed=seed, prediction_dir=pred_dir))
+    return task.definition().compute(scored), scored
+
+
+def _plan_of(task: str | Plan, target_key: str | None) -> Plan:
+    if isinstance(task, Plan):
+        return task
+    return build_plan(load_config(task, None, [f"data.target_key={target_key}"] if target_key else []))
 
 
 def evaluate(
-    task: str,
+    task: str | Plan,
     pred: str | Path,
     ref: str | Path,
     out: str | Path,
@@ -176,11 +140,11 @@ def evaluate(
     """Score every reference case that has a prediction; write ``metrics.csv``, ``summary.json`` and montages.
 
     Args:
-        task: ``mri2ct``, ``seg`` or ``inpaint``.
+        task: a task name (``mri2ct``, ``seg``, ``inpaint``, ``mr2mr``) or a run's plan.
         pred: the ``medp2p predict`` output folder (``<case>/sct.nii.gz``...).
         ref: reference data, any layout ``medp2p validate`` reads.
         out: the report folder; one that holds files is refused unless ``overwrite``.
-        target_key: the reference image key (default the task's: ``ct``, ``tumor``, ``mr``).
+        target_key: the reference image key (default the task's: ``ct``, ``tumor``, ``mr``, ``target``).
         seed: inpainting: the seed of generated regions (``inpaint.eval_seed``).
         montages: write one PNG per case.
         on_case: called with each case id (progress display).
@@ -197,8 +161,8 @@ def evaluate(
         >>> report = evaluate("mri2ct", "out/", "data/test/", "report/")
         >>> report.summary["metrics"]["mae"]["mean"]
     """
-    spec = get_task(task)
-    target_key = target_key or spec.target_key
+    plan = _plan_of(task, target_key)
+    spec = plan.task
     pred, out = Path(pred), Path(out)
     if not pred.is_dir():
         raise DataLayoutError(f"{pred}: no such prediction folder")
@@ -206,42 +170,40 @@ def evaluate(
     cases = [c for s in ("training", "validation", "test") for c in datalist.get(s, [])]
     _prepare_report_dir(out, overwrite)
     report = EvalReport()
-    matched = 0
     written: list[str] = []
-    for case in cases:
+    matched = [c for c in cases if (pred / safe_case_id(str(c["id"])) / spec.output_name).exists()]
+    report.missing = [str(c["id"]) for c in cases if c not in matched]
+    if not matched:
+        raise DataLayoutError(f"{pred}: no prediction matches a case of {ref} (expected <case>/{spec.output_name})")
+    for case in matched:
         cid = str(case["id"])
-        case_dir = pred / safe_case_id(cid)
-        if not (case_dir / spec.output_name).exists():
-            report.missing.append(cid)
-            continue
-        matched += 1
         if on_case is not None:
             on_case(cid)
         try:
-            metrics, shown = evaluate_case(task, case, case_dir, target_key, seed, slab, datalist, read_options)
+            metrics, scored = evaluate_case(plan, case, pred / safe_case_id(cid), seed, slab, datalist, read_options)
             report.rows.append({"case": cid, **metrics})
             if montages:
-                written.append(case_montage(out / f"{safe_case_id(cid)}.png", task, cid, *shown, metrics).name)
+                written.append(case_montage(out / f"{safe_case_id(cid)}.png", spec, cid, scored, metrics).name)
         except Exception as exc:
             report.failures.append({"case": cid, "error": error_text(exc)})
-    if matched == 0:
-        raise DataLayoutError(f"{pred}: no prediction matches a case of {ref} (expected <case>/{spec.output_name})")
-    metric_names = list(spec.metrics)
+    _write_report(out, plan, report, slab, written)
+    return report
+
+
+def _write_report(out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: list[str]) -> None:
+    definition = plan.task.definition()
+    names = list(definition.columns)
     with atomic_path(out / "metrics.csv") as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["case", *metric_names])
+        writer = csv.DictWriter(fh, ["case", *names])
         writer.writeheader()
         for row in report.rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in ("case", *metric_names)})
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in ("case", *names)})
     report.summary = {
-        "task": task,
-        "cases": len(report.rows),
-        "metrics": _summary(report.rows, metric_names),
-        "missing": report.missing,
-        "failures": report.failures,
-        "definitions": DEFINITIONS[task],
+        "task": plan.task.name, "cases": len(report.rows), "metrics": _summary(report.rows, names),
+        "missing": report.missing, "failures": report.failures, "metric_definition": definition.name,
+        "definitions": definition.description,
         "slab": None if slab is None else {"axis": slab[0], "slice_range": list(slab[1])},
-        "montages": written,
-    }
+        "montages": montages,
+    }  # fmt: skip
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(report.summary, indent=2) + "\n")
-    return report

@@ -8,27 +8,45 @@ Example:
 
 from medp2p.infer.batch import (
     FORMATS,
-    Model,
+    ModalityMismatchError,
     OutputExistsError,
     PredictReport,
-    load_model,
     partition,
     predict_case,
     predict_cases,
     resolve_inputs,
 )
-from medp2p.tasks.predict import RunOptions, predict_volume
+from medp2p.infer.checkpoint import (
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    generator_from_checkpoint,
+    load_checkpoint,
+    plan_from_checkpoint,
+    save_checkpoint,
+)
+from medp2p.infer.model import Model, load_model
+from medp2p.infer.volume import AUTO_BATCH, AUTO_BATCH_PIXELS, RunOptions, predict_volume, run_slices
 
 __all__ = [
+    "AUTO_BATCH",
+    "AUTO_BATCH_PIXELS",
+    "CHECKPOINT_VERSION",
     "FORMATS",
+    "CheckpointError",
+    "ModalityMismatchError",
     "Model",
     "OutputExistsError",
     "PredictReport",
     "RunOptions",
+    "generator_from_checkpoint",
+    "load_checkpoint",
     "load_model",
     "partition",
+    "plan_from_checkpoint",
     "predict_case",
     "predict_cases",
     "predict_volume",
     "resolve_inputs",
+    "run_slices",
+    "save_checkpoint",
 ]

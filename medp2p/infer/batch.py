@@ -1,8 +1,9 @@
 """``medp2p predict``: a trained model over many inputs, each written beside nothing it should not touch.
 
-Per case: ``OUT_DIR/<case>/sct.nii.gz`` (mri2ct), ``mask.nii.gz`` (seg) or ``inpainted.nii.gz``
-(inpaint), with the source's header; with ``--format dicom|both`` also ``sct_dicom/`` (a CT
-series) or ``mask_seg.dcm`` (DICOM SEG). A case that fails is reported and the others go on.
+Per case: ``OUT_DIR/<case>/<the task's output name>`` (``sct.nii.gz``, ``mask.nii.gz``,
+``inpainted.nii.gz``, ``synth.nii.gz``) with the source's header; with ``--format dicom|both``
+also the task's DICOM output (``sct_dicom/``: a CT series; ``mask_seg.dcm``: a DICOM SEG). A case
+that fails is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import numpy as np
 import torch
 
 from medp2p import __version__
-from medp2p.checkpoint import case_keys_for, generator_from_checkpoint, load_checkpoint
-from medp2p.config import Config
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
 from medp2p.data.case_reader import CaseKeys, CaseVolumes, as_single_source, collected_warnings, error_text, read_case
 from medp2p.data.cases import is_dicom_folder
@@ -30,15 +29,12 @@ from medp2p.data.intensity import looks_like_ct
 from medp2p.data.prepare import Prep
 from medp2p.io import VolumeWriteError, is_volume_file, write_nifti
 from medp2p.io.atomic import atomic_path, full_suffix
-from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
-from medp2p.models.inference import optimize_for_inference
-from medp2p.models.precision import compile_for_inference, memory_format, resolve_device, resolve_precision
-from medp2p.tasks import Task, get_task
-from medp2p.tasks.predict import RunOptions, predict_volume
+from medp2p.infer.model import Model, load_model
+from medp2p.infer.volume import predict_volume
+from medp2p.tasks import Task
 from medp2p.types import Volume
 
 FORMATS = ("nifti", "dicom", "both")
-DICOM_OUTPUT = {"mri2ct": "sct_dicom", "seg": "mask_seg.dcm"}
 
 
 class OutputExistsError(FileExistsError):
@@ -47,54 +43,6 @@ class OutputExistsError(FileExistsError):
 
 class ModalityMismatchError(ValueError):
     """The input is not the kind of image the model was trained on (a CT given to an MR model)."""
-
-
-@dataclass
-class Model:
-    """A trained generator with what it needs to predict: its data preparation, config and task.
-
-    ``source_is_ct``: whether the training sources were CTs in HU (None: not recorded).
-    """
-
-    generator: torch.nn.Module
-    prep: Prep
-    cfg: Config
-    task: Task
-    path: str
-    options: RunOptions
-    source_is_ct: bool | None = None
-
-    @property
-    def keys(self) -> CaseKeys:
-        """The case keys the model reads (its config's; missing-key messages name them)."""
-        return case_keys_for(self.cfg, hint="model")
-
-
-def load_model(path: str | Path, device: str = "auto", batch_size: int | None = None, compile: bool = False, tta: bool = False) -> Model:
-    """Load a generator from a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
-
-    The generator runs as :func:`~medp2p.models.inference.optimize_for_inference` rewrites it
-    (batch norms folded, matmul transposed convolutions where oneDNN is slow: the same outputs).
-    ``compile``: run it through :func:`~medp2p.models.precision.compile_for_inference` instead (frozen
-    weights; a minute or more of compilation that pays over many volumes).
-    ``tta``: average each slice's output with that of its left-right mirror image
-    (:attr:`RunOptions.flip_tta`; twice the generator time).
-
-    Example:
-        >>> model = load_model("runs/mri2ct")
-        >>> sct = predict_volume(model.generator, read_volume("mr.nii.gz"), model.prep, options=model.options)
-    """
-    ckpt = load_checkpoint(path)
-    generator, prep, cfg = generator_from_checkpoint(ckpt)
-    dev = resolve_device(device)
-    dtype = resolve_precision(dev, cfg.train.precision)
-    layout = memory_format(dev, dtype, cfg.train.channels_last)
-    generator = generator.to(dev, memory_format=layout).eval()
-    # Inductor folds and fuses on its own; eager prediction gets the same rewrite by hand
-    generator = compile_for_inference(generator) if compile else optimize_for_inference(generator, inplace=True)
-    options = RunOptions(dev, dtype, batch_size, layout == torch.channels_last, tta)
-    profile = ckpt.get("data_profile") or {}
-    return Model(generator, prep, cfg, get_task(cfg.task), ckpt["path"], options, profile.get("source_is_ct"))
 
 
 def _single_input_case(path: Path, key: str, generic: Sequence[str]) -> dict[str, Any]:
@@ -208,7 +156,7 @@ def predict_case(
     task, prep = model.task, model.prep
     case_dir = _inside(out_dir, out_dir / safe_case_id(case["id"]))
     nifti_path = case_dir / task.output_name
-    dicom_path = case_dir / DICOM_OUTPUT[task.name] if fmt in ("dicom", "both") else None
+    dicom_path = case_dir / task.dicom.name if task.dicom is not None and fmt in ("dicom", "both") else None
     planned = ([nifti_path] if fmt in ("nifti", "both") else []) + ([dicom_path] if dicom_path else [])
     existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
@@ -242,13 +190,10 @@ def predict_case(
         for name, vol, dtype in extras:
             written.append(write_nifti(vol, case_dir / name, dtype=dtype))
         if fmt in ("nifti", "both"):
-            written.append(write_nifti(prediction, nifti_path, dtype=np.uint8 if task.target_kind == "mask" else np.float32))
+            written.append(write_nifti(prediction, nifti_path, dtype=prep.codec.output_dtype))
         if dicom_path is not None:
-            version = f"medp2p {__version__}"
-            if task.name == "mri2ct":
-                write_ct_series(prediction, dicom_path, source=sources[0], software_version=version, overwrite=overwrite)
-            else:
-                write_dicom_seg(prediction, dicom_path, sources[0], software_version=version)
+            assert task.dicom is not None
+            task.dicom.write(prediction, dicom_path, sources[0], f"medp2p {__version__}", overwrite)
             written.append(dicom_path)
     except BaseException:
         for path in written:
@@ -307,8 +252,8 @@ def predict_cases(
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile, tta)
-    if fmt != "nifti" and model.task.name not in DICOM_OUTPUT:
-        raise ValueError(f"--format {fmt}: DICOM output exists for {sorted(DICOM_OUTPUT)}, not {model.task.name}; use --format nifti")
+    if fmt != "nifti" and model.task.dicom is None:
+        raise ValueError(f"--format {fmt}: the {model.task.name} task has no DICOM output; use --format nifti")
     cases = resolve_inputs(inputs, model.task, model.prep, model.keys)
     mine = partition(cases, num_parts, part_id)
     out_dir = Path(out_dir)

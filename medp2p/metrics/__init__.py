@@ -5,6 +5,7 @@ Example:
     >>> synthrad_metrics(ct, sct, body_mask)["mae"]
 """
 
+from medp2p.metrics.brasyn import brasyn_metrics, own_percentile_scale
 from medp2p.metrics.segmentation import dice, hd95_mm, segmentation_metrics
 from medp2p.metrics.synthesis import (
     SYNTHRAD_HU_RANGE,
@@ -19,6 +20,8 @@ from medp2p.metrics.synthesis import (
 )
 
 __all__ = [
+    "brasyn_metrics",
+    "own_percentile_scale",
     "SYNTHRAD_HU_RANGE",
     "TISSUE_HU",
     "dice",

@@ -16,7 +16,7 @@ from torch import nn
 
 from medp2p.models.discriminator import PatchDiscriminator
 from medp2p.models.layers import NORMS, init_weights
-from medp2p.models.losses import GAN_MODES, gan_loss, soft_dice_loss, weighted_l1
+from medp2p.models.losses import GAN_MODES, LossSpec, gan_loss, soft_dice_loss, weighted_l1
 from medp2p.models.resnet import ResNetGenerator
 from medp2p.models.unet import UNetGenerator
 
@@ -48,6 +48,7 @@ __all__ = [
     "DISCRIMINATORS",
     "GAN_MODES",
     "GENERATORS",
+    "LossSpec",
     "NORMS",
     "PatchDiscriminator",
     "ResNetGenerator",

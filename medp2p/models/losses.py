@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 GAN_MODES = ("vanilla", "lsgan")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Resolved loss weights and options: the config's ``loss`` section after the task's defaults.
+
+    Args:
+        l1, gan, dice, bce: term weights (0 switches a term off; ``gan=0`` trains no discriminator).
+        gan_mode: ``vanilla`` (BCE) or ``lsgan``.
+        l1_in_mask: restrict L1 to the body mask, when the batch has one.
+        region_weight: inpainting: L1 weight inside the region against 1 outside.
+        logits: the generator outputs logits (masks), not images in [-1, 1].
+
+    Example:
+        >>> LossSpec(l1=100.0, gan=1.0, dice=0.0, bce=0.0).gan_mode
+        'vanilla'
+    """
+
+    l1: float
+    gan: float
+    dice: float
+    bce: float
+    gan_mode: str = "vanilla"
+    l1_in_mask: bool = True
+    region_weight: float = 10.0
+    logits: bool = False
 
 
 def gan_loss(logits: torch.Tensor, real: bool, mode: str = "vanilla") -> torch.Tensor:

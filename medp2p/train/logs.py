@@ -1,11 +1,10 @@
-"""What a run writes besides checkpoints: a metrics CSV, TensorBoard events, preview PNGs."""
+"""What a run writes besides checkpoints: a long-format metrics CSV and TensorBoard events."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-import numpy as np
 
 from medp2p.io.atomic import atomic_path
 
@@ -55,62 +54,3 @@ class MetricsLog:
         self._fh.close()
         if self.tb is not None:
             self.tb.close()
-
-
-#: Display windows shared by previews and evaluation montages (fixed, so pictures compare).
-HU_DISPLAY = (-1000.0, 1500.0)
-
-
-def display_window(image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
-    """A robust grey-level window of ``image``: its percentiles, never empty."""
-    lo, hi = np.percentile(image, percentiles) if image.size else (0.0, 1.0)
-    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
-
-
-def middle_slice(mask: np.ndarray | None, depth_axis: int, depth: int) -> int:
-    """The slice through the centre of ``mask`` (or of the volume) along ``depth_axis``."""
-    if mask is None or not np.any(mask):
-        return depth // 2
-    other = tuple(a for a in range(mask.ndim) if a != depth_axis)
-    counts = np.asarray(mask > 0).sum(axis=other)
-    return int(np.argmax(counts))
-
-
-def save_preview(
-    path: Path,
-    panels: list[tuple[str, np.ndarray, tuple[float, float]] | tuple[str, np.ndarray, tuple[float, float], str]],
-    title: str = "",
-    outline: np.ndarray | None = None,
-    colorbars: bool = False,
-) -> Path:
-    """A row of 2D images saved as a PNG, atomically.
-
-    Args:
-        path: the PNG to write.
-        panels: ``(label, image, (vmin, vmax))`` or ``(label, image, (vmin, vmax), colormap)``.
-        title: above the row.
-        outline: a 2D mask whose edge is drawn (yellow) on every panel.
-        colorbars: a colour bar beside each panel.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    width = 3.3 if colorbars else 3.2
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
-    for ax, (label, image, (vmin, vmax), *cmap) in zip(axes[0], panels):
-        shown = ax.imshow(np.rot90(image), cmap=cmap[0] if cmap else "gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-        if outline is not None and np.any(outline) and not np.all(outline):
-            ax.contour(np.rot90(outline.astype(float)), levels=[0.5], colors="yellow", linewidths=0.8)
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-        if colorbars:
-            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    return path

@@ -7,34 +7,21 @@ loss_G = gan * GAN(D(source, fake), True) + l1 * L1(fake, target) [+ dice * Dice
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medp2p.models import gan_loss, soft_dice_loss, weighted_l1
-from medp2p.models.precision import autocast
+from medp2p.models import LossSpec, gan_loss, soft_dice_loss, weighted_l1
+from medp2p.device.precision import autocast
 from medp2p.types import MASK, REGION, SOURCE, TARGET
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or Inf; the run stops before any weight is updated with it."""
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """Resolved loss weights and options (the config's ``loss`` section after the task's defaults)."""
-
-    l1: float
-    gan: float
-    dice: float
-    bce: float
-    gan_mode: str = "vanilla"
-    l1_in_mask: bool = True
-    region_weight: float = 10.0
-    logits: bool = False  # the generator outputs logits (seg), not images in [-1, 1]
 
 
 def _set_requires_grad(net: nn.Module, flag: bool) -> None:
@@ -71,17 +58,17 @@ class Pix2PixStep:
 
     def __init__(
         self,
-        generator,
-        discriminator,
-        opt_g,
-        opt_d,
+        generator: nn.Module,
+        discriminator: nn.Module | None,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer | None,
         loss: LossSpec,
-        device,
-        dtype,
-        scaler=None,
-        memory_format=torch.contiguous_format,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        scaler: torch.amp.GradScaler | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
         any_rank: Callable[[bool], bool] = bool,
-    ):
+    ) -> None:
         self.G, self.D = generator, discriminator
         # The G step only reads D (its weights are frozen there): run the plain module, not the
         # DDP wrapper, which would wait for gradients that never come.
@@ -100,14 +87,15 @@ class Pix2PixStep:
     def _backward(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
         opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             self.scaler.step(opt)
         else:
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
 
     def d_step(self, step: int, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
         """Update D: real pairs towards 1, generated pairs towards 0."""
+        assert self.D is not None and self.opt_d is not None
         _set_requires_grad(self.D, True)
         real_img = target * 2 - 1 if self.loss.logits else target
         with autocast(self.device, self.dtype):
@@ -127,6 +115,7 @@ class Pix2PixStep:
         w = self.loss
         terms: dict[str, torch.Tensor] = {}
         if w.gan > 0:
+            assert self.D is not None and self.D_plain is not None
             _set_requires_grad(self.D, False)
             with autocast(self.device, self.dtype):
                 pred = self.D_plain(torch.cat([source, self._to_image(fake)], 1))
@@ -138,7 +127,7 @@ class Pix2PixStep:
         if w.bce > 0:
             terms["loss_G_BCE"] = F.binary_cross_entropy_with_logits(fake.float(), target.float())
         scale = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_Dice": w.dice, "loss_G_BCE": w.bce}
-        loss_g = sum(scale[k] * v for k, v in terms.items())
+        loss_g = functools.reduce(operator.add, (scale[k] * v for k, v in terms.items()))
         values = _check(step, {"loss_G": loss_g, **terms}, self.any_rank)
         self._backward(loss_g, self.opt_g)
         return values

@@ -1,4 +1,4 @@
-"""Volume-level validation: predict held-out cases whole and score them with the task's metrics."""
+"""Volume-level validation: predict held-out cases whole and score them as ``medp2p evaluate`` does."""
 
 from __future__ import annotations
 
@@ -9,27 +9,34 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from medp2p.data.case_reader import CaseKeys, read_case
+from medp2p.data.case_reader import CaseKeys, CaseVolumes, read_case
 from medp2p.data.checks import ReadOptions
 from medp2p.data.corruption import seeded_corruption
-from medp2p.data.intensity import ct_body
 from medp2p.data.prepare import Prep
-from medp2p.metrics import inpainting_metrics, segmentation_metrics, synthrad_metrics
-from medp2p.tasks import Task
-from medp2p.tasks.predict import RunOptions, predict_volume
-from medp2p.train.logs import HU_DISPLAY, display_window, middle_slice, save_preview
+from medp2p.infer.volume import RunOptions, predict_volume
+from medp2p.tasks import ScoreContext, Scored, Task
 from medp2p.types import Volume
+from medp2p.viz import draw_panels, middle_slice, save_preview
 
 
 @dataclass
 class ValCase:
-    """A held-out case, decoded once: inputs, reference, and (inpainting) the voided input and region."""
+    """A held-out case, decoded once: the read case and, for inpainting, the input and region predicted with.
 
-    id: str
+    Args:
+        case: the case as the reader returned it.
+        sources: the generator's inputs (the voided image first, for inpainting).
+        region: inpainting: the region filled (the case's, or a seeded BraTS-style box).
+    """
+
+    case: CaseVolumes
     sources: list[Volume]
-    target: Volume
-    mask: Volume | None = None
     region: Volume | None = None
+
+    @property
+    def id(self) -> str:
+        """The case id."""
+        return self.case.id
 
 
 def load_val_cases(
@@ -37,16 +44,14 @@ def load_val_cases(
     prep: Prep,
     task: Task,
     eval_seed: int,
-    keys: CaseKeys | None = None,
+    keys: CaseKeys,
     datalist: dict[str, Any] | None = None,
     options: ReadOptions = ReadOptions(),
 ) -> list[ValCase]:
-    """Read validation cases with the checks training applies; inpainting cases without a region get a seeded box (BraTS-style)."""
-    keys = keys or task.case_keys(prep.source_keys, prep.target_key, prep.mask_key, prep.source_channels)
+    """Read validation cases with the checks training applies; inpainting cases without a region get a seeded box."""
     out = []
     for raw in cases:
         case = read_case(raw, keys, "validation", datalist, options)
-        assert case.target is not None
         sources, region = case.sources, None
         if prep.region:
             if case.region is not None:
@@ -55,19 +60,15 @@ def load_val_cases(
             else:
                 voided, region = seeded_corruption(sources[0], case.id, eval_seed)
                 sources = [voided, *sources[1:]]
-        out.append(ValCase(case.id, sources, case.target, case.mask, region))
+        out.append(ValCase(case, sources, region))
     return out
 
 
-def score(task: Task, case: ValCase, prediction: Volume) -> dict[str, float]:
-    """The task's metrics for one predicted case."""
-    if task.target_kind == "hu":
-        body = ct_body(case.target.array) if case.mask is None else case.mask.array
-        return synthrad_metrics(case.target.array, prediction.array, body)
-    if task.target_kind == "mask":
-        return segmentation_metrics(case.target.array > 0, prediction.array > 0, case.target.spacing_mm)
-    assert case.region is not None
-    return inpainting_metrics(case.target.array, prediction.array, case.sources[0].array, case.region.array)
+def score(task: Task, case: ValCase, prediction: Volume) -> tuple[dict[str, float], Scored]:
+    """The task's default metrics for one predicted case, and what they were computed from."""
+    ctx = ScoreContext(region=case.region, voided=case.sources[0] if case.region is not None else None)
+    scored = task.scoring(case.case, prediction, ctx)
+    return task.definition().compute(scored), scored
 
 
 def validate(
@@ -84,27 +85,17 @@ def validate(
     rows = []
     for i, case in enumerate(cases):
         pred = predict_volume(generator, case.sources, prep, case.region, options)
-        rows.append(score(task, case, pred))
+        metrics, scored = score(task, case, pred)
+        rows.append(metrics)
         if preview_dir is not None and i < preview_count:
-            _preview(preview_dir / f"step{step:07d}_{case.id}.png", task, case, pred, step)
+            _preview(preview_dir / f"step{step:07d}_{case.id}.png", task, case.id, scored, step)
     keys = rows[0].keys() if rows else []
     return {k: float(np.nanmean([r[k] for r in rows])) if any(np.isfinite(r[k]) for r in rows) else float("nan") for k in keys}
 
 
-def _preview(path: Path, task: Task, case: ValCase, pred: Volume, step: int) -> None:
-    focus = case.region if case.region is not None else (case.mask if case.mask is not None else case.target)
-    z = middle_slice(focus.array, 2, pred.shape[2])
-    src = case.sources[0].array[:, :, z]
-    src_window = display_window(src)
-    if task.target_kind == "hu":
-        window = HU_DISPLAY
-    elif task.target_kind == "mask":
-        window = (0.0, 1.0)
-    else:
-        window = src_window
-    panels = [
-        ("source", src, src_window),
-        ("prediction", pred.array[:, :, z], window),
-        ("target", case.target.array[:, :, z] if task.target_kind != "mask" else (case.target.array[:, :, z] > 0), window),
-    ]
-    save_preview(path, panels, title=f"{case.id}, step {step}, slice {z}")
+def _preview(path: Path, task: Task, case_id: str, scored: Scored, step: int) -> None:
+    """source | prediction | target at the slice with the most mask: the first three panels of the task's montage."""
+    z = middle_slice(scored.mask, 2, scored.prediction.shape[2])
+    arrays = {"source": scored.source, "prediction": scored.prediction, "reference": scored.reference}
+    panels = draw_panels(task.panels[:3], arrays, z)
+    save_preview(path, panels, title=f"{case_id}, step {step}, slice {z}")

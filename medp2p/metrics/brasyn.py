@@ -1,0 +1,62 @@
+"""MR contrast synthesis metrics as BraSyn normalises them (BraTS missing-modality synthesis).
+
+BraSyn's evaluation (``hongweilibran/BraSyn`` ``ssim.py``, commit 4d9af6d) clips each image to its
+*own* 0.5th and 99.5th percentiles (lower bound at least 0) and scales it to [0, 1], multiplies both
+by a mask and runs torchmetrics' SSIM on the 5-D ``(1, 1, X, Y, Z)`` tensors: a 3D Gaussian window
+(11 voxels, sigma 1.5) with the data range the larger of the two images' ranges. medp2p follows that,
+with scikit-image's 3D SSIM, inside the brain (or body) mask; docs/metrics.md says where the two differ.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+#: The percentiles each image is clipped to before scaling to [0, 1].
+BRASYN_PERCENTILES = (0.5, 99.5)
+
+
+def own_percentile_scale(image: np.ndarray, percentiles: tuple[float, float] = BRASYN_PERCENTILES) -> np.ndarray:
+    """``image`` clipped to its own percentiles (lower bound at least 0) and scaled to [0, 1].
+
+    Example:
+        >>> own_percentile_scale(np.array([0.0, 50.0, 100.0]), (0.0, 100.0)).tolist()
+        [0.0, 0.5, 1.0]
+    """
+    lo, hi = np.percentile(image, percentiles)
+    lo = max(float(lo), 0.0)
+    if hi <= lo:
+        return np.zeros(image.shape, np.float64)
+    scaled: np.ndarray = (np.clip(image.astype(np.float64), lo, float(hi)) - lo) / (float(hi) - lo)
+    return scaled
+
+
+def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """SSIM, PSNR and MSE of a synthesised MR contrast inside ``mask``, BraSyn-normalised.
+
+    Args:
+        reference: the true contrast ``(X, Y, Z)``.
+        prediction: the synthesised one, on the same grid.
+        mask: where to score (the brain mask; BraSyn splits it into tumour and non-tumour).
+
+    Example:
+        >>> brasyn_metrics(t2, synthetic_t2, brain)
+        {'ssim': 0.91, 'psnr': 27.3, 'mse': 0.0019}
+    """
+    if reference.shape != prediction.shape or reference.shape != mask.shape:
+        raise ValueError(f"shapes differ: reference {reference.shape}, prediction {prediction.shape}, mask {mask.shape}")
+    m = np.asarray(mask) > 0
+    if not m.any():
+        raise ValueError("the scoring mask is empty")
+    ref = own_percentile_scale(reference) * m
+    pred = own_percentile_scale(prediction) * m
+    data_range = max(float(np.ptp(ref)), float(np.ptp(pred))) or 1.0
+    smallest = min(reference.shape)
+    sigma = 1.5 if smallest >= 11 else max(0.3, ((smallest - 1) // 2 - 0.5) / 3.5)
+    _, smap = structural_similarity(ref, pred, data_range=data_range, gaussian_weights=True, sigma=sigma, use_sample_covariance=False, full=True)
+    mse = float(np.mean((ref[m] - pred[m]) ** 2))
+    return {
+        "ssim": float(smap[m].mean(dtype=np.float64)),
+        "psnr": float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"),
+        "mse": mse,
+    }

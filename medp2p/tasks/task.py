@@ -1,0 +1,201 @@
+"""What a task is: one :class:`Task` value carries everything that differs between tasks.
+
+The keys it reads, its target codec, its default losses, its metric definitions, its montage, its
+outputs. Code outside :mod:`medp2p.tasks` asks the value, never the task's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medp2p.data.case_reader import CaseKeys, CaseVolumes
+from medp2p.data.codecs import TargetCodec
+from medp2p.types import Volume
+from medp2p.viz import PanelSpec
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the generator's loss terms (0 switches a term off; ``gan=0`` trains no discriminator)."""
+
+    l1: float = 0.0
+    gan: float = 0.0
+    dice: float = 0.0
+    bce: float = 0.0
+
+
+@dataclass
+class Scored:
+    """What one case's metrics and montage are computed from, on the reference's grid.
+
+    Args:
+        reference: the reference volume's values (a 0/1 mask for labels).
+        prediction: the prediction's values.
+        source: what the montage shows as the input (the MR, the voided input).
+        mask: where the metrics are taken (body, inpainting region, brain), already cut to the
+            scored slab; None: the whole (slab of the) volume.
+        voided: inpainting: the input the model saw (its percentiles normalise both images).
+        spacing_mm: voxel size, for distances.
+    """
+
+    reference: np.ndarray
+    prediction: np.ndarray
+    source: np.ndarray
+    mask: np.ndarray | None = None
+    voided: np.ndarray | None = None
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ScoreContext:
+    """How a case is scored: the slab kept, and an inpainting region given or to regenerate.
+
+    Args:
+        keep: 0/1 voxels scored (a slab of the volume); None: all.
+        region: the region a prediction filled (validation knows it); else the case's, else seeded.
+        voided: the voided input the model saw, with ``region``.
+        seed: the seed of generated regions (``inpaint.eval_seed``).
+        prediction_dir: the case's prediction folder, whose ``region.nii.gz`` must agree with the
+            seeded one.
+    """
+
+    keep: np.ndarray | None = None
+    region: Volume | None = None
+    voided: Volume | None = None
+    seed: int = 1234
+    prediction_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    """A named metric definition, as a challenge computes it.
+
+    Args:
+        name: the definition's name (``synthrad2023``, ``brats-inpainting-2d``...).
+        description: the computation in words, written into every report.
+        columns: the metric names it reports, in order.
+        compute: ``Scored -> {column: value}``.
+    """
+
+    name: str
+    description: str
+    columns: tuple[str, ...]
+    compute: Callable[[Scored], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class DicomOutput:
+    """A DICOM output: its name in the case folder and the writer ``(prediction, path, source, version) -> None``."""
+
+    name: str
+    write: Callable[[Volume, Path, Volume, str, bool], Any]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task reads from each case and how it is trained, scored and written.
+
+    Args:
+        name: the task's name on the command line.
+        description: one line for help texts.
+        source_keys: case keys stacked as the generator's input channels.
+        target_key: case key the generator learns to produce.
+        mask_key: case key of the mask losses and metrics are restricted to (the body for
+            mri2ct), or None.
+        codec: how the target goes to model space and back (:mod:`medp2p.data.codecs`).
+        loss: default loss weights.
+        metrics: the metric definitions; the first is the default.
+        best_metric: the validation metric that picks ``best.pt``.
+        higher_is_better: whether a larger ``best_metric`` is better.
+        output_name: file name of a prediction, per case.
+        scoring: ``(case, prediction, context) -> Scored``: what the metrics see.
+        panels: the montage, as data (:class:`~medp2p.viz.PanelSpec`).
+        dicom: the DICOM output of ``--format dicom``, or None.
+        region_key: inpainting: the case key of the region to fill at inference; a task with one
+            gets the region as input channels, regions voided in training, and only the region
+            replaced in its outputs.
+        voided_key: inpainting: the case key of the corrupted input at inference.
+        mask_required: whether every training case needs ``mask_key`` (mri2ct: no; the codec's
+            rule stands in, the same in ``validate``, ``train`` and ``evaluate``).
+        scored_region_keys: inpainting: the region ``evaluate`` scores, first present wins.
+        target_is_source: the target is the source image itself (inpainting): it gets the
+            source's intensity jitter.
+
+    Example:
+        >>> MRI2CT.loss.l1, MRI2CT.output_name
+        (100.0, 'sct.nii.gz')
+    """
+
+    name: str
+    description: str
+    source_keys: tuple[str, ...]
+    target_key: str
+    mask_key: str | None
+    codec: TargetCodec
+    loss: LossWeights
+    metrics: tuple[MetricDefinition, ...]
+    best_metric: str
+    higher_is_better: bool
+    output_name: str
+    scoring: Callable[[CaseVolumes, Volume, ScoreContext], Scored]
+    panels: tuple[PanelSpec, ...]
+    dicom: DicomOutput | None = None
+    region_key: str | None = None
+    voided_key: str | None = None
+    mask_required: bool = True
+    scored_region_keys: tuple[str, ...] = ()
+    target_is_source: bool = False
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        """Keys every training case needs, in order, without repeats."""
+        keys = [*self.source_keys, self.target_key] + ([self.mask_key] if self.mask_key and self.mask_required else [])
+        return tuple(dict.fromkeys(keys))
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The columns of the default metric definition."""
+        return self.metrics[0].columns
+
+    def definition(self, name: str | None = None) -> MetricDefinition:
+        """The metric definition called ``name`` (default: the task's first); a miss names the choices."""
+        if name is None:
+            return self.metrics[0]
+        for d in self.metrics:
+            if d.name == name:
+                return d
+        raise KeyError(f"Unknown metric definition {name!r} for {self.name}; choose from {[d.name for d in self.metrics]}")
+
+    def case_keys(
+        self,
+        source_keys: Sequence[str] | None = None,
+        target_key: str | None = None,
+        mask_key: str | None = None,
+        source_channels: Sequence[int] | None = None,
+        hint: str = "set",
+    ) -> CaseKeys:
+        """What the case reader reads for this task, with the config's key overrides (None: the task's).
+
+        Example:
+            >>> MRI2CT.case_keys().mask_required
+            False
+        """
+        regions = (*self.scored_region_keys, self.region_key) if self.region_key else ()
+        return CaseKeys(
+            sources=tuple(source_keys or self.source_keys),
+            target=target_key or self.target_key,
+            mask=mask_key if mask_key is not None else self.mask_key,
+            mask_required=self.mask_required,
+            region=self.region_key,
+            voided=self.voided_key,
+            scored_regions=tuple(dict.fromkeys(regions)),
+            target_is_label=self.codec.labels,
+            source_channels=tuple(source_channels) if source_channels else None,
+            task=self.name,
+            hint=hint,
+        )
