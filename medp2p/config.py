@@ -162,7 +162,7 @@ class Config(_Section):
     def _slices_need_context(self) -> Config:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose from {sorted(TASKS)}")
-        if self.task == "inpaint" and "slices" in self.inpaint.kinds and self.data.context_slices == 0:
+        if TASKS[self.task].region_key is not None and "slices" in self.inpaint.kinds and self.data.context_slices == 0:
             raise ValueError(
                 "inpaint.kinds has 'slices' (whole slices missing), which needs neighbouring slices: "
                 "set data.context_slices >= 1, or drop 'slices' from inpaint.kinds"

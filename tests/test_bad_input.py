@@ -579,9 +579,9 @@ def test_a_run_without_validation_says_so(tiny_phantom: Path, tmp_path: Path) ->
 def test_train_without_a_config_warns_how_long_the_default_takes(
     tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medp2p.cli
+    import medp2p.cli.train_command
 
-    monkeypatch.setattr(medp2p.cli, "SLOW_DEFAULT_HOURS", 0.0)
+    monkeypatch.setattr(medp2p.cli.train_command, "SLOW_DEFAULT_HOURS", 0.0)
     small = [
         "--set",
         "data.image_size=[32, 32]",

@@ -18,23 +18,21 @@ Example:
 
 from __future__ import annotations
 
-import difflib
-import logging
-import re
-import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from medp2p.data.cases import KEY_FAMILIES, Case, image_keys, label_values
+from medp2p.data.cases import Case, image_keys, label_values
 from medp2p.data.checks import GridTolerance, Problem, ReadOptions, check_volume, choose_affine, compare_grids
+from medp2p.data.key_hints import missing_key_problem, nearest_keys
+from medp2p.data.library_warnings import collected_warnings
 from medp2p.io import DicomSeriesError, VolumeReadError, VolumeWriteError, read_volume
 from medp2p.types import Volume
 
-log = logging.getLogger("medp2p")
+__all__ = [
+    "ROLES", "USER_ERRORS", "CaseError", "CaseKeys", "CaseVolumes", "as_single_source", "collected_warnings", "error_text",
+    "inspect_case", "missing_key_problem", "nearest_keys", "read_case",
+]  # fmt: skip
+
 
 #: What a command reads from a case: ``train`` (and ``validate`` of training data) needs inputs
 #: and target, ``validation`` (held-out cases scored during training) also reads an inpainting
@@ -179,149 +177,6 @@ def as_single_source(case: Case, keys: CaseKeys) -> Case:
     if one_source and len(present) == 1 and present[0] not in keys.sources and not isinstance(case[present[0]], list):
         return {"id": case["id"], keys.sources[0]: case[present[0]]}
     return case
-
-
-def _family(key: str) -> tuple[str, ...]:
-    k = key.lower()
-    return next((fam for name, fam in KEY_FAMILIES.items() if k == name or k in fam), ())
-
-
-def nearest_keys(wanted: str, present: list[str], exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """The case's keys most like ``wanted``: the same family (``mr`` ~ ``t1c``, ``flair``; ``tumor`` ~
-    ``label``, ``seg``), then spelling.
-
-    Example:
-        >>> nearest_keys("tumor", ["flair", "label", "t1c"]), nearest_keys("mr", ["flair", "label", "t1c"])
-        (['label'], ['flair', 't1c'])
-    """
-    family = _family(wanted)
-    candidates = [k for k in present if k not in exclude]
-
-    def related(k: str) -> bool:
-        parts = set(re.split(r"[^0-9a-z]+", k.lower())) | {k.lower()}
-        return any(p in family for p in parts)
-
-    out = [k for k in candidates if related(k)]
-    out += [k for k in difflib.get_close_matches(wanted, candidates, n=3, cutoff=0.6) if k not in out]
-    return out
-
-
-def missing_key_problem(case: Case, keys: CaseKeys, missing: list[str], role: str) -> Problem:
-    """The one-line problem of a case lacking keys: what the task reads, what the case has, and the fix.
-
-    Example:
-        >>> str(missing_key_problem({"id": "x", "flair": "x/flair.nii.gz", "label": "x/label.nii.gz"},
-        ...                         CaseKeys(("mr",), "tumor", task="seg"), ["mr", "tumor"], "train"))
-        "x: case 'x' has no 'mr', 'tumor' (it has flair, label); seg reads sources [mr], target tumor: map yours with --set data.source_keys=[flair] --set data.target_key=label [case 'x', key 'mr']"
-    """
-    cid = str(case["id"])
-    present = image_keys(case)
-    where = next((str(Path(_paths(case[k])[0]).parent) for k in present), cid)
-    reads = f"sources [{', '.join(keys.sources)}]" + (f", target {keys.target}" if keys.target and role != "predict" else "")
-    if keys.mask and keys.mask_required and role in ("train", "validation"):
-        reads += f", mask {keys.mask}"
-    head = f"case {cid!r} has no {', '.join(repr(k) for k in missing)} (it has {', '.join(present) or 'no images'}); {keys.task or 'the task'} reads {reads}"
-    options: list[str] = []
-    advice: list[str] = []
-    sources: list[str] = []
-    for k in keys.sources:
-        sources += nearest_keys(k, present, {keys.target or "", keys.mask or ""} | set(sources)) if k in missing else [k]
-    if any(k in missing for k in keys.sources):
-        if keys.hint == "set" and sources:
-            options.append(f"--set data.source_keys=[{','.join(dict.fromkeys(sources))}]")
-        elif sources:
-            advice.append(
-                f"the model reads [{', '.join(keys.sources)}]: give each case those keys (nearest here: {', '.join(sources)}), or pass one volume file per case with -i"
-            )
-    for key, option in ((keys.target, "data.target_key"), (keys.mask, "data.mask_key")):
-        if key and key in missing:
-            near = nearest_keys(key, present, set(sources) | set(keys.sources))
-            if near and role == "evaluate":
-                options.append(f"--target-key {near[0]}")
-            elif near and keys.hint == "set":
-                options.append(f"--set {option}={near[0]}")
-    fix = "; ".join(([f"map yours with {' '.join(options)}"] if options else []) + advice)
-    return Problem(
-        where, "missing_key", f"{head}: {fix or 'name the files after those keys, or map them in a datalist .json'}", cid, missing[0]
-    )
-
-
-# --- library warnings, once per case ---------------------------------------------------------------
-
-_local = threading.local()
-_hook_lock = threading.Lock()
-_original_showwarning = warnings.showwarning
-
-
-def _route_warning(
-    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None
-) -> None:
-    sink = getattr(_local, "sink", None)
-    if sink is None:
-        _original_showwarning(message, category, filename, lineno, file, line)
-    else:
-        sink.append(str(message))
-
-
-class _CollectLogRecords(logging.Filter):
-    """On a library's logger: while a case is read or written in this thread, its records go to the case."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        sink = getattr(_local, "sink", None)
-        if sink is None:
-            return True  # logged as usual
-        sink.append(record.getMessage())
-        return False
-
-
-_library_filter = _CollectLogRecords()
-#: Libraries that log their notices instead of warning (pydicom's VR notices, highdicom's).
-_LIBRARY_LOGGERS = ("pydicom", "highdicom")
-
-
-@contextmanager
-def collected_warnings(case_id: str) -> Iterator[list[str]]:
-    """Collect library warnings (pydicom VR notices, nibabel header notes...) raised in this thread
-    while inside, and log each distinct one once as ``case 'ID': ...`` on the ``medp2p`` logger.
-
-    Thread-safe: each thread collects its own (readers of a pipelined predict run in threads).
-    """
-    global _original_showwarning
-    with _hook_lock:
-        if warnings.showwarning is not _route_warning:
-            _original_showwarning = warnings.showwarning
-            warnings.showwarning = _route_warning
-        # a logger's filter sees only its own records, so every module logger of the libraries
-        # gets it (those imported later get it on the next case)
-        names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in _LIBRARY_LOGGERS]
-        for name in {*_LIBRARY_LOGGERS, *names}:
-            library_log = logging.getLogger(name)
-            if _library_filter not in library_log.filters:
-                library_log.addFilter(_library_filter)
-    outer = getattr(_local, "sink", None)
-    sink: list[str] = []
-    _local.sink = sink
-    try:
-        with warnings.catch_warnings() if threading.current_thread() is threading.main_thread() else _nothing():
-            warnings.simplefilter("always")
-            yield sink
-    finally:
-        _local.sink = outer
-        seen = []
-        for msg in sink:
-            first = msg.strip().splitlines()[0] if msg.strip() else msg
-            if first not in seen:
-                seen.append(first)
-        for msg in seen:
-            if outer is not None:
-                outer.append(msg)
-            else:
-                log.warning("case %r: %s", case_id, msg)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 # --- reading -----------------------------------------------------------------------------------------

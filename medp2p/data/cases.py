@@ -196,64 +196,6 @@ def _read_datalist_json(path: Path) -> dict[str, Any]:
     return out
 
 
-# --- nnU-Net v2 raw ----------------------------------------------------------------------------
-
-
-def _channel_key(name: str) -> str:
-    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_") or "image"
-
-
-def _read_nnunet(folder: Path) -> dict[str, Any]:
-    meta_path = folder / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataLayoutError(f"{meta_path}: not readable as nnU-Net dataset.json ({err})") from err
-    channels = meta.get("channel_names") or meta.get("modality")
-    ending = meta.get("file_ending", ".nii.gz")
-    if not isinstance(channels, dict) or not channels:
-        raise DataLayoutError(f'{meta_path}: \'channel_names\' missing; nnU-Net v2 needs e.g. {{"0": "T2"}}')
-    keys: dict[int, str] = {}
-    for idx, name in sorted(((int(i), n) for i, n in channels.items())):
-        key = _channel_key(str(name))
-        keys[idx] = key if key not in keys.values() and key != "label" else f"{key}_{idx:04d}"
-    out: dict[str, Any] = {}
-    labels = meta.get("labels", {})
-    values: set[int] = set()
-    for v in labels.values():
-        values.update(int(x) for x in (v if isinstance(v, list) else [v]))
-    if values:
-        out["label_values"] = {"label": sorted(values)}
-    pattern = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(ending) + "$")
-    for section, images, labels_dir in (("training", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
-        img_dir = folder / images
-        if not img_dir.is_dir():
-            continue
-        cases: dict[str, Case] = {}
-        for f in sorted(img_dir.iterdir()):
-            m = pattern.match(f.name)
-            if not m:
-                continue
-            ch = int(m["ch"])
-            if ch not in keys:
-                raise DataLayoutError(f"{f}: channel {ch:04d} is not declared in {meta_path}'s channel_names")
-            cases.setdefault(m["case"], {"id": m["case"]})[keys[ch]] = str(f.resolve())
-        for cid, case in cases.items():
-            missing = [keys[c] for c in keys if keys[c] not in case]
-            if missing:
-                raise DataLayoutError(f"{img_dir}: case '{cid}' lacks channel(s) {missing} ({cid}_XXXX{ending})")
-            label = folder / labels_dir / f"{cid}{ending}"
-            if label.exists():
-                case["label"] = str(label.resolve())
-            elif section == "training":
-                raise DataLayoutError(f"{label}: missing; every training case needs a label in {labels_dir}")
-        if cases:
-            out[section] = list(cases.values())
-    if "training" not in out:
-        raise DataLayoutError(f"{folder / 'imagesTr'}: no images named <case>_XXXX{ending}")
-    return out
-
-
 # --- per-case folders (SynthRAD, BraTS) ----------------------------------------------------------
 
 
@@ -394,15 +336,17 @@ def load_datalist(data: str | Path) -> dict[str, Any]:
     path = Path(data).expanduser()
     if not path.exists():
         raise DataLayoutError(f"{path}: no such file or folder")
+    from medp2p.data.nnunet import read_nnunet  # here: that module uses this one's error type
+
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise DataLayoutError(f"{path}: DATA must be a folder or a datalist .json (a single volume is not a dataset)")
         raw = json.loads(path.read_text()) if path.name == "dataset.json" else None
         if isinstance(raw, dict) and ("channel_names" in raw or "modality" in raw) and "file_ending" in raw:
-            return _read_nnunet(path.parent)
+            return read_nnunet(path.parent)
         return _read_datalist_json(path)
     if (path / "dataset.json").is_file() and (path / "imagesTr").is_dir():
-        return _read_nnunet(path)
+        return read_nnunet(path)
     return _read_case_folders(path)
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from medp2p import __version__
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id

@@ -106,6 +106,7 @@ __all__ = [
     "itk_from_affine",
     "list_dicom_series",
     "probe_dicom",
+    "read_dicom_header",
     "read_dicom_series",
     "read_itk",
     "read_nifti",

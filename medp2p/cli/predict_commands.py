@@ -1,0 +1,166 @@
+"""``medp2p predict`` and ``evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from medp2p.cli.app import AffineFrom, SeriesUid, read_options_of, usage_error, command, err
+
+
+@command
+def predict(
+    model: Annotated[
+        Path, typer.Option("--model", metavar="RUN_DIR", help="A run folder (uses best.pt, else last.pt) or a checkpoint file.")
+    ],
+    inputs: Annotated[
+        list[Path], typer.Option("--input", "-i", metavar="INPUT", help="A volume file, a DICOM series folder, or a dataset (repeatable).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT_DIR", help="Output folder: one <case>/ folder per case.")],
+    fmt: Annotated[
+        str, typer.Option("--format", metavar="FORMAT", help="nifti, dicom (mri2ct: CT series; seg: DICOM SEG) or both.")
+    ] = "nifti",
+    num_parts: Annotated[int, typer.Option(min=1, metavar="N", help="Split the cases into this many parts...")] = 1,
+    part_id: Annotated[int, typer.Option(min=0, metavar="K", help="...and predict this one (0-based).")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (refused otherwise).")] = False,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="B", help="Slices per forward pass (default: 16 of 256x256; fewer, larger slices: 4 of 512x512)."),
+    ] = None,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile", help="Compile the generator with frozen weights first (a minute or more; pays over many volumes)."
+        ),
+    ] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Also predict each slice mirrored left-right and average the two (twice the time).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Predict inputs that do not look like the model's training sources (a CT given to an MR model).")
+    ] = False,
+    affine_from: AffineFrom = None,
+    series_uid: SeriesUid = None,
+) -> None:
+    """Predict whole volumes with a trained model; outputs sit on each input's own grid.
+
+    Exit 0 when every case was written, 1 when a case failed (listed in OUT_DIR/failures.csv; the others go on), 2 on usage errors.
+    """
+    from medp2p.infer import FORMATS, predict_cases
+
+    if fmt not in FORMATS:
+        raise usage_error(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if part_id >= num_parts:
+        raise usage_error(f"--part-id must be below --num-parts ({num_parts}), got {part_id}")
+    with err.status("predicting...") as status:
+        try:
+            report = predict_cases(
+                model,
+                inputs,
+                out,
+                fmt,
+                num_parts,
+                part_id,
+                overwrite,
+                device,
+                batch_size,
+                on_case=lambda cid: status.update(f"predicting {escape(cid)}"),
+                compile=compile,
+                tta=tta,
+                read_options=read_options_of(affine_from, series_uid),
+                force=force,
+            )
+        except (ValueError, RuntimeError) as exc:  # bad model, options or inputs: before any case ran
+            raise usage_error(str(exc)) from None
+    for case, paths in report.written.items():
+        typer.echo(f"{case}: " + ", ".join(str(p) for p in paths))
+    for failure in report.failures:
+        err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}")
+    done = f"{len(report.written)} case(s) written to {out}"
+    if num_parts > 1:
+        done += f" (part {part_id} of {num_parts}; {report.total_cases} case(s) in all)"
+    err.print(escape(done))
+    if report.failures:
+        where = f"; see {report.failures_csv}" if report.failures_csv else ""
+        err.print(escape(f"{len(report.failures)} case(s) failed{where}"))
+        raise typer.Exit(1)
+
+
+@command
+def evaluate(
+    task: Annotated[str, typer.Option(metavar="TASK", help="The task the predictions are for (`medp2p tasks` lists them).")],
+    pred: Annotated[Path, typer.Option(metavar="OUT_DIR", help="The prediction folder written by `medp2p predict`.")],
+    ref: Annotated[Path, typer.Option(metavar="DATA", help="Reference data: any layout `medp2p validate` reads.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="REPORT_DIR", help="Report folder: metrics.csv, summary.json, one PNG per case.")
+    ],
+    target_key: Annotated[
+        str | None, typer.Option(metavar="KEY", help="Reference image key (default the task's: ct, tumor, mr).")
+    ] = None,
+    seed: Annotated[int, typer.Option(metavar="S", help="inpaint: seed of the generated regions (inpaint.eval_seed).")] = 1234,
+    montages: Annotated[bool, typer.Option(help="Write one montage PNG per case.")] = True,
+    slice_range: Annotated[
+        tuple[float, float] | None,
+        typer.Option(
+            metavar="START END",
+            help="Score only this fraction [START, END) of the slices along --axis, as data.slice_range trains on them (slab splits).",
+        ),
+    ] = None,
+    axis: Annotated[str, typer.Option(metavar="AXIS", help="Slicing axis of --slice-range: axial, coronal, sagittal.")] = "axial",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the report in REPORT_DIR (refused otherwise; only its own files are removed).")
+    ] = False,
+    affine_from: AffineFrom = None,
+    series_uid: SeriesUid = None,
+) -> None:
+    """Score predictions against references with the challenges' metric definitions.
+
+    Exit 0 when every reference case was scored, 1 when a case was missing or failed, 2 on usage errors.
+    """
+    from medp2p.config import load_config
+    from medp2p.data.geometry import SLICE_AXES, check_slice_range
+    from medp2p.eval import evaluate as run_evaluation
+    from medp2p.plan import build_plan
+
+    plan = build_plan(load_config(task, None, [f"data.target_key={target_key}"] if target_key else []))
+    if axis not in SLICE_AXES:
+        raise usage_error(f"unknown --axis {axis!r}; choose from {sorted(SLICE_AXES)}")
+    if slice_range is not None:
+        try:
+            check_slice_range(slice_range)
+        except ValueError as exc:
+            raise usage_error(f"--slice-range START END: {exc}") from None
+    slab = None if slice_range is None else (axis, (float(slice_range[0]), float(slice_range[1])))
+    with err.status("evaluating...") as status:
+        report = run_evaluation(
+            plan,
+            pred,
+            ref,
+            out,
+            None,
+            seed,
+            montages,
+            on_case=lambda c: status.update(f"evaluating {escape(c)}"),
+            slab=slab,
+            overwrite=overwrite,
+            read_options=read_options_of(affine_from, series_uid),
+        )
+    from rich.table import Table
+
+    table = Table(title=f"{task}: {report.summary['cases']} case(s)")
+    for col in ("metric", "mean", "std", "median"):
+        table.add_column(col, justify="right")
+    for name, stats in report.summary["metrics"].items():
+        table.add_row(name, f"{stats['mean']:.4g}", f"{stats['std']:.3g}", f"{stats['median']:.4g}")
+    Console().print(table)
+    err.print(f"report in [bold]{escape(str(out))}[/] (metrics.csv, summary.json)")
+    for cid in report.missing:
+        err.print(f"[yellow]missing:[/] no prediction for {escape(cid)}")
+    for failure in report.failures:
+        err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}")
+    raise typer.Exit(0 if report.ok else 1)
