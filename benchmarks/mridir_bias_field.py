@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from medp2p.data.geometry import slab_mask
 from medp2p.data.intensity import ct_body
 from medp2p.eval import IntensityLookup
 from medp2p.io import read_volume
+from medp2p.io.itk import n4_corrected
 from medp2p.metrics.synthesis import mae_hu
 from medp2p.types import Volume
 
@@ -36,20 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDP2P_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
 SPLITS = (("lower_to_upper", (0.0, 0.5), (0.5, 1.0)), ("upper_to_lower", (0.5, 1.0), (0.0, 0.5)))
 SOFT_TISSUE = (-100.0, 100.0)
-
-
-def n4_corrected(mr: Volume, shrink: tuple[int, int, int] = (4, 4, 1), iterations: int = 50, levels: int = 4) -> Volume:
-    """``mr`` divided by N4's bias field, fitted on a shrunk copy inside its Otsu foreground."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(mr.array.transpose(2, 1, 0)).astype(np.float32))
-    image.SetSpacing([float(s) for s in mr.spacing_mm])
-    small = sitk.Shrink(image, list(shrink))
-    mask = sitk.OtsuThreshold(small, 0, 1, 200)
-    n4 = sitk.N4BiasFieldCorrectionImageFilter()
-    n4.SetMaximumNumberOfIterations([iterations] * levels)
-    n4.Execute(small, mask)
-    field = sitk.Exp(n4.GetLogBiasFieldAsImage(image))
-    corrected = sitk.GetArrayFromImage(image / field).transpose(2, 1, 0)
-    return mr.with_array(np.ascontiguousarray(corrected, dtype=np.float32))
 
 
 def errors(ct: Volume, sct: np.ndarray, test: tuple[float, float]) -> dict[str, float]:

@@ -125,32 +125,23 @@ def medp2p_config(overrides: list[str] = ()):
 
 
 def medp2p_trainer(cfg, device: torch.device):
-    """medp2p's training step for ``cfg``, built as ``medp2p train`` builds it (no data loading)."""
-    from medp2p.checkpoint import build_discriminator_for, build_generator_for, prep_from_config
-    from medp2p.device.precision import memory_format, resolve_precision
-    from medp2p.train import Pix2PixStep
-    from medp2p.train.run import loss_spec, make_optimizer
+    """medp2p's training step for ``cfg``: the public ``build_trainer`` that ``medp2p train`` uses (no data loading)."""
+    from medp2p.plan import build_plan
+    from medp2p.train import build_trainer
 
-    prep = prep_from_config(cfg)
-    mf = memory_format(device, resolve_precision(device, cfg.train.precision), cfg.train.channels_last, training=True)
-    G = build_generator_for(cfg, prep).to(device, memory_format=mf)
-    D = build_discriminator_for(cfg, prep).to(device, memory_format=mf)
-    t = cfg.train
-    opt_g, opt_d = make_optimizer(G, t), make_optimizer(D, t)
-    G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)  # as `medp2p train` does
-    step = Pix2PixStep(G_run, D_run, opt_g, opt_d, loss_spec(cfg), device, resolve_precision(device, t.precision), None, mf)
-    return step, G
+    trainer = build_trainer(build_plan(cfg), device)
+    return trainer.step_fn, trainer.G
 
 
 def medp2p_predictor(cfg, device: torch.device, compile_freeze: bool = False):
     """medp2p's generator for ``cfg`` as ``load_model`` prepares it for ``medp2p predict``: its
     prediction layout, then frozen compilation (``--compile``) or the eager rewrite."""
-    from medp2p.checkpoint import build_generator_for, prep_from_config
-    from medp2p.models.inference import optimize_for_inference
     from medp2p.device.precision import compile_for_inference, memory_format, resolve_precision
+    from medp2p.models.inference import optimize_for_inference
+    from medp2p.plan import build_plan
 
     layout = memory_format(device, resolve_precision(device, cfg.train.precision), cfg.train.channels_last)
-    G = build_generator_for(cfg, prep_from_config(cfg)).to(device, memory_format=layout).eval()
+    G = build_plan(cfg).build_generator().to(device, memory_format=layout).eval()
     return compile_for_inference(G) if compile_freeze else optimize_for_inference(G)
 
 
@@ -235,15 +226,15 @@ def bench_infer(device: torch.device, rounds: int, n: int, compile_freeze: bool)
 
 def bench_volume(device: torch.device, slices: int, rounds: int) -> dict:
     """End to end (read NIfTI -> predict every slice -> write NIfTI) vs the bare forward on as many slices."""
-    from medp2p.checkpoint import prep_from_config
-    from medp2p.io import read_volume, write_volume
     from medp2p.device.precision import autocast, resolve_precision
     from medp2p.infer.volume import RunOptions, predict_volume
+    from medp2p.io import read_volume, write_volume
+    from medp2p.plan import build_plan
     from medp2p.types import Volume
 
     cfg = medp2p_config()
     G = medp2p_predictor(cfg, device)  # as `medp2p predict` loads it; the bare forward runs the same
-    prep = prep_from_config(cfg, for_training=False)
+    prep = build_plan(cfg).inference_prep
     dtype = resolve_precision(device, "auto")
     options = RunOptions(device, dtype, 16, True)
     rng = np.random.default_rng(0)
@@ -273,14 +264,15 @@ def bench_volume(device: torch.device, slices: int, rounds: int) -> dict:
 
 def bench_memory(shape: tuple[int, int, int]) -> dict:
     """Peak RSS of `medp2p predict` on a ``shape`` volume (a child process, measured by the OS)."""
-    from medp2p.checkpoint import build_generator_for, prep_from_config, save_checkpoint
+    from medp2p.infer import save_checkpoint
     from medp2p.io import write_volume
+    from medp2p.plan import build_plan
     from medp2p.types import Volume
 
     cfg = medp2p_config()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        G = build_generator_for(cfg, prep_from_config(cfg))
+        G = build_plan(cfg).build_generator()
         save_checkpoint({"generator": G.state_dict(), "config": cfg.to_dict(), "step": 0}, tmp / "model.pt")
         rng = np.random.default_rng(0)
         write_volume(Volume(rng.normal(100, 30, shape).astype(np.float32), np.diag([0.5, 0.5, 1.0, 1.0])), tmp / "big.nii.gz")

@@ -1,4 +1,4 @@
-"""Short versions of the real-data protocols (benchmarks/realdata.py --quick), end to end through the CLI.
+"""Short versions of the real-data protocols (medp2p.eval.protocols, ``benchmarks/realdata.py --quick``), end to end through the CLI.
 
 Each trains a small model for a minute or two on real scans, predicts unseen data, scores it with
 `medp2p evaluate`, and must beat the trivial baseline scored the same way. The full protocols and
@@ -13,18 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import benchmark_script, shared
+from medp2p.eval.protocols import ProtocolOptions, run_inpaint, run_mr2mr, run_mri2ct, run_seg
+from tests.conftest import shared
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
-def _protocols():
-    return benchmark_script("realdata")
-
-
 def test_mri2ct_slab_split_beats_the_mean_hu_baseline(tmp_path: Path) -> None:
     shared("mridir_phantom", "t2.nii.gz")
-    result = _protocols().run_mri2ct(tmp_path, quick=True, splits=("lower_to_upper",))
+    result = run_mri2ct(ProtocolOptions(tmp_path, quick=True), splits=("lower_to_upper",))
     (row,) = result.splits
     model, base = row["metrics"], row["baselines"]
     assert row["test_slab"] == [0.5, 1.0]
@@ -36,7 +33,7 @@ def test_mri2ct_slab_split_beats_the_mean_hu_baseline(tmp_path: Path) -> None:
 
 def test_seg_fold_beats_the_flair_threshold(tmp_path: Path) -> None:
     shared("brats2015_deepmedic")
-    result = _protocols().run_seg(tmp_path, quick=True, folds=(3,))
+    result = run_seg(ProtocolOptions(tmp_path, quick=True), folds=(3,))
     (row,) = result.splits
     assert row["test_case"] == "brats_2013_pat0004_1"
     assert row["metrics"]["dice"] > row["baselines"]["flair_threshold"]["dice"] - 0.05
@@ -50,7 +47,7 @@ def test_inpaint_on_an_unseen_subject_beats_mean_fill(tmp_path: Path) -> None:
     # after that fix (full suite, 2026-11-23); those figures were not recorded.
     shared("kirby21_113")
     shared("stroke_cstar")
-    result = _protocols().run_inpaint(tmp_path, quick=True)
+    result = run_inpaint(ProtocolOptions(tmp_path, quick=True))
     (row,) = result.splits
     model, fill = row["metrics"], row["baselines"]["mean_fill"]
     assert model["ssim"] > fill["ssim"]  # the BraTS-Inpainting target metric
@@ -60,3 +57,16 @@ def test_inpaint_on_an_unseen_subject_beats_mean_fill(tmp_path: Path) -> None:
     sharp, soft = row["oracles"]["truth_blurred_1"], row["oracles"]["truth_blurred_2"]
     assert sharp["ssim"] > soft["ssim"] > model["ssim"]
     assert sharp["mse"] < soft["mse"] < model["mse"]
+
+
+def test_mr2mr_t1_to_t2_runs_end_to_end_and_scores_like_the_lookup(tmp_path: Path) -> None:
+    shared("kirby21_113")
+    shared("stroke_cstar")
+    result = run_mr2mr(ProtocolOptions(tmp_path, quick=True), splits=("t1_to_t2",))
+    (row,) = result.splits
+    assert row["test"] == ["stroke_cstar"] and set(row["metrics"]) == {"ssim", "psnr", "mse"}
+    model, lookup = row["metrics"], row["baselines"]["lookup"]
+    # 150 steps of a tiny model on one subject: it must at least produce a plausible contrast
+    assert 0.3 < model["ssim"] <= 1.0 and 0.3 < lookup["ssim"] <= 1.0 and model["mse"] < 0.1
+    synth = tmp_path / "mr2mr" / "t1_to_t2" / "pred" / "stroke_cstar" / "synth.nii.gz"
+    assert synth.is_file()

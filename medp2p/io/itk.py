@@ -75,3 +75,27 @@ def write_itk(volume: Volume, path: str | Path, dtype: np.dtype | type | str | N
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
     return path
+
+
+def n4_corrected(mr: Volume, shrink: tuple[int, int, int] = (4, 4, 1), iterations: int = 50, levels: int = 4) -> Volume:
+    """``mr`` divided by N4's bias field (SimpleITK), fitted on a shrunk copy inside its Otsu foreground.
+
+    Args:
+        mr: the MR volume.
+        shrink: the fit runs on a copy shrunk by these factors per axis (the field is smooth).
+        iterations: N4 iterations per level.
+        levels: fitting levels.
+
+    Example:
+        >>> flat = n4_corrected(read_volume("t2.nii.gz"))
+    """
+    image = sitk.GetImageFromArray(np.ascontiguousarray(mr.array.transpose(2, 1, 0)).astype(np.float32))
+    image.SetSpacing([float(s) for s in mr.spacing_mm])
+    small = sitk.Shrink(image, list(shrink))
+    mask = sitk.OtsuThreshold(small, 0, 1, 200)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([iterations] * levels)
+    n4.Execute(small, mask)
+    field = sitk.Exp(n4.GetLogBiasFieldAsImage(image))
+    corrected = sitk.GetArrayFromImage(image / field).transpose(2, 1, 0)
+    return mr.with_array(np.ascontiguousarray(corrected, dtype=np.float32))

@@ -1,0 +1,143 @@
+"""What every real-data protocol shares: options, the CLI runner, datalists, baselines scored alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medp2p.eval.evaluate import evaluate
+from medp2p.io import write_volume
+from medp2p.tasks import TASKS
+from medp2p.types import Volume
+
+#: The repository root of an editable install (the protocols use its shipped configs).
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def shared_data() -> Path:
+    """The real-data folder: ``$MEDP2P_SHARED_DATA``, default ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("MEDP2P_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+@dataclass(frozen=True)
+class ProtocolOptions:
+    """How a protocol runs.
+
+    Args:
+        work: where datalists, runs, predictions and reports go (never the repository).
+        quick: the short version the ``realdata`` tests run (minutes).
+        reuse: keep runs that finished (``run/train_s.txt``): predict and evaluate again only.
+        sets: config overrides added to every training (``--set KEY=VALUE``), for experiments.
+        predict_options: options added to every ``medp2p predict`` (``--tta``).
+        configs: the folder of shipped configs.
+    """
+
+    work: Path
+    quick: bool = False
+    reuse: bool = False
+    sets: tuple[str, ...] = ()
+    predict_options: tuple[str, ...] = ()
+    configs: Path = ROOT / "configs"
+
+
+@dataclass
+class Result:
+    """One protocol's figures: per split, the model's and the baselines' summary metrics."""
+
+    task: str
+    splits: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        """``{"task", "splits"}`` as JSON."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": self.task, "splits": self.splits}, indent=2) + "\n")
+
+
+def medp2p(*args: str, log: Path) -> float:
+    """Run the public CLI (``python -m medp2p``); returns its wall time in seconds. Output goes to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write("$ medp2p " + " ".join(args) + "\n")
+        fh.flush()
+        done = subprocess.run([sys.executable, "-m", "medp2p", *args], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"medp2p {args[0]} exited {done.returncode}; log {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def write_datalist(path: Path, training: list[dict[str, Any]], test: list[dict[str, Any]] | None = None) -> Path:
+    """A datalist JSON with a training (and test) section."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"training": training, **({"test": test} if test else {})}, indent=2) + "\n")
+    return path
+
+
+def summary(report: Path) -> dict[str, float]:
+    """The mean of each metric in a ``medp2p evaluate`` report folder."""
+    data = json.loads((report / "summary.json").read_text())
+    if data["failures"] or data["missing"]:
+        raise RuntimeError(f"{report}: failed or missing cases: {data['failures'] or data['missing']}")
+    return {k: v["mean"] for k, v in data["metrics"].items()}
+
+
+def train_predict_evaluate(
+    opts: ProtocolOptions, task: str, config: str, train_list: Path, test_list: Path, out: Path, sets: list[str], eval_args: list[str]
+) -> dict[str, Any]:
+    """``medp2p train`` -> ``predict`` -> ``evaluate``; returns the report's means and the wall times."""
+    import torch
+
+    log = out / "log.txt"
+    cmd = ["train", "--task", task, "--config", str(opts.configs / config), "--data", str(train_list), "--out", str(out / "run"), "--overwrite"]
+    for s in [*sets, *opts.sets]:
+        cmd += ["--set", s]
+    if opts.reuse and (out / "run" / "train_s.txt").exists():
+        train_s = float((out / "run" / "train_s.txt").read_text())
+    else:
+        train_s = medp2p(*cmd, log=log)
+        (out / "run" / "train_s.txt").write_text(f"{train_s:.1f}\n")
+    predict = ["predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", *opts.predict_options]
+    predict_s = medp2p(*predict, log=log)
+    medp2p("evaluate", "--task", task, "--pred", str(out / "pred"), "--ref", str(test_list), "-o", str(out / "report"), "--overwrite", *eval_args, log=log)
+    steps = int(torch.load(out / "run" / "last.pt", map_location="cpu", weights_only=True)["step"])  # train.minutes may fit fewer
+    return {
+        "metrics": summary(out / "report"), "train_s": round(train_s, 1), "steps": steps, "predict_s": round(predict_s, 1),
+        "command": "medp2p " + " ".join(cmd),
+    }  # fmt: skip
+
+
+def evaluate_baseline(task: str, name: str, predictions: dict[str, Volume], test_list: Path, out: Path, **kwargs: Any) -> dict[str, float]:
+    """Write a baseline's volumes as a prediction folder and score it with the same ``evaluate``."""
+    folder = out / "baselines" / name
+    for cid, volume in predictions.items():
+        write_volume(volume, folder / cid / TASKS[task].output_name)
+    evaluate(task, folder, test_list, out / "baselines" / f"{name}_report", montages=False, overwrite=True, **kwargs)
+    return summary(out / "baselines" / f"{name}_report")
+
+
+def table(result: Result) -> str:
+    """A markdown table of the model's and baselines' means per split."""
+    lines = []
+    for row in result.splits:
+        name = row.get("split") or (f"fold {row['fold']} (test {row['test_case']})" if "fold" in row else "test volumes")
+        lines.append(f"\n### {result.task}: {name}  (train {row['train_s'] / 60:.1f} min, predict {row['predict_s']:.0f} s)")
+        models = {"medp2p": row["metrics"], **row["baselines"], **({"pyradiomics (OOD)": row["pyradiomics"]} if "pyradiomics" in row else {})}
+        models.update({f"{n} (oracle: sees the truth)": metrics for n, metrics in row.get("oracles", {}).items()})
+        keys = list(row["metrics"])
+        lines.append("| | " + " | ".join(keys) + " |")
+        lines.append("|---" * (len(keys) + 1) + "|")
+        for label, metrics in models.items():
+            lines.append(f"| {label} | " + " | ".join(f"{metrics.get(k, float('nan')):.4g}" for k in keys) + " |")
+        if "ratios" in row:
+            lines.append("ratios to the baseline: " + ", ".join(f"{k} {v:.2f}" for k, v in row["ratios"].items()))
+        if "per_case" in row and isinstance(row["per_case"], dict):
+            for cid, metrics in row["per_case"].items():
+                lines.append(f"- {cid}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return "\n".join(lines)
