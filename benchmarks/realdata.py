@@ -24,8 +24,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="The short protocol the realdata tests run.")
     parser.add_argument("--splits", nargs="+", help="mri2ct / mr2mr: which splits (default all).")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3], help="seg: which folds.")
-    parser.add_argument("--reuse", action="store_true", help="Keep runs that finished (WORK/.../run/train_s.txt): predict and evaluate only.")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="Config override for every training (repeatable).")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Keep runs that finished (WORK/.../run/train_s.txt): predict and evaluate only."
+    )
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="Config override for every training (repeatable)."
+    )
     parser.add_argument("--tta", action="store_true", help="Predict with medp2p predict --tta (left-right mirror averaging).")
     args = parser.parse_args()
     if not shared_data().is_dir():

@@ -345,7 +345,8 @@ def main() -> None:
         r = out["train"] = bench_train(device, args.train_batch, args.rounds, 3 if device.type == "cpu" else 20, args.train_compile)
         r["fraction_of_peak"] = r["medp2p_img_s"] / out["train_peak_img_s"]
         print(
-            f"train  batch {r['batch']}{' compiled' if r['compiled'] else ''}: reference {r['reference_img_s']:.2f} img/s, medp2p {r['medp2p_img_s']:.2f} img/s, "
+            f"train  batch {r['batch']}{' compiled' if r['compiled'] else ''}: reference {r['reference_img_s']:.2f} img/s, "
+            f"medp2p {r['medp2p_img_s']:.2f} img/s, "
             f"ratio {r['ratio']:.2f}x, {100 * r['fraction_of_peak']:.0f}% of the {out['train_peak_img_s']:.1f} img/s ceiling",
             flush=True,
         )
@@ -362,7 +363,8 @@ def main() -> None:
         if "infer" in out:
             r["ratio_to_reference"] = r["end_to_end_img_s"] / out["infer"]["reference_img_s"]
         print(
-            f"volume {r['slices']} slices 256x256: end to end {r['end_to_end_img_s']:.1f} img/s, bare forward {r['bare_forward_img_s']:.1f} img/s "
+            f"volume {r['slices']} slices 256x256: end to end {r['end_to_end_img_s']:.1f} img/s, "
+            f"bare forward {r['bare_forward_img_s']:.1f} img/s "
             f"({100 * r['fraction_of_bare']:.0f}%)"
             + (f", {r['ratio_to_reference']:.2f}x the reference" if "ratio_to_reference" in r else ""),
             flush=True,

@@ -87,6 +87,8 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """The generator and the discriminator (see docs/configs.md)."""
+
     generator: Literal["unet", "resnet"] = "unet"
     depth: int = Field(8, ge=2, le=10)  # U-Net levels (8 = unet_256)
     base_channels: int = Field(64, ge=1)
@@ -121,6 +123,8 @@ class InpaintConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """The schedule, optimiser, checkpoints, logging, device and precision (see docs/configs.md)."""
+
     steps: int = Field(2000, ge=1)  # length of the learning-rate schedule
     # Wall-time budget of the whole `medp2p train` (minutes): after a few timed steps the schedule
     # is shortened to the steps that fit (never more than `steps`), so a config holds its time on
@@ -205,7 +209,8 @@ def _explain(err: ValidationError, where: str) -> ConfigError:
 
 #: Keys removed from the config, with what to do instead; a saved run's config drops them silently.
 REMOVED_KEYS = {
-    "data.cache_rate": "data.cache_rate was removed: it was never read (every training case is decoded and prepared once per run); drop the key",
+    "data.cache_rate": "data.cache_rate was removed: it was never read (every training case is decoded and prepared once "
+    "per run); drop the key",
 }
 
 

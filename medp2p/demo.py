@@ -110,7 +110,8 @@ def run_demo(
     cfg = load_config("mri2ct", None, [*(QUICK_OVERRIDES if quick else DEMO_OVERRIDES), f"train.steps={cap}", f"train.minutes={minutes}"])
     if quick:
         say(
-            f"2/5 training mri2ct: {QUICK_STEPS} steps of a tiny network (batch {cfg.train.batch_size}; seconds, a smoke test) -> {out / 'run'}"
+            f"2/5 training mri2ct: {QUICK_STEPS} steps of a tiny network (batch {cfg.train.batch_size}; seconds, a smoke test) "
+            f"-> {out / 'run'}"
         )
     else:
         say(f"2/5 training mri2ct for {minutes:g} min (batch {cfg.train.batch_size}; the schedule is fitted to the time) -> {out / 'run'}")
@@ -150,7 +151,7 @@ def run_demo(
 
 def lookup_vs_model_rows(result: DemoResult) -> list[tuple[str, str, str]]:
     """``(metric, model, lookup)`` rows for printing, MAE first."""
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for key in ("mae", "mae_bone", "mae_air", "mae_soft_tissue", "psnr", "ssim"):
         if key in result.model and key in result.baseline and np.isfinite(result.model[key]):
             rows.append((key, f"{result.model[key]:.4g}", f"{result.baseline[key]:.4g}"))

@@ -118,7 +118,13 @@ def _losses(cfg: Config, task: Task) -> LossSpec:
 
 def _generator(cfg: Config, task: Task, in_channels: int) -> NetworkSpec:
     m = cfg.model
-    common = {"in_channels": in_channels, "out_channels": 1, "base_channels": m.base_channels, "norm": m.norm, "final_activation": task.codec.final_activation}
+    common = {
+        "in_channels": in_channels,
+        "out_channels": 1,
+        "base_channels": m.base_channels,
+        "norm": m.norm,
+        "final_activation": task.codec.final_activation,
+    }
     if m.generator == "unet":
         return NetworkSpec("unet", {**common, "depth": m.depth, "dropout": m.dropout})
     return NetworkSpec("resnet", {**common, "blocks": m.resnet_blocks, "dropout": 0.0})
@@ -128,7 +134,13 @@ def _discriminator(cfg: Config, in_channels: int) -> NetworkSpec:
     m = cfg.model
     return NetworkSpec(
         m.discriminator,
-        {"in_channels": in_channels + 1, "base_channels": m.disc_channels, "layers": m.disc_layers, "norm": m.disc_norm, "spectral_norm": m.spectral_norm},
+        {
+            "in_channels": in_channels + 1,
+            "base_channels": m.disc_channels,
+            "layers": m.disc_layers,
+            "norm": m.disc_norm,
+            "spectral_norm": m.spectral_norm,
+        },
     )
 
 

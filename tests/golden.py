@@ -42,14 +42,37 @@ def run_pipeline(root: Path) -> dict[str, np.ndarray]:
         for task in TASKS:
             run = root / task / "run"
             sets = [x for s in SETS for x in ("--set", s)]
-            cli("train", "--task", task, "--config", str(ROOT / "configs" / "tiny.yaml"), "--data", str(root / "data"), "--out", str(run), "--steps", "3", *sets)
+            cli(
+                "train",
+                "--task",
+                task,
+                "--config",
+                str(ROOT / "configs" / "tiny.yaml"),
+                "--data",
+                str(root / "data"),
+                "--out",
+                str(run),
+                "--steps",
+                "3",
+                *sets,
+            )
             state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["generator"]
             h = hashlib.sha256()
             for name in sorted(state):
                 h.update(name.encode() + state[name].contiguous().numpy().tobytes())
             out[f"{task}/weights_sha256"] = np.frombuffer(h.digest(), np.uint8)
             cli("predict", "--model", str(run), "-i", str(root / "data"), "-o", str(root / task / "pred"))
-            cli("evaluate", "--task", task, "--pred", str(root / task / "pred"), "--ref", str(root / "data"), "-o", str(root / task / "report"))
+            cli(
+                "evaluate",
+                "--task",
+                task,
+                "--pred",
+                str(root / task / "pred"),
+                "--ref",
+                str(root / "data"),
+                "-o",
+                str(root / task / "report"),
+            )
             for case in sorted(p.name for p in (root / task / "pred").iterdir() if p.is_dir()):
                 for f in sorted((root / task / "pred" / case).glob("*.nii.gz")):
                     out[f"{task}/{case}/{f.name}"] = read_volume(f).array

@@ -445,7 +445,8 @@ def test_a_compressed_syntax_without_its_decoder_names_both(tmp_path: Path, monk
     monkeypatch.setattr(type(decoder), "is_available", property(lambda self: False))
     with pytest.raises(
         Exception,
-        match=r"im\.dcm: transfer syntax JPEG-LS Lossless Image Compression \(1\.2\.840\.10008\.1\.2\.4\.80\) needs a decoder.*pip install pylibjpeg-libjpeg",
+        match=r"im\.dcm: transfer syntax JPEG-LS Lossless Image Compression \(1\.2\.840\.10008\.1\.2\.4\.80\) "
+        r"needs a decoder.*pip install pylibjpeg-libjpeg",
     ):
         read_volume(folder)
 

@@ -124,10 +124,10 @@ def test_slice_range_scores_only_that_slab(predictions: dict, tiny_phantom: Path
 
 
 def test_mri2ct_case_without_a_body_mask_uses_ct_above_minus_500(tiny_phantom: Path, tmp_path: Path) -> None:
-    from medp2p.plan import build_plan
     from medp2p.config import load_config
     from medp2p.data.case_reader import read_case
     from medp2p.data.prepare import prepare_case
+    from medp2p.plan import build_plan
 
     case = {"id": "c", "mr": str(tiny_phantom / "case_000/mr.nii.gz"), "ct": str(tiny_phantom / "case_000/ct.nii.gz")}
     cfg = load_config("mri2ct", None, ["data.image_size=[32, 32]"])

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from medp2p.device.precision import autocast
 from medp2p.models import build_generator
 from medp2p.models.inference import NARROW_OUTPUT, SMALL_INPUT, MatmulConvTranspose2d, fold_batch_norm, optimize_for_inference
-from medp2p.device.precision import autocast
 
 
 def _randomise_norms(net: nn.Module) -> None:

@@ -37,7 +37,14 @@ def contrasts(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         body = read_volume(tiny_phantom / cid / "mask.nii.gz").array > 0
         target = np.where(body, 3000.0 - 2.5 * mr.array, 0.0).astype(np.float32)
         write_nifti(mr.with_array(target), root / cid / "t2.nii.gz")
-        cases.append({"id": cid, "mr": str(tiny_phantom / cid / "mr.nii.gz"), "target": str(root / cid / "t2.nii.gz"), "mask": str(tiny_phantom / cid / "mask.nii.gz")})
+        cases.append(
+            {
+                "id": cid,
+                "mr": str(tiny_phantom / cid / "mr.nii.gz"),
+                "target": str(root / cid / "t2.nii.gz"),
+                "mask": str(tiny_phantom / cid / "mask.nii.gz"),
+            }
+        )
     (root / "list.json").write_text(json.dumps({"training": cases[:2], "validation": cases[2:]}))
     return root
 
@@ -54,7 +61,9 @@ def test_mr2mr_is_a_registered_value_with_its_own_codec_and_metric() -> None:
 
 def test_mr2mr_trains_predicts_and_evaluates_from_the_cli(contrasts: Path, tmp_path: Path) -> None:
     run, pred, report = tmp_path / "run", tmp_path / "pred", tmp_path / "report"
-    result = runner.invoke(app, ["train", "--task", "mr2mr", "--config", TINY, "--data", str(contrasts / "list.json"), "--out", str(run), "--steps", "3"])
+    result = runner.invoke(
+        app, ["train", "--task", "mr2mr", "--config", TINY, "--data", str(contrasts / "list.json"), "--out", str(run), "--steps", "3"]
+    )
     assert result.exit_code == 0, result.output
     window = yaml.safe_load((run / "config.yaml").read_text())["data"]["target_window"]
     targets = [read_volume(contrasts / c / "t2.nii.gz").array for c in ("case_000", "case_001")]
@@ -66,7 +75,9 @@ def test_mr2mr_trains_predicts_and_evaluates_from_the_cli(contrasts: Path, tmp_p
     assert out.shape == ref.shape and np.allclose(out.affine, ref.affine) and out.array.dtype == np.float32
     span = window[1] - window[0]  # tanh outputs decode into the run's target window
     assert np.isfinite(out.array).all() and window[0] - 1e-3 * span <= out.array.min() and out.array.max() <= window[1] + 1e-3 * span
-    result = runner.invoke(app, ["evaluate", "--task", "mr2mr", "--pred", str(pred), "--ref", str(contrasts / "list.json"), "-o", str(report)])
+    result = runner.invoke(
+        app, ["evaluate", "--task", "mr2mr", "--pred", str(pred), "--ref", str(contrasts / "list.json"), "-o", str(report)]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((report / "summary.json").read_text())
     assert summary["metric_definition"] == "brasyn" and set(summary["metrics"]) == {"ssim", "psnr", "mse"} and summary["cases"] == 3
@@ -98,6 +109,7 @@ def _own_scale(image: np.ndarray) -> np.ndarray:
 
 def _ssim_map(x: np.ndarray, y: np.ndarray, data_range: float, sigma: float = 1.5) -> np.ndarray:
     """Wang et al.'s SSIM map with Gaussian local statistics (population covariance), written out."""
+
     def g(a: np.ndarray) -> np.ndarray:
         return ndimage.gaussian_filter(a, sigma, truncate=3.5, mode="reflect")
 

@@ -14,12 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from medp2p.cli import app
-from medp2p.data.intensity import HU_WINDOW, body_mask, mr_window
 from medp2p.data.codecs import HU, MR_SOURCE
+from medp2p.data.intensity import HU_WINDOW, body_mask, mr_window
 from medp2p.data.prepare import Prep
 from medp2p.infer import load_model, predict_volume
-from medp2p.io import read_volume, write_nifti
 from medp2p.infer.volume import RunOptions
+from medp2p.io import read_volume, write_nifti
 from medp2p.types import Volume
 from tests.test_io_volumes import AFFINES
 

@@ -21,7 +21,9 @@ def _outside_tasks() -> list[Path]:
 
 
 def test_no_task_name_or_kind_comparison_outside_tasks() -> None:
-    pattern = re.compile(rf"""(==|!=|\bin\b|\bis\b)\s*\(?\s*["']({NAMES})["']|["']({NAMES})["']\s*(==|!=)|target_kind|task\.name\s*(==|!=|in)\s""")
+    pattern = re.compile(
+        rf"""(==|!=|\bin\b|\bis\b)\s*\(?\s*["']({NAMES})["']|["']({NAMES})["']\s*(==|!=)|target_kind|task\.name\s*(==|!=|in)\s"""
+    )
     hits = []
     for path in _outside_tasks():
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -46,7 +48,9 @@ def test_modules_stay_small(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= 400, f"{path.name} is asking to be split"
 
 
-@pytest.mark.parametrize("path", [p for p in MODULES if p.relative_to(PACKAGE).parts[0] in ("train", "infer")], ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize(
+    "path", [p for p in MODULES if p.relative_to(PACKAGE).parts[0] in ("train", "infer")], ids=lambda p: str(p.relative_to(PACKAGE))
+)
 def test_functions_in_train_and_infer_are_short(path: Path) -> None:
     long = []
     for node in ast.walk(ast.parse(path.read_text())):

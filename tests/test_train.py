@@ -14,15 +14,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medp2p.plan import build_plan
 from medp2p.cli import app
 from medp2p.config import load_config
 from medp2p.data.augment import AugmentSpec
 from medp2p.data.case_reader import read_case
 from medp2p.data.prepare import prepare_case
 from medp2p.data.sampling import SliceBatcher
-from medp2p.train import NonFiniteLossError, Pix2PixStep, train
-from medp2p.train import fit_schedule, make_optimizer, training_batch
+from medp2p.plan import build_plan
+from medp2p.train import NonFiniteLossError, Pix2PixStep, fit_schedule, make_optimizer, train, training_batch
 from medp2p.types import REGION, SOURCE, TARGET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +80,7 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
     plan = build_plan(cfg)
     prep = plan.prep
     case = prepare_case(
-        read_case(
-            {"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, plan.keys
-        ),
+        read_case({"id": "c", **{k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}}, plan.keys),
         prep,
     )
     gen = torch.Generator().manual_seed(0)
@@ -409,5 +406,5 @@ def test_fused_adam_makes_the_reference_update() -> None:
             opt.zero_grad()
             net(x).abs().mean().backward()
             opt.step()
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)

@@ -69,6 +69,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def usage_error(message: str) -> typer.Exit:
+    """Print ``error: message`` and return the exit (code 2) to raise."""
     return _fail(message, 2)
 
 
@@ -143,6 +144,7 @@ SeriesUid = Annotated[
 
 
 def read_options_of(affine_from: str | None, series_uid: str | None) -> Any:
+    """The ``ReadOptions`` of ``--affine-from`` and ``--series-uid`` (a bad choice is a usage error)."""
     from medp2p.data.checks import AFFINE_SOURCES, ReadOptions
 
     if affine_from is not None and affine_from not in AFFINE_SOURCES:

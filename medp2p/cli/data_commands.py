@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from medp2p.cli.app import AffineFrom, SeriesUid, read_options_of, usage_error, command, err
+from medp2p.cli.app import AffineFrom, SeriesUid, command, err, read_options_of, usage_error
 
 
 @command
@@ -22,7 +22,8 @@ def validate(
         ),
     ],
     task: Annotated[
-        str | None, typer.Option(metavar="TASK", help="Check the keys this task reads, as `train` reads them (`medp2p tasks` lists the tasks).")
+        str | None,
+        typer.Option(metavar="TASK", help="Check the keys this task reads, as `train` reads them (`medp2p tasks` lists the tasks)."),
     ] = None,
     config: Annotated[
         Path | None, typer.Option(metavar="FILE", help="The training config: its task and data.source_keys/target_key/mask_key.")

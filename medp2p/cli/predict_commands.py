@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from medp2p.cli.app import AffineFrom, SeriesUid, read_options_of, usage_error, command, err
+from medp2p.cli.app import AffineFrom, SeriesUid, command, err, read_options_of, usage_error
 
 
 @command
@@ -99,9 +99,7 @@ def evaluate(
     out: Annotated[
         Path, typer.Option("--out", "-o", metavar="REPORT_DIR", help="Report folder: metrics.csv, summary.json, one PNG per case.")
     ],
-    target_key: Annotated[
-        str | None, typer.Option(metavar="KEY", help="Reference image key (default the task's: ct, tumor, mr).")
-    ] = None,
+    target_key: Annotated[str | None, typer.Option(metavar="KEY", help="Reference image key (default the task's: ct, tumor, mr).")] = None,
     seed: Annotated[int, typer.Option(metavar="S", help="inpaint: seed of the generated regions (inpaint.eval_seed).")] = 1234,
     montages: Annotated[bool, typer.Option(help="Write one montage PNG per case.")] = True,
     slice_range: Annotated[

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from medp2p.cli.app import AffineFrom, SeriesUid, read_options_of, usage_error, command, err
+from medp2p.cli.app import AffineFrom, SeriesUid, command, err, read_options_of, usage_error
 
 SLOW_DEFAULT_HOURS = 0.5
 
@@ -46,7 +46,8 @@ def train(
 ) -> None:
     """Train pix2pix for a task: slices from volumes, validation on held-out cases, exact resume.
 
-    Exit 0 when the run finished, 1 when it failed (bad input file, non-finite loss), 2 on usage errors (unknown config key, existing run without --resume/--overwrite).
+    Exit 0 when the run finished, 1 when it failed (bad input file, non-finite loss), 2 on usage
+    errors (unknown config key, existing run without --resume/--overwrite).
     """
     from medp2p.config import load_config
     from medp2p.train import train as run_training

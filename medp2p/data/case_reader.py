@@ -162,8 +162,10 @@ class CaseVolumes:
 
 
 def as_single_source(case: Case, keys: CaseKeys) -> Case:
-    """A case holding one image under another key (``image``: a file of a folder of volumes, a DICOM
-    series folder) read as the source of a one-source task; other cases unchanged.
+    """A case holding one image under another key, read as the source of a one-source task.
+
+    ``image`` (a file of a folder of volumes, a DICOM series folder) becomes the task's source
+    key; other cases are returned unchanged.
 
     ``predict`` and ``validate`` apply this one rule, so ``validate --task`` accepts what
     ``predict`` accepts.
@@ -229,7 +231,7 @@ def inspect_case(
         assert keys is not None
         problems.append(missing_key_problem(case, keys, missing, role))
     if keys is not None and keys.source_channels is not None:
-        for key, n in zip(keys.sources, keys.source_channels):
+        for key, n in zip(keys.sources, keys.source_channels, strict=False):
             if key in case and len(_paths(case[key])) != n:
                 problems.append(
                     Problem(
@@ -269,7 +271,8 @@ def inspect_case(
                             Problem(
                                 path,
                                 "grid_mismatch",
-                                f"'{key}' is not on the '{reference[0]}' grid of {reference[1]}: {diff}. Resample '{key}' onto the '{reference[0]}' grid first",
+                                f"'{key}' is not on the '{reference[0]}' grid of {reference[1]}: {diff}. "
+                                f"Resample '{key}' onto the '{reference[0]}' grid first",
                                 cid,
                                 key,
                             )

@@ -55,11 +55,15 @@ class TargetCodec:
         """Whether the codec's window is fitted on the training targets (kept in ``data.target_window``)."""
         return False
 
-    def encode(self, target: Volume, source_windows: list[IntensityWindow], percentiles: tuple[float, float]) -> tuple[np.ndarray, IntensityWindow | None]:
+    def encode(
+        self, target: Volume, source_windows: list[IntensityWindow], percentiles: tuple[float, float]
+    ) -> tuple[np.ndarray, IntensityWindow | None]:
         """The target's values as the generator learns them, and the window used (None when fixed)."""
         raise NotImplementedError
 
-    def decode(self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None) -> np.ndarray:
+    def decode(
+        self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None
+    ) -> np.ndarray:
         """A ``(D, H, W)`` model-space output back on the input's grid, in the target's units."""
         raise NotImplementedError
 
@@ -74,10 +78,14 @@ class TargetCodec:
 
 @dataclass(frozen=True)
 class _HU(TargetCodec):
-    def encode(self, target: Volume, source_windows: list[IntensityWindow], percentiles: tuple[float, float]) -> tuple[np.ndarray, IntensityWindow | None]:
+    def encode(
+        self, target: Volume, source_windows: list[IntensityWindow], percentiles: tuple[float, float]
+    ) -> tuple[np.ndarray, IntensityWindow | None]:
         return HU_WINDOW.forward(target.array), None
 
-    def decode(self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None) -> np.ndarray:
+    def decode(
+        self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None
+    ) -> np.ndarray:
         back = from_model_space(out, grid)
         return HU_WINDOW.inverse(back, out=back)
 
@@ -87,10 +95,14 @@ class _HU(TargetCodec):
 
 @dataclass(frozen=True)
 class _Mask(TargetCodec):
-    def encode(self, target: Volume, source_windows: list[IntensityWindow], percentiles: tuple[float, float]) -> tuple[np.ndarray, IntensityWindow | None]:
+    def encode(
+        self, target: Volume, source_windows: list[IntensityWindow], percentiles: tuple[float, float]
+    ) -> tuple[np.ndarray, IntensityWindow | None]:
         return (target.array > 0).astype(np.float32), None
 
-    def decode(self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None) -> np.ndarray:
+    def decode(
+        self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None
+    ) -> np.ndarray:
         prob = from_model_space(torch.sigmoid(out), grid)
         return (prob > 0.5).astype(np.float32)
 
@@ -105,13 +117,17 @@ class _MR(TargetCodec):
     def fits_window(self) -> bool:
         return self.window == "target"
 
-    def encode(self, target: Volume, source_windows: list[IntensityWindow], percentiles: tuple[float, float]) -> tuple[np.ndarray, IntensityWindow | None]:
+    def encode(
+        self, target: Volume, source_windows: list[IntensityWindow], percentiles: tuple[float, float]
+    ) -> tuple[np.ndarray, IntensityWindow | None]:
         if self.window == "source":
             return source_windows[0].forward(target.array), None
         own = mr_window(target.array, body_mask(target.array), percentiles)
         return own.forward(target.array), own
 
-    def decode(self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None) -> np.ndarray:
+    def decode(
+        self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None
+    ) -> np.ndarray:
         window = source_windows[0] if self.window == "source" else target_window
         if window is None:
             raise ValueError("this model writes the target contrast's scale, but the run holds no data.target_window")

@@ -89,7 +89,8 @@ def corrupt_volume(
     Args:
         image: the clean ``(X, Y, Z)`` volume.
         body: where the box may go (e.g. the brain or body mask).
-        seed, index: the box depends only on these (and the shapes).
+        seed: with ``index``, all the box depends on (besides the shapes).
+        index: a second seed part (a case index).
         box_fraction: box side range as a fraction of each axis.
 
     Returns:

@@ -89,6 +89,7 @@ class GridMap:
 
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
+        """The array shape after reorientation to RAS+ (axes permuted, no resampling)."""
         return tuple(self.shape[a] for a in self.perm)  # type: ignore[return-value]
 
     @property
@@ -138,7 +139,7 @@ def plan_grid(
         plane.append(new)
         scale[a] = n / new
     pads = []
-    for n, lo in zip(plane, min_size):
+    for n, lo in zip(plane, min_size, strict=True):
         target = max(n, lo)
         target += (-target) % size_multiple
         pads.append((target - n) // 2)
@@ -147,7 +148,7 @@ def plan_grid(
     m = np.zeros((4, 4))
     m[3, 3] = 1
     m[d_axis, 0] = 1.0
-    for col, (a, before) in enumerate(zip(plane_axes, (pads[0], pads[2])), start=1):
+    for col, (a, before) in enumerate(zip(plane_axes, (pads[0], pads[2]), strict=True), start=1):
         m[a, col] = scale[a]
         m[a, 3] = (0.5 - before) * scale[a] - 0.5
     return GridMap(

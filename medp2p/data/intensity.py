@@ -39,6 +39,7 @@ class IntensityWindow:
             raise ValueError(f"intensity window needs hi > lo, got [{self.lo}, {self.hi}]")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Intensities to model values: ``[lo, hi]`` onto ``[-1, 1]``, clipped to ``clip``."""
         return _linear_map(x, self.lo, 2.0 / (self.hi - self.lo), -1.0, self.clip)
 
     def inverse(self, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -46,6 +47,7 @@ class IntensityWindow:
         return _linear_map(y, -1.0, (self.hi - self.lo) / 2.0, self.lo, None, out)
 
     def to_dict(self) -> dict[str, float]:
+        """``{"lo", "hi"}`` as plain floats (JSON, checkpoints)."""
         return {"lo": float(self.lo), "hi": float(self.hi)}
 
 

@@ -29,8 +29,9 @@ def _family(key: str) -> tuple[str, ...]:
 
 
 def nearest_keys(wanted: str, present: list[str], exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """The case's keys most like ``wanted``: the same family (``mr`` ~ ``t1c``, ``flair``; ``tumor`` ~
-    ``label``, ``seg``), then spelling.
+    """The case's keys most like ``wanted``: the same family first, then spelling.
+
+    Families: ``mr`` ~ ``t1c``, ``flair``; ``tumor`` ~ ``label``, ``seg``.
 
     Example:
         >>> nearest_keys("tumor", ["flair", "label", "t1c"]), nearest_keys("mr", ["flair", "label", "t1c"])
@@ -54,7 +55,8 @@ def missing_key_problem(case: Case, keys: CaseKeys, missing: list[str], role: st
     Example:
         >>> str(missing_key_problem({"id": "x", "flair": "x/flair.nii.gz", "label": "x/label.nii.gz"},
         ...                         CaseKeys(("mr",), "tumor", task="seg"), ["mr", "tumor"], "train"))
-        "x: case 'x' has no 'mr', 'tumor' (it has flair, label); seg reads sources [mr], target tumor: map yours with --set data.source_keys=[flair] --set data.target_key=label [case 'x', key 'mr']"
+        "x: case 'x' has no 'mr', 'tumor' (it has flair, label); seg reads sources [mr], target tumor: map yours with
+        --set data.source_keys=[flair] --set data.target_key=label [case 'x', key 'mr']"
     """
     cid = str(case["id"])
     present = image_keys(case)
@@ -62,7 +64,8 @@ def missing_key_problem(case: Case, keys: CaseKeys, missing: list[str], role: st
     reads = f"sources [{', '.join(keys.sources)}]" + (f", target {keys.target}" if keys.target and role != "predict" else "")
     if keys.mask and keys.mask_required and role in ("train", "validation"):
         reads += f", mask {keys.mask}"
-    head = f"case {cid!r} has no {', '.join(repr(k) for k in missing)} (it has {', '.join(present) or 'no images'}); {keys.task or 'the task'} reads {reads}"
+    has = ", ".join(present) or "no images"
+    head = f"case {cid!r} has no {', '.join(repr(k) for k in missing)} (it has {has}); {keys.task or 'the task'} reads {reads}"
     options: list[str] = []
     advice: list[str] = []
     sources: list[str] = []
@@ -73,7 +76,8 @@ def missing_key_problem(case: Case, keys: CaseKeys, missing: list[str], role: st
             options.append(f"--set data.source_keys=[{','.join(dict.fromkeys(sources))}]")
         elif sources:
             advice.append(
-                f"the model reads [{', '.join(keys.sources)}]: give each case those keys (nearest here: {', '.join(sources)}), or pass one volume file per case with -i"
+                f"the model reads [{', '.join(keys.sources)}]: give each case those keys (nearest here: {', '.join(sources)}), "
+                "or pass one volume file per case with -i"
             )
     for key, option in ((keys.target, "data.target_key"), (keys.mask, "data.mask_key")):
         if key and key in missing:

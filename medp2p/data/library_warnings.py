@@ -50,8 +50,10 @@ _LIBRARY_LOGGERS = ("pydicom", "highdicom")
 
 @contextmanager
 def collected_warnings(case_id: str) -> Iterator[list[str]]:
-    """Collect library warnings (pydicom VR notices, nibabel header notes...) raised in this thread
-    while inside, and log each distinct one once as ``case 'ID': ...`` on the ``medp2p`` logger.
+    """Collect library warnings raised in this thread while inside, and log each distinct one once.
+
+    pydicom VR notices, nibabel header notes...: each becomes one ``case 'ID': ...`` line on the
+    ``medp2p`` logger.
 
     Thread-safe: each thread collects its own (readers of a pipelined predict run in threads).
     """

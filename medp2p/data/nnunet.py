@@ -14,12 +14,16 @@ from typing import Any
 from medp2p.data.cases import Case, DataLayoutError
 
 
-
 def _channel_key(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_") or "image"
 
 
 def read_nnunet(folder: Path) -> dict[str, Any]:
+    """The datalist of an nnU-Net v2 raw dataset folder (``training`` from imagesTr, ``test`` from imagesTs).
+
+    Raises:
+        DataLayoutError: an unreadable ``dataset.json``, undeclared or missing channels, a training case without its label.
+    """
     meta_path = folder / "dataset.json"
     try:
         meta = json.loads(meta_path.read_text())

@@ -106,7 +106,7 @@ def make_phantom_case(seed: int, index: int, spec: PhantomSpec = PhantomSpec()) 
     half = (np.asarray(shape) - 1) / 2.0 * np.asarray(spec.spacing_mm)  # half field of view, mm
     # Normalised head coordinates: the field of view spans [-1, 1] on every axis, then the head
     # is rotated and shifted a little (pose varies per case).
-    axes = [np.linspace(-1.0, 1.0, n) * h for n, h in zip(shape, half)]
+    axes = [np.linspace(-1.0, 1.0, n) * h for n, h in zip(shape, half, strict=True)]
     xyz = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # (X, Y, Z, 3) mm
     scale = half.min()  # the head is sized relative to the smallest extent: stays inside the FOV
     rot = _rotation(rng, (6.0, 6.0, 12.0))

@@ -132,8 +132,8 @@ def prepare_source(
     grid = plan_grid(ref.affine, ref.shape, prep.axis, prep.spacing_mm, prep.size_multiple, prep.min_size)
     if bodies is None:
         bodies = [body_mask(v.array) for v in volumes]
-    windows = [mr_window(v.array, body, prep.mr_percentiles) for v, body in zip(volumes, bodies)]
-    stack = torch.stack([to_model_space(w.forward(v.array), grid, "linear", BACKGROUND) for w, v in zip(windows, volumes)])
+    windows = [mr_window(v.array, body, prep.mr_percentiles) for v, body in zip(volumes, bodies, strict=True)]
+    stack = torch.stack([to_model_space(w.forward(v.array), grid, "linear", BACKGROUND) for w, v in zip(windows, volumes, strict=True)])
     return stack, grid, windows
 
 
@@ -189,5 +189,6 @@ class PrepareCased(MapTransform):
         self.prep, self.case_keys, self.datalist, self.options = prep, keys, datalist, options
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Read, check and prepare one datalist case."""
         case = read_case(dict(data), self.case_keys, "train", self.datalist, self.options)
         return {"case": prepare_case(case, self.prep)}

@@ -72,7 +72,7 @@ class SliceBatcher:
         self.extent = [_body_extent(c.body[0]) for c in self.cases]
 
     def next(self) -> dict[str, torch.Tensor]:
-        """One batch: ``source (B, S*(2k+1), h, w)``, ``target (B, 1, h, w)``, ``body (B, 2k+1, h, w)``, and ``mask`` when the cases have one."""
+        """One batch: ``source (B, S*(2k+1), h, w)``, ``target (B, 1, h, w)``, ``body (B, 2k+1, h, w)``, ``mask`` if any."""
         picks = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=self.gen)
         offsets = torch.rand(self.batch_size, 2, generator=self.gen)
         ch, cw = self.crop

@@ -51,9 +51,11 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
+        """True when no problem was found."""
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-able values."""
         return {"ok": self.ok, "cases": self.cases, "files": self.files, "problems": [asdict(p) for p in self.problems]}
 
 

@@ -27,6 +27,7 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process trains (under torchrun)."""
         return self.world > 1
 
     @property
@@ -35,6 +36,7 @@ class Dist:
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Wait for every rank (a no-op in a single process)."""
         if self.enabled:
             dist.barrier()
 

@@ -1,4 +1,6 @@
-"""Trivial baselines a model has to beat: for MR -> CT the body's mean HU and a 1D intensity lookup;
+"""Trivial baselines a model has to beat, scored by the same ``evaluate``.
+
+For MR -> CT the body's mean HU and a 1D intensity lookup (also the MR contrast synthesis one);
 for tumour masks one FLAIR threshold; for inpainting the mean of the surrounding tissue.
 
 The lookup maps each voxel's normalised MR intensity (the same robust percentile window the

@@ -42,6 +42,7 @@ class EvalReport:
 
     @property
     def ok(self) -> bool:
+        """True when every reference case was scored."""
         return not self.missing and not self.failures
 
 
@@ -99,8 +100,13 @@ def _read_prediction(path: Path, reference: Volume, options: ReadOptions) -> Vol
 
 
 def evaluate_case(
-    plan: Plan, case: dict[str, Any], pred_dir: Path, seed: int = 1234, slab: Slab | None = None,
-    datalist: dict[str, Any] | None = None, options: ReadOptions = ReadOptions(),
+    plan: Plan,
+    case: dict[str, Any],
+    pred_dir: Path,
+    seed: int = 1234,
+    slab: Slab | None = None,
+    datalist: dict[str, Any] | None = None,
+    options: ReadOptions = ReadOptions(),
 ) -> tuple[dict[str, float], Scored]:
     """Metrics of one case, and what they (and the montage) were computed from.
 

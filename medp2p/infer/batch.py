@@ -26,10 +26,10 @@ from medp2p.data.checks import ReadOptions, count_non_finite
 from medp2p.data.corruption import seeded_corruption
 from medp2p.data.intensity import looks_like_ct
 from medp2p.data.prepare import Prep
-from medp2p.io import VolumeWriteError, is_volume_file, write_nifti
-from medp2p.io.atomic import atomic_path, full_suffix
 from medp2p.infer.model import Model, load_model
 from medp2p.infer.volume import predict_volume
+from medp2p.io import VolumeWriteError, is_volume_file, write_nifti
+from medp2p.io.atomic import atomic_path, full_suffix
 from medp2p.tasks import Task
 from medp2p.types import Volume
 
@@ -44,7 +44,7 @@ class ModalityMismatchError(ValueError):
     """The input is not the kind of image the model was trained on (a CT given to an MR model)."""
 
 
-def _single_input_case(path: Path, key: str, generic: Sequence[str]) -> dict[str, Any]:
+def _single_input_case(path: Path, key: str, generic: set[str]) -> dict[str, Any]:
     stem = path.name[: len(path.name) - len(full_suffix(path))] if path.is_file() else path.name
     # "case_001/mr.nii.gz" is case_001, not "mr"
     case_id = path.parent.name if stem.lower() in generic else stem
@@ -227,7 +227,8 @@ def predict_cases(
         inputs: volume files, DICOM series folders, or datasets.
         out_dir: where ``<case>/`` folders go.
         fmt: ``nifti``, ``dicom`` or ``both`` (DICOM: mri2ct CT series, seg DICOM SEG).
-        num_parts, part_id: split the sorted cases into ``num_parts`` and do part ``part_id``.
+        num_parts: split the sorted cases into this many parts...
+        part_id: ...and predict this one (0-based).
         overwrite: replace existing outputs (refused otherwise, per case).
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: slices per forward pass; None: 16 of 256x256, fewer for larger slices

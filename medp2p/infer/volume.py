@@ -15,8 +15,8 @@ from medp2p.data.codecs import BACKGROUND
 from medp2p.data.geometry import MIRROR_DIMS, GridMap, context_indices, gather_slices, to_model_space
 from medp2p.data.intensity import IntensityWindow, body_mask
 from medp2p.data.prepare import Prep, prepare_source
-from medp2p.device.precision import autocast
 from medp2p.device.allocator import reuse_freed_memory
+from medp2p.device.precision import autocast
 from medp2p.types import Volume
 
 #: Pixels per forward pass when no batch size is given: 16 slices of 256x256. Larger slices go in
@@ -48,7 +48,9 @@ class RunOptions:
         return self.batch_size or max(1, min(AUTO_BATCH, AUTO_BATCH_PIXELS // (height * width)))
 
 
-def _model_input(vols: list[Volume], prep: Prep, region: Volume | None) -> tuple[torch.Tensor, torch.Tensor | None, GridMap, list[IntensityWindow]]:
+def _model_input(
+    vols: list[Volume], prep: Prep, region: Volume | None
+) -> tuple[torch.Tensor, torch.Tensor | None, GridMap, list[IntensityWindow]]:
     """The normalised source stack ``(S, D, H, W)``, the region channel (inpainting) and the way back."""
     bodies = None
     if prep.region:
@@ -68,7 +70,9 @@ def _model_input(vols: list[Volume], prep: Prep, region: Volume | None) -> tuple
     return stack, extra, grid, windows
 
 
-def run_slices(generator: torch.nn.Module, stack: torch.Tensor, extra: torch.Tensor | None, prep: Prep, options: RunOptions) -> torch.Tensor:
+def run_slices(
+    generator: torch.nn.Module, stack: torch.Tensor, extra: torch.Tensor | None, prep: Prep, options: RunOptions
+) -> torch.Tensor:
     """The generator over every slice of a model-space stack, in batches: the ``(C, D, H, W)`` output.
 
     With a region channel (inpainting) only the slices that hold region are run; the others keep

@@ -175,7 +175,8 @@ def _check_decoder(path: Path, ds: Dataset) -> None:
     except NotImplementedError:
         raise VolumeReadError(
             path,
-            f"transfer syntax {name}: pydicom has no decoder for it; convert the series to an uncompressed transfer syntax first (dcmdjpeg, gdcmconv)",
+            f"transfer syntax {name}: pydicom has no decoder for it; "
+            "convert the series to an uncompressed transfer syntax first (dcmdjpeg, gdcmconv)",
         ) from None
     if not decoder.is_available:
         package = next(

@@ -267,6 +267,8 @@ def write_dicom_seg(
         path: the ``.dcm`` file to write (atomically).
         source: the input volume read from a DICOM series (needs ``meta["dicom_datasets"]``).
         label: the segment's label.
+        series_description: SeriesDescription of the new series.
+        software_version: SoftwareVersions (and the algorithm's version).
 
     Raises:
         ValueError: ``source`` was not read from a DICOM series (a SEG must reference one).

@@ -65,5 +65,6 @@ def disk_full_error(path: str | Path, cause: OSError) -> VolumeWriteError:
     what = "a file size limit was reached" if cause.errno == errno.EFBIG else "the disk is full"
     return VolumeWriteError(
         cause.errno,
-        f"{path}: {what} while writing it ({cause.strerror}); nothing was left there and earlier outputs are intact: free space and run again",
+        f"{path}: {what} while writing it ({cause.strerror}); nothing was left there and earlier outputs are intact: "
+        "free space and run again",
     )

@@ -71,6 +71,7 @@ def read_nifti(path: str | Path) -> Volume:
 
 
 def output_dtype(array: np.ndarray, dtype: np.dtype | type | str | None, path: Path) -> np.dtype:
+    """The on-disk dtype for ``array`` (float32 by default); integer types need integral values that fit."""
     out = np.dtype(np.float32 if dtype is None else dtype)
     if out.kind in "iub":
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):

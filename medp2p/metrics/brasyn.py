@@ -53,7 +53,9 @@ def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarr
     data_range = max(float(np.ptp(ref)), float(np.ptp(pred))) or 1.0
     smallest = min(reference.shape)
     sigma = 1.5 if smallest >= 11 else max(0.3, ((smallest - 1) // 2 - 0.5) / 3.5)
-    _, smap = structural_similarity(ref, pred, data_range=data_range, gaussian_weights=True, sigma=sigma, use_sample_covariance=False, full=True)
+    _, smap = structural_similarity(
+        ref, pred, data_range=data_range, gaussian_weights=True, sigma=sigma, use_sample_covariance=False, full=True
+    )
     mse = float(np.mean((ref[m] - pred[m]) ** 2))
     return {
         "ssim": float(smap[m].mean(dtype=np.float64)),

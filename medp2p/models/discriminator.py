@@ -53,6 +53,7 @@ class PatchDiscriminator(nn.Module):
             apply_spectral_norm(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch logits ``(B, 1, h, w)`` of ``cat(source, image)``."""
         # MONAI returns every intermediate feature map; the patch logits are the last.
         for block in self.net.children():
             x = block(x)

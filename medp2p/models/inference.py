@@ -46,8 +46,9 @@ def _add_shifted(dst: torch.Tensor, src: torch.Tensor, shift: int, dim: int) -> 
 
 
 class MatmulConvTranspose2d(nn.Module):
-    """``ConvTranspose2d(cin, cout, 4, stride=2, padding=1)``, the same output, computed as
-    ``(pixels, cin) @ (cin, 16 * cout)`` and an overlap-add of the 16 kernel taps into the four
+    """``ConvTranspose2d(cin, cout, 4, stride=2, padding=1)`` computed as a matmul: the same output.
+
+    ``(pixels, cin) @ (cin, 16 * cout)``, then an overlap-add of the 16 kernel taps into the four
     output phases.
 
     On a CPU it runs this way when the output has at most :data:`NARROW_OUTPUT` channels or the
@@ -73,8 +74,9 @@ class MatmulConvTranspose2d(nn.Module):
         self._taps_of: tuple[object, ...] = ()
 
     def taps(self) -> torch.Tensor:
-        """The weight as ``(cin, ky * kx * cout)``: one row of taps per input channel, remade
-        when the weight moves, changes dtype or is written to.
+        """The weight as ``(cin, ky * kx * cout)``: one row of taps per input channel.
+
+        Remade when the weight moves, changes dtype or is written to.
         """
         w = self.weight
         key = (w.device, w.dtype, w._version, w.data_ptr())
@@ -85,6 +87,7 @@ class MatmulConvTranspose2d(nn.Module):
 
     @staticmethod
     def supports(conv: nn.Module) -> bool:
+        """Whether ``conv`` is a transposed convolution this rewrite computes exactly (stride 2, kernel 4, padding 1)."""
         return (
             isinstance(conv, nn.ConvTranspose2d)
             and conv.kernel_size == (4, 4)
@@ -97,10 +100,12 @@ class MatmulConvTranspose2d(nn.Module):
         )
 
     def uses_matmul(self, x: torch.Tensor) -> bool:
+        """Whether the matmul path runs for ``x`` (where oneDNN is slow; else the native convolution)."""
         h, w = x.shape[-2:]
         return x.device.type == "cpu" and (self.out_channels <= NARROW_OUTPUT or h * w <= SMALL_INPUT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The transposed convolution of ``x``, by matmul where that is faster."""
         if not self.uses_matmul(x):
             return F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1)
         b, cin, h, w = x.shape
@@ -120,12 +125,15 @@ class MatmulConvTranspose2d(nn.Module):
         return y.permute(0, 3, 1, 2)  # channels_last memory, NCHW shape
 
     def extra_repr(self) -> str:
+        """Channels and kernel, for ``print(module)``."""
         return f"{self.in_channels}, {self.out_channels}, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1)"
 
 
 def fold_batch_norm(net: nn.Module) -> int:
-    """Fold every eval-mode ``BatchNorm2d`` that directly follows a convolution in an
-    ``nn.Sequential`` into that convolution (the norm becomes ``nn.Identity``), in place.
+    """Fold every eval-mode ``BatchNorm2d`` into the convolution it follows, in place.
+
+    Only norms that directly follow a convolution in an ``nn.Sequential``; the norm becomes
+    ``nn.Identity``.
 
     Returns the number folded. Raises ``ValueError`` for a module in training mode, whose batch
     norms normalise with batch statistics and cannot be folded.
@@ -147,8 +155,10 @@ def fold_batch_norm(net: nn.Module) -> int:
 
 
 def optimize_for_inference(net: nn.Module, inplace: bool = False) -> nn.Module:
-    """``net`` in eval mode with its batch norms folded and its k4 s2 transposed convolutions
-    replaced by :class:`MatmulConvTranspose2d`: a copy, ``net`` left as it was, unless ``inplace``.
+    """``net`` rewritten for inference: the same outputs, faster.
+
+    In eval mode, with its batch norms folded and its k4 s2 transposed convolutions replaced by
+    :class:`MatmulConvTranspose2d`: a copy, ``net`` left as it was, unless ``inplace``.
 
     Example:
         >>> fast = optimize_for_inference(generator)

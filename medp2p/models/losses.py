@@ -54,7 +54,8 @@ def weighted_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     """Mean absolute error, weighted per pixel: ``sum(w |p - t|) / sum(w)`` (plain mean without weights).
 
     Args:
-        pred, target: ``(B, C, H, W)``.
+        pred: ``(B, C, H, W)``.
+        target: the same shape.
         weight: ``(B, 1, H, W)`` or broadcastable; e.g. a body mask restricts the loss to the body.
     """
     diff = (pred.float() - target.float()).abs()

@@ -27,6 +27,7 @@ class ResidualBlock(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block: ``x + body(x)``."""
         out: torch.Tensor = x + self.body(x)
         return out
 
@@ -86,6 +87,7 @@ class ResNetGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W) -> (B, C_out, H, W)``; sizes are padded to a multiple of 4 and cropped back."""
         h, w = x.shape[-2:]
         ph, pw = (-h) % 4, (-w) % 4
         if ph or pw:

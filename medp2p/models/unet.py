@@ -82,6 +82,7 @@ class UNetGenerator(nn.Module):
         return int(2**self.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W) -> (B, C_out, H, W)``; H and W must be multiples of :attr:`size_multiple`."""
         h, w = x.shape[-2:]
         m = self.size_multiple
         ph, pw = (-h) % m, (-w) % m

@@ -65,7 +65,9 @@ def region_scoring(case: CaseVolumes, prediction: Volume, ctx: ScoreContext) -> 
         region, voided = region_vol.array, voided_vol.array
         used = ctx.prediction_dir / "region.nii.gz" if ctx.prediction_dir is not None else None
         if used is not None and used.exists() and not np.array_equal(read_volume(used).array > 0, region > 0):
-            raise ValueError(f"{used}: the prediction was made with another region than seed {ctx.seed} gives; pass the seed it used (--seed)")
+            raise ValueError(
+                f"{used}: the prediction was made with another region than seed {ctx.seed} gives; pass the seed it used (--seed)"
+            )
     return Scored(ref.array, prediction.array, voided, _kept(region > 0, ctx), voided=voided, spacing_mm=ref.spacing_mm)
 
 

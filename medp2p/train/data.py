@@ -16,7 +16,7 @@ from medp2p.data import load_datalist
 from medp2p.data.case_reader import CaseKeys
 from medp2p.data.checks import ReadOptions
 from medp2p.data.codecs import fitted_window
-from medp2p.data.prepare import Prep, PreparedCase, PrepareCased
+from medp2p.data.prepare import Prep, PrepareCased, PreparedCase
 from medp2p.plan import Plan, build_plan
 from medp2p.train.validation import ValCase, load_val_cases
 
@@ -37,7 +37,9 @@ class TrainingData:
     profile: dict[str, Any] = field(default_factory=dict)
 
 
-def split_cases(cfg: Config, data: str | Path, val_data: str | Path | None) -> tuple[list[Case], list[Case], dict[str, Any], dict[str, Any]]:
+def split_cases(
+    cfg: Config, data: str | Path, val_data: str | Path | None
+) -> tuple[list[Case], list[Case], dict[str, Any], dict[str, Any]]:
     """Training and validation cases, and the datalists they come from (their declared label values).
 
     Validation: ``val_data``, else the datalist's ``validation`` section, else the last
@@ -82,7 +84,9 @@ def source_channels_of(cfg: Config, cases: list[Case]) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"source_channels": counts})})
 
 
-def prepare_training_cases(cases: list[Case], prep: Prep, keys: CaseKeys, datalist: dict[str, Any], options: ReadOptions, workers: int) -> list[PreparedCase]:
+def prepare_training_cases(
+    cases: list[Case], prep: Prep, keys: CaseKeys, datalist: dict[str, Any], options: ReadOptions, workers: int
+) -> list[PreparedCase]:
     """Read, check and prepare every training case once (MONAI ``CacheDataset``, ``workers`` threads)."""
     from monai.data import CacheDataset
 

@@ -70,7 +70,9 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def resumed_settings(out: Path, ckpt: dict[str, Any], data: str | Path | None, val_data: str | Path | None, read_options: ReadOptions | None) -> tuple[Config, RunSettings]:
+def resumed_settings(
+    out: Path, ckpt: dict[str, Any], data: str | Path | None, val_data: str | Path | None, read_options: ReadOptions | None
+) -> tuple[Config, RunSettings]:
     """The run's own config and settings, for resume; arguments given now win over the recorded ones."""
     info = json.loads((out / "run.json").read_text())
     options = read_options if read_options is not None else ReadOptions(**info.get("read_options", {}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-
 from medp2p.io.atomic import atomic_path
 
 CSV_FIELDS = ("step", "phase", "metric", "value")
@@ -40,6 +39,7 @@ class MetricsLog:
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step or None)
 
     def log(self, step: int, phase: str, values: dict[str, float]) -> None:
+        """Append ``values`` at ``step`` (rows ``step, phase, metric, value``; TensorBoard scalars ``phase/metric``)."""
         if not self.enabled:
             return
         for name, value in values.items():
@@ -49,6 +49,7 @@ class MetricsLog:
         self._fh.flush()
 
     def close(self) -> None:
+        """Flush and close the CSV and TensorBoard files."""
         if not self.enabled:
             return
         self._fh.close()

@@ -41,13 +41,17 @@ def _better(value: float, best: float | None, higher: bool) -> bool:
     return best is None or (value > best if higher else value < best)
 
 
-def _validate_and_save(trainer: Trainer, data: TrainingData, out: Path, log: MetricsLog, validate_now: bool, save_now: bool) -> dict[str, float]:
+def _validate_and_save(
+    trainer: Trainer, data: TrainingData, out: Path, log: MetricsLog, validate_now: bool, save_now: bool
+) -> dict[str, float]:
     """Validation (rank 0; ``best.pt`` on a better score) and ``last.pt``, with every rank's random states."""
     rng = trainer.rng_states()
     metrics: dict[str, float] = {}
     plan, t = trainer.plan, trainer.plan.config.train
     if validate_now and data.val_cases and trainer.ddp.main:
-        metrics = validate(trainer.G, data.val_cases, plan.inference_prep, plan.task, trainer.val_options, out / "previews", t.preview_count, trainer.step)
+        metrics = validate(
+            trainer.G, data.val_cases, plan.inference_prep, plan.task, trainer.val_options, out / "previews", t.preview_count, trainer.step
+        )
         trainer.G.train()
         log.log(trainer.step, "val", metrics)
         task = plan.task
@@ -105,7 +109,7 @@ def fit(trainer: Trainer, data: TrainingData, out: Path, budget: TimeBudget, sto
                 bar.update(1)
                 step = trainer.step
                 if step % t.log_every == 0 or step == stop:
-                    log.log(step, "train", {**losses, "lr": trainer.sched_g.get_last_lr()[0]})
+                    log.log(step, "train", {**losses, "lr": float(trainer.sched_g.get_last_lr()[0])})
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("loss_G", "loss_D")}, refresh=False)
                 validate_now, save_now = step % t.val_every == 0 or step == stop, step % t.checkpoint_every == 0 or step == stop
                 if validate_now or save_now:

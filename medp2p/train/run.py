@@ -94,5 +94,7 @@ def train(
     elif ddp.main:
         record_start(out, cases.plan.config, settings, resolved_settings(trainer.device, trainer.dtype, trainer.layout, ddp.world))
     t = cfg.train
-    budget = TimeBudget(t.minutes, t.steps, t.decay_start, trainer.schedule, trainer.step, ddp, on_timing if ckpt is None else None, started)
+    budget = TimeBudget(
+        t.minutes, t.steps, t.decay_start, trainer.schedule, trainer.step, ddp, on_timing if ckpt is None else None, started
+    )
     return fit(trainer, cases, out, budget, stop_step if stop_step is not None else t.steps, progress)

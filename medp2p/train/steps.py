@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medp2p.models import LossSpec, gan_loss, soft_dice_loss, weighted_l1
 from medp2p.device.precision import autocast
+from medp2p.models import LossSpec, gan_loss, soft_dice_loss, weighted_l1
 from medp2p.types import MASK, REGION, SOURCE, TARGET
 
 

@@ -94,7 +94,7 @@ def validate(
 
 
 def _preview(path: Path, task: Task, case_id: str, scored: Scored, step: int) -> None:
-    """source | prediction | target at the slice with the most mask: the first three panels of the task's montage."""
+    """Source | prediction | target at the slice with the most mask: the first three panels of the task's montage."""
     z = middle_slice(scored.mask, 2, scored.prediction.shape[2])
     arrays = {"source": scored.source, "prediction": scored.prediction, "reference": scored.reference}
     panels = draw_panels(task.panels[:3], arrays, z)

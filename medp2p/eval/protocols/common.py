@@ -95,7 +95,18 @@ def train_predict_evaluate(
     import torch
 
     log = out / "log.txt"
-    cmd = ["train", "--task", task, "--config", str(opts.configs / config), "--data", str(train_list), "--out", str(out / "run"), "--overwrite"]
+    cmd = [
+        "train",
+        "--task",
+        task,
+        "--config",
+        str(opts.configs / config),
+        "--data",
+        str(train_list),
+        "--out",
+        str(out / "run"),
+        "--overwrite",
+    ]
     for s in [*sets, *opts.sets]:
         cmd += ["--set", s]
     if opts.reuse and (out / "run" / "train_s.txt").exists():
@@ -105,7 +116,20 @@ def train_predict_evaluate(
         (out / "run" / "train_s.txt").write_text(f"{train_s:.1f}\n")
     predict = ["predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", *opts.predict_options]
     predict_s = medp2p(*predict, log=log)
-    medp2p("evaluate", "--task", task, "--pred", str(out / "pred"), "--ref", str(test_list), "-o", str(out / "report"), "--overwrite", *eval_args, log=log)
+    medp2p(
+        "evaluate",
+        "--task",
+        task,
+        "--pred",
+        str(out / "pred"),
+        "--ref",
+        str(test_list),
+        "-o",
+        str(out / "report"),
+        "--overwrite",
+        *eval_args,
+        log=log,
+    )
     steps = int(torch.load(out / "run" / "last.pt", map_location="cpu", weights_only=True)["step"])  # train.minutes may fit fewer
     return {
         "metrics": summary(out / "report"), "train_s": round(train_s, 1), "steps": steps, "predict_s": round(predict_s, 1),
@@ -128,7 +152,11 @@ def table(result: Result) -> str:
     for row in result.splits:
         name = row.get("split") or (f"fold {row['fold']} (test {row['test_case']})" if "fold" in row else "test volumes")
         lines.append(f"\n### {result.task}: {name}  (train {row['train_s'] / 60:.1f} min, predict {row['predict_s']:.0f} s)")
-        models = {"medp2p": row["metrics"], **row["baselines"], **({"pyradiomics (OOD)": row["pyradiomics"]} if "pyradiomics" in row else {})}
+        models = {
+            "medp2p": row["metrics"],
+            **row["baselines"],
+            **({"pyradiomics (OOD)": row["pyradiomics"]} if "pyradiomics" in row else {}),
+        }
         models.update({f"{n} (oracle: sees the truth)": metrics for n, metrics in row.get("oracles", {}).items()})
         keys = list(row["metrics"])
         lines.append("| | " + " | ".join(keys) + " |")

@@ -22,8 +22,17 @@ QUICK_SETS = ["train.steps=150", "data.image_size=[64, 64]", "model.depth=5", "m
 
 def _kirby(source: str, target: str) -> dict[str, Any]:
     folder = shared_data() / "kirby21_113"
-    files = {"t1": "113-02-MPRAGE_processed_reg.nii.gz", "t2": "113-02-T2w_processed_reg.nii.gz", "flair": "113-02-FLAIR_processed_reg.nii.gz"}
-    return {"id": "kirby21", "mr": str(folder / files[source]), "target": str(folder / files[target]), "mask": str(folder / "113-01-MPRAGE_mask.nii.gz")}
+    files = {
+        "t1": "113-02-MPRAGE_processed_reg.nii.gz",
+        "t2": "113-02-T2w_processed_reg.nii.gz",
+        "flair": "113-02-FLAIR_processed_reg.nii.gz",
+    }
+    return {
+        "id": "kirby21",
+        "mr": str(folder / files[source]),
+        "target": str(folder / files[target]),
+        "mask": str(folder / "113-01-MPRAGE_mask.nii.gz"),
+    }
 
 
 def _stroke(source: str, target: str) -> dict[str, Any]:

@@ -41,7 +41,8 @@ def run_seg(opts: ProtocolOptions, folds: tuple[int, ...] = (0, 1, 2, 3)) -> Res
     result = Result("seg")
     radiomics = shared_data() / "pyradiomics_brain"
     ood = [
-        {"id": f"brain{i}", "flair": str(radiomics / f"brain{i}_image.nrrd"), "t1c": str(radiomics / f"brain{i}_image.nrrd"), "tumor": str(radiomics / f"brain{i}_label.nrrd")}
+        {"id": f"brain{i}", "flair": str(radiomics / f"brain{i}_image.nrrd"), "t1c": str(radiomics / f"brain{i}_image.nrrd"),
+         "tumor": str(radiomics / f"brain{i}_label.nrrd")}
         for i in (1, 2)
     ]  # fmt: skip
     ood_list = write_datalist(work / "seg" / "pyradiomics.json", ood)
@@ -52,12 +53,26 @@ def run_seg(opts: ProtocolOptions, folds: tuple[int, ...] = (0, 1, 2, 3)) -> Res
         train_list = write_datalist(out / "train.json", training)
         test_list = write_datalist(out / "test.json", [test])
         row = train_predict_evaluate(opts, "seg", "seg_brats.yaml", train_list, test_list, out, QUICK_SETS if opts.quick else [], [])
-        threshold = ThresholdSegmenter.fit([(read_volume(c["flair"]), read_volume(c["tumor"]), read_volume(c["brain"]).array) for c in training])
+        threshold = ThresholdSegmenter.fit(
+            [(read_volume(c["flair"]), read_volume(c["tumor"]), read_volume(c["brain"]).array) for c in training]
+        )
         guess = threshold.predict(read_volume(test["flair"]), read_volume(test["brain"]).array)
         row["baselines"] = {"flair_threshold": evaluate_baseline("seg", "flair_threshold", {test["id"]: guess}, test_list, out)}
         log = out / "log.txt"
         medp2p("predict", "--model", str(out / "run"), "-i", str(ood_list), "-o", str(out / "ood_pred"), "--overwrite", log=log)
-        medp2p("evaluate", "--task", "seg", "--pred", str(out / "ood_pred"), "--ref", str(ood_list), "-o", str(out / "ood_report"), "--overwrite", log=log)
+        medp2p(
+            "evaluate",
+            "--task",
+            "seg",
+            "--pred",
+            str(out / "ood_pred"),
+            "--ref",
+            str(ood_list),
+            "-o",
+            str(out / "ood_report"),
+            "--overwrite",
+            log=log,
+        )
         row["pyradiomics"] = summary(out / "ood_report")
         row.update(fold=fold, test_case=test["id"])
         result.splits.append(row)
