@@ -122,9 +122,9 @@ MR2MR = Task(
     scoring=brain_scoring,
     panels=(
         PanelSpec("source MR", "source", "own"),
-        PanelSpec("synthetic", "prediction", "reference"),
-        PanelSpec("reference", "reference", "reference"),
-        PanelSpec("synthetic - reference", "difference", "reference_diff", "coolwarm"),
+        PanelSpec("synthetic (its own scale)", "prediction", "own"),
+        PanelSpec("reference", "reference", "own"),
+        PanelSpec("synthetic - reference (each 0.5..99.5 %ile -> [0, 1])", "scaled_difference", "signed_half", "coolwarm"),
     ),
     mask_required=False,
 )

@@ -17,12 +17,14 @@ HU_DIFF_DISPLAY = (-500.0, 500.0)
 #: ``(label, image, (vmin, vmax), colormap)``: one panel ready to draw.
 Panel = tuple[str, np.ndarray, tuple[float, float], str]
 
-#: What a panel may show: one of the montage's arrays, or ``prediction - reference``.
-IMAGES = ("source", "prediction", "reference", "difference")
+#: What a panel may show: one of the montage's arrays, ``prediction - reference``, or
+#: ``scaled_difference``: both first scaled by their own 0.5..99.5th percentiles to [0, 1] (images
+#: in different intensity scales, as MR contrast synthesis scores them).
+IMAGES = ("source", "prediction", "reference", "difference", "scaled_difference")
 #: Windows: ``hu``/``hu_diff`` fixed in HU; ``unit`` [0, 1] and ``signed_unit`` [-1, 1] for masks;
 #: ``own`` the panel's own 1st-99th percentiles; ``reference`` the reference volume's 0.5-99.5th
 #: percentiles, ``reference_diff`` +-30% of that span (images compared in one scale).
-WINDOWS = ("hu", "hu_diff", "unit", "signed_unit", "own", "reference", "reference_diff")
+WINDOWS = ("hu", "hu_diff", "unit", "signed_unit", "signed_half", "own", "reference", "reference_diff")
 
 
 @dataclass(frozen=True)
@@ -79,17 +81,26 @@ def _window(kind: str, image: np.ndarray, reference: np.ndarray | None) -> tuple
         return (0.0, 1.0)
     if kind == "signed_unit":
         return (-1.0, 1.0)
+    if kind == "signed_half":
+        return (-0.5, 0.5)
     if kind == "own" or reference is None:
         return display_window(image)
     lo, hi = display_window(reference, (0.5, 99.5))
     return (lo, hi) if kind == "reference" else (-0.3 * (hi - lo), 0.3 * (hi - lo))
 
 
+def _own_scale(volume: np.ndarray, image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(volume, (0.5, 99.5)) if volume.size else (0.0, 1.0)
+    lo = max(float(lo), 0.0)
+    return (np.clip(image, lo, hi) - lo) / max(float(hi) - lo, 1e-12)
+
+
 def panel_images(arrays: dict[str, np.ndarray], z: int) -> dict[str, np.ndarray]:
-    """Slice ``z`` (last axis) of each volume in ``arrays``, plus ``difference`` = prediction - reference."""
+    """Slice ``z`` (last axis) of each volume in ``arrays``, plus the two differences of ``IMAGES``."""
     out = {k: v[:, :, z] for k, v in arrays.items()}
     if "prediction" in out and "reference" in out:
         out["difference"] = out["prediction"] - out["reference"]
+        out["scaled_difference"] = _own_scale(arrays["prediction"], out["prediction"]) - _own_scale(arrays["reference"], out["reference"])
     return out
 
 
