@@ -47,7 +47,10 @@ class DataConfig(_Section):
     empty_slice_weight: float = Field(0.05, ge=0, le=1)  # sampling weight of slices without body
     slice_range: tuple[float, float] | None = None  # train on this fraction of the slicing axis
     val_cases: int = Field(0, ge=0)  # hold out this many training cases when no validation data
-    num_workers: int = Field(0, ge=0)  # processes decoding volumes for the cache
+    # processes building the case store, and DataLoader workers drawing (and, on a CPU, augmenting)
+    # batches ahead of the step; 0: both in the training process (the same batches either way)
+    num_workers: int = Field(0, ge=0)
+    prefetch_factor: int = Field(2, ge=1)  # batches each DataLoader worker keeps ready
     # images per source key: a list-valued datalist key ("image": [t1, flair]) is that many input
     # channels; filled from the training data (every case must agree) and kept in the run
     source_channels: list[int] | None = None
@@ -84,6 +87,17 @@ class AugmentConfig(_Section):
     intensity_scale: float = Field(0.1, ge=0, le=1)
     intensity_shift: float = Field(0.1, ge=0, le=1)
     gamma: float = Field(0.2, ge=0, le=1)  # log-gamma spread
+    # MONAI dictionary transforms applied to each sample after the built-in augmentation, e.g.
+    # [{name: RandGaussianNoised, keys: [source], prob: 0.2, std: 0.05}]; seeded from the run
+    monai: list[dict[str, Any]] = []
+
+    @model_validator(mode="after")
+    def _monai_transforms_exist(self) -> AugmentConfig:
+        if self.monai:
+            from medp2p.data.augment import monai_transforms
+
+            monai_transforms(self.monai)  # unknown names or arguments fail here, at config load
+        return self
 
 
 class ModelConfig(_Section):
@@ -141,8 +155,12 @@ class TrainConfig(_Section):
     preview_count: int = Field(3, ge=0)
     val_batch_size: int = Field(16, ge=1)
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")  # auto, cpu, cuda or cuda:N
+    # fp32: true float32 (TF32 off on CUDA); tf32: float32 with TF32 matmuls/convolutions;
+    # bf16/fp16: autocast; auto: bf16 where native (Ampere+, CPUs with bf16 units), else fp16 on GPUs
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"
+    deterministic: bool = False  # bitwise-repeatable GPU runs (deterministic algorithms, no cudnn.benchmark)
+    ddp_timeout_min: float = Field(30.0, gt=0)  # torchrun: longest wait in a collective (rank 0 checkpointing)
     # NHWC memory layout. auto: for prediction always; for training where autocast runs (bf16 /
     # fp16) or on CUDA, while float32 training on a CPU keeps NCHW (7-9% faster on the AVX2 CPU
     # measured: docs/results.md).

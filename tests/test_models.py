@@ -104,7 +104,7 @@ def test_fast_path_matches_fp32_within_tolerance() -> None:
         opts = [torch.optim.Adam(n.parameters(), 2e-4, betas=(0.5, 0.999)) for n in (gen, disc)]
         step = Pix2PixStep(gen, disc, *opts, LossSpec(l1=100.0, gan=1.0, dice=0.0, bce=0.0), cpu, dtype, None, memory_format)
         batch = {SOURCE: x, TARGET: torch.rand(8, 1, 64, 64) * 2 - 1}
-        return step(0, batch)
+        return {k: float(v) for k, v in step(0, batch).items()}  # the step leaves its losses on the device
 
     fp32, bf16 = one_step(None, torch.contiguous_format), one_step(torch.bfloat16, torch.channels_last)
     for key in ("loss_D", "loss_G", "loss_G_L1"):

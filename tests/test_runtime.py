@@ -111,12 +111,12 @@ def test_training_runs_its_steps_inside_it(tiny_phantom, tmp_path, monkeypatch: 
     from pathlib import Path
 
     from medp2p.config import load_config
-    from medp2p.train import loop, train
+    from medp2p.train import Trainer, loop, train
 
     spy = _Spy()
     monkeypatch.setattr(loop, "reuse_freed_memory", spy)
-    batch = loop.training_batch
-    monkeypatch.setattr(loop, "training_batch", lambda *a: spy.seen.append(spy.inside) or batch(*a))
+    advance = Trainer.advance
+    monkeypatch.setattr(Trainer, "advance", lambda self, b: spy.seen.append(spy.inside) or advance(self, b))
     cfg = load_config("mri2ct", Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", [])
     train(cfg, tiny_phantom, tmp_path / "run", stop_step=2, progress=False)
     assert spy.seen == [True, True] and not spy.inside

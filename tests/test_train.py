@@ -245,17 +245,17 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_phantom: Path, tmp_pat
 
 
 def test_nan_stops_the_run_and_keeps_the_last_checkpoint(tiny_phantom: Path, tmp_path: Path, monkeypatch) -> None:
-    real_next = SliceBatcher.next
-    calls = {"n": 0}
+    from medp2p.data.sampling import SliceBatches
 
-    def poisoned(self):
-        batch = real_next(self)
-        calls["n"] += 1
-        if calls["n"] == 4:
+    real_get = SliceBatches.__getitem__
+
+    def poisoned(self, step):
+        batch = real_get(self, step)
+        if step == 3:  # the 4th batch
             batch["source"][0, 0, 3, 3] = float("nan")
         return batch
 
-    monkeypatch.setattr(SliceBatcher, "next", poisoned)
+    monkeypatch.setattr(SliceBatches, "__getitem__", poisoned)
     cfg = load_config("mri2ct", TINY, ["train.checkpoint_every=1"])
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"step 3: non-finite loss \(.*nan"):

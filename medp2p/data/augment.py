@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,91 @@ def _uniform(n: int, spread: float, gen: torch.Generator) -> torch.Tensor:
     return (torch.rand(n, generator=gen) * 2 - 1) * spread
 
 
+@dataclass(frozen=True)
+class AugmentParams:
+    """One batch's augmentation draws (``(B,)`` tensors, CPU): drawn where the batch is sampled, applied anywhere.
+
+    Drawing from the seeded CPU generator and applying on the training device (a GPU) keep the
+    random stream the same whichever device the augmentation runs on.
+    """
+
+    flip: torch.Tensor
+    do_affine: torch.Tensor
+    angle: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    do_intensity: torch.Tensor
+    gain: torch.Tensor
+    offset: torch.Tensor
+    gamma: torch.Tensor
+
+    def as_dict(self, prefix: str = "aug_") -> dict[str, torch.Tensor]:
+        """The draws as batch entries (to travel with a batch from a worker)."""
+        return {prefix + k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, batch: dict[str, torch.Tensor], prefix: str = "aug_") -> AugmentParams:
+        """The draws carried by a batch (:meth:`as_dict`)."""
+        return cls(**{k: batch[prefix + k] for k in cls.__dataclass_fields__})
+
+
+def draw_augment(b: int, spec: AugmentSpec, gen: torch.Generator) -> AugmentParams:
+    """Every random number of a batch's augmentation, drawn whether or not it is used."""
+    return AugmentParams(
+        flip=torch.rand(b, generator=gen) < spec.flip_prob,
+        do_affine=torch.rand(b, generator=gen) < spec.affine_prob,
+        angle=_uniform(b, math.radians(spec.rotate_deg), gen),
+        scale=1 + _uniform(b, spec.scale, gen),
+        shift=_uniform(2 * b, 2 * spec.shift, gen).view(b, 2),  # affine_grid units: the image spans 2
+        do_intensity=torch.rand(b, generator=gen) < spec.intensity_prob,
+        gain=1 + _uniform(b, spec.intensity_scale, gen),
+        offset=_uniform(b, spec.intensity_shift, gen),
+        gamma=torch.exp(_uniform(b, spec.gamma, gen)),
+    )
+
+
+def _geometric(tensors: dict[str, torch.Tensor], mode: str, spec: AugmentSpec, p: AugmentParams) -> dict[str, torch.Tensor]:
+    """Flip and warp every tensor of ``tensors`` alike: one sampling grid, one ``grid_sample`` for all their channels."""
+    if not tensors:
+        return {}
+    keys = list(tensors)
+    x = torch.cat([tensors[k] for k in keys], 1)
+    dev = x.device
+    b = x.shape[0]
+    if spec.flip_dim is not None:
+        x = torch.where(p.flip.view(b, 1, 1, 1).to(dev), x.flip(spec.flip_dim), x)
+    idx = torch.nonzero(p.do_affine).flatten()
+    if idx.numel():
+        cos, sin = torch.cos(p.angle[idx]) / p.scale[idx], torch.sin(p.angle[idx]) / p.scale[idx]
+        theta = torch.stack([torch.stack([cos, -sin, p.shift[idx, 0]], 1), torch.stack([sin, cos, p.shift[idx, 1]], 1)], 1)
+        sub = x[idx.to(dev)]
+        grid = F.affine_grid(theta.to(dev, torch.float32), list(sub.shape), align_corners=False)
+        warped = F.grid_sample(sub.float(), grid, mode=mode, padding_mode="border", align_corners=False).to(x.dtype)
+        x = x.index_copy(0, idx.to(dev), warped)
+    sizes = [tensors[k].shape[1] for k in keys]
+    return dict(zip(keys, torch.split(x, sizes, dim=1), strict=True))
+
+
+def apply_augment(
+    images: dict[str, torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    jitter_keys: tuple[str, ...],
+    spec: AugmentSpec,
+    params: AugmentParams,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Apply drawn augmentations (:func:`draw_augment`), on whatever device the tensors are."""
+    out_images = _geometric(images, "bilinear", spec, params)
+    out_labels = _geometric(labels, "nearest", spec, params)
+    for key in jitter_keys:
+        src = out_images[key]
+        b, dev = src.shape[0], src.device
+        unit = ((src.clamp(-1, 3) + 1) / 2).clamp_min(0)  # [-1, 1] -> [0, 1] for gamma
+        jittered = (unit ** params.gamma.view(b, 1, 1, 1).to(dev)) * 2 - 1
+        jittered = jittered * params.gain.view(b, 1, 1, 1).to(dev) + params.offset.view(b, 1, 1, 1).to(dev)
+        out_images[key] = torch.where(params.do_intensity.view(b, 1, 1, 1).to(dev), jittered, src)
+    return out_images, out_labels
+
+
 def augment(
     images: dict[str, torch.Tensor],
     labels: dict[str, torch.Tensor],
@@ -61,35 +147,28 @@ def augment(
         >>> images, labels = augment({"source": s, "target": t}, {"mask": m}, ("source",), AugmentSpec(), gen)
     """
     b = next(iter(images.values())).shape[0]
-    flip = torch.rand(b, generator=gen) < spec.flip_prob
-    do_affine = torch.rand(b, generator=gen) < spec.affine_prob
-    angle = _uniform(b, math.radians(spec.rotate_deg), gen)
-    scale = 1 + _uniform(b, spec.scale, gen)
-    shift = _uniform(2 * b, 2 * spec.shift, gen).view(b, 2)  # affine_grid units: the image spans 2
-    do_intensity = torch.rand(b, generator=gen) < spec.intensity_prob
-    gain = 1 + _uniform(b, spec.intensity_scale, gen)
-    offset = _uniform(b, spec.intensity_shift, gen)
-    gamma = torch.exp(_uniform(b, spec.gamma, gen))
+    return apply_augment(images, labels, jitter_keys, spec, draw_augment(b, spec, gen))
 
-    def geometric(x: torch.Tensor, mode: str) -> torch.Tensor:
-        if spec.flip_dim is not None:
-            x = torch.where(flip.view(b, 1, 1, 1).to(x.device), x.flip(spec.flip_dim), x)
-        idx = torch.nonzero(do_affine).flatten()
-        if idx.numel():
-            cos, sin = torch.cos(angle[idx]) / scale[idx], torch.sin(angle[idx]) / scale[idx]
-            theta = torch.stack([torch.stack([cos, -sin, shift[idx, 0]], 1), torch.stack([sin, cos, shift[idx, 1]], 1)], 1)
-            sub = x[idx.to(x.device)]
-            grid = F.affine_grid(theta.to(x.device, torch.float32), list(sub.shape), align_corners=False)
-            warped = F.grid_sample(sub.float(), grid, mode=mode, padding_mode="border", align_corners=False).to(x.dtype)
-            x = x.index_copy(0, idx.to(x.device), warped)
-        return x
 
-    out_images = {k: geometric(v, "bilinear") for k, v in images.items()}
-    out_labels = {k: geometric(v, "nearest") for k, v in labels.items()}
-    for key in jitter_keys:
-        src = out_images[key]
-        unit = ((src.clamp(-1, 3) + 1) / 2).clamp_min(0)  # [-1, 1] -> [0, 1] for gamma
-        jittered = (unit ** gamma.view(b, 1, 1, 1).to(src.device)) * 2 - 1
-        jittered = jittered * gain.view(b, 1, 1, 1).to(src.device) + offset.view(b, 1, 1, 1).to(src.device)
-        out_images[key] = torch.where(do_intensity.view(b, 1, 1, 1).to(src.device), jittered, src)
-    return out_images, out_labels
+def monai_transforms(specs: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[Any]:
+    """MONAI dictionary transforms from config entries ``{name: RandGaussianNoised, keys: [source], prob: 0.2, ...}``.
+
+    Raises:
+        ValueError: an unknown name (with MONAI's list of dictionary transforms) or arguments the
+            transform does not take.
+    """
+    import monai.transforms as mt
+
+    out = []
+    for spec in specs:
+        args = dict(spec)
+        name = str(args.pop("name", ""))
+        cls = getattr(mt, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, mt.MapTransform)):
+            choices = sorted(n for n in dir(mt) if n.endswith("d") and isinstance(getattr(mt, n), type) and issubclass(getattr(mt, n), mt.MapTransform))
+            raise ValueError(f"augment.monai: {name!r} is not a MONAI dictionary transform; choose from {', '.join(choices)}")
+        try:
+            out.append(cls(**args))
+        except TypeError as exc:
+            raise ValueError(f"augment.monai: {name}({', '.join(f'{k}={v!r}' for k, v in args.items())}): {exc}") from None
+    return out

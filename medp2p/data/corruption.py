@@ -20,7 +20,7 @@ CORRUPTIONS = ("box", "slices", "stripes")
 def corruption_regions(
     body: torch.Tensor, context_slices: int, kinds: tuple[str, ...], box_fraction: tuple[float, float], gen: torch.Generator
 ) -> torch.Tensor:
-    """Regions to void for a batch of 2.5D samples.
+    """Regions to void for a batch of 2.5D samples, drawn for the whole batch at once.
 
     Args:
         body: ``(B, 2k+1, H, W)`` 0/1 body of each sample's slices (or ``(B, 1, H, W)``: the centre
@@ -37,47 +37,66 @@ def corruption_regions(
         region's outline tells where tissue ends, as it does at inference); ``slices``: the
         whole centre slice (and up to k-1 neighbours each side) is missing; ``stripes``: 1 to 4
         lines 1 to 4 voxels wide across the centre slice.
+
+    Example:
+        >>> regions = corruption_regions(body, 1, ("box", "stripes"), (0.1, 0.35), gen)
     """
     b, nb, h, w = body.shape
-    c = 2 * context_slices + 1
+    k = context_slices
+    c = 2 * k + 1
     if nb not in (1, c):
         raise ValueError(f"body has {nb} slices per sample; expected 1 or {c}")
-    centre = body[:, nb // 2]
+    unknown = [x for x in kinds if x not in CORRUPTIONS]
+    if unknown:
+        raise KeyError(f"Unknown corruption {unknown[0]!r}; choose from {list(CORRUPTIONS)}")
+    r = torch.rand(b, 8, generator=gen)
+    starts = torch.rand(b, 4, generator=gen)
+    kind = torch.tensor([CORRUPTIONS.index(x) for x in kinds])[(r[:, 0] * len(kinds)).long().clamp_max(len(kinds) - 1)]
+    half = (r[:, 1] * (k + 1)).long()  # 0..k neighbours each side
+    offsets = torch.arange(c) - k  # slice offsets from the centre
+    ys, xs = torch.arange(h), torch.arange(w)
+    centre = body[:, nb // 2] > 0  # (B, H, W)
     out = torch.zeros(b, c, h, w)
-    n = len(kinds)
-    for i in range(b):
-        r = torch.rand(8, generator=gen)
-        kind = kinds[min(int(r[0] * n), n - 1)]
-        half = int(r[1] * (context_slices + 1))  # 0..k neighbours each side
-        if kind == "box":
-            lo, hi = box_fraction
-            bh = max(1, int(round((lo + (hi - lo) * r[2].item()) * h)))
-            bw = max(1, int(round((lo + (hi - lo) * r[3].item()) * w)))
-            inside = torch.nonzero(centre[i] > 0)
-            if inside.shape[0]:
-                cy, cx = inside[min(int(r[4] * inside.shape[0]), inside.shape[0] - 1)].tolist()
-            else:
-                cy, cx = int(r[4] * h), int(r[5] * w)
-            y0, x0 = max(0, min(h - bh, cy - bh // 2)), max(0, min(w - bw, cx - bw // 2))
-            out[i, context_slices - half : context_slices + half + 1, y0 : y0 + bh, x0 : x0 + bw] = 1
-            if inside.shape[0]:
-                out[i] *= body[i] > 0  # (cy, cx) is body: the centre slice stays hit
-        elif kind == "slices":
-            half = min(half, max(context_slices - 1, 0))
-            out[i, context_slices - half : context_slices + half + 1] = 1
-        elif kind == "stripes":
-            lines = 1 + int(r[2] * 4)
-            width = 1 + int(r[3] * 4)
-            horizontal = bool(r[5] < 0.5)
-            size = h if horizontal else w
-            starts = (torch.rand(lines, generator=gen) * max(size - width, 1)).long()
-            for s in starts.tolist():
-                if horizontal:
-                    out[i, context_slices, s : s + width] = 1
-                else:
-                    out[i, context_slices, :, s : s + width] = 1
-        else:
-            raise KeyError(f"Unknown corruption {kind!r}; choose from {list(CORRUPTIONS)}")
+
+    # box: a side from box_fraction, centred on a uniform voxel of the centre slice's body
+    lo, hi = box_fraction
+    bh = torch.round((lo + (hi - lo) * r[:, 2]) * h).long().clamp_min(1)
+    bw = torch.round((lo + (hi - lo) * r[:, 3]) * w).long().clamp_min(1)
+    counts = centre.flatten(1).sum(1)
+    has_body = counts > 0
+    pick = torch.minimum((r[:, 4] * counts).long(), (counts - 1).clamp_min(0))
+    flat = torch.cumsum(centre.flatten(1).long(), 1)
+    at = torch.searchsorted(flat, (pick + 1).unsqueeze(1)).squeeze(1).clamp_max(h * w - 1)
+    cy = torch.where(has_body, at // w, (r[:, 4] * h).long())
+    cx = torch.where(has_body, at % w, (r[:, 5] * w).long())
+    y0 = (cy - bh // 2).clamp_min(0).minimum(h - bh)
+    x0 = (cx - bw // 2).clamp_min(0).minimum(w - bw)
+    rows = (ys >= y0[:, None]) & (ys < (y0 + bh)[:, None])  # (B, H)
+    cols = (xs >= x0[:, None]) & (xs < (x0 + bw)[:, None])
+    depth = offsets.abs()[None] <= half[:, None]  # (B, C)
+    box = depth[:, :, None, None] & rows[:, None, :, None] & cols[:, None, None, :]
+    box = torch.where(has_body[:, None, None, None], box & (body > 0), box)  # (cy, cx) is body: the centre stays hit
+
+    # slices: the centre slice and up to k-1 neighbours each side
+    slices = (offsets.abs()[None] <= half.clamp_max(max(k - 1, 0))[:, None])[:, :, None, None].expand(b, c, h, w)
+
+    # stripes: 1..4 lines 1..4 wide across the centre slice, horizontal or vertical
+    lines = 1 + (r[:, 2] * 4).long()
+    width = 1 + (r[:, 3] * 4).long()
+    horizontal = r[:, 5] < 0.5
+    size = torch.where(horizontal, torch.tensor(h), torch.tensor(w))
+    begin = (starts * (size - width).clamp_min(1)[:, None]).long()  # (B, 4)
+    used = torch.arange(4)[None] < lines[:, None]
+    pos = torch.arange(max(h, w))
+    hit = ((pos[None, None] >= begin[..., None]) & (pos[None, None] < (begin + width[:, None])[..., None]) & used[..., None]).any(1)
+    stripe = torch.where(horizontal[:, None, None], hit[:, :h, None].expand(b, h, w), hit[:, None, :w].expand(b, h, w))
+    stripes = torch.zeros(b, c, h, w, dtype=torch.bool)
+    stripes[:, k] = stripe
+
+    for i, name in enumerate(CORRUPTIONS):
+        chosen = (kind == i)[:, None, None, None]
+        region = {"box": box, "slices": slices, "stripes": stripes}[name]
+        out = torch.where(chosen & region, torch.ones(()), out)
     return out
 
 

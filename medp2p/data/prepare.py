@@ -1,6 +1,6 @@
 """From a case's checked volumes to normalised model-space stacks: the deterministic part of the data path.
 
-:func:`prepare_case` is what training caches (through MONAI's ``CacheDataset``) and
+:func:`prepare_case` is what training writes once into the case store (:mod:`medp2p.data.store`) and
 :func:`prepare_source` is what inference runs on each input, so both see the same orientation,
 resampling, padding and intensity scaling. Volumes come from
 :func:`medp2p.data.case_reader.read_case`, already checked.
@@ -9,20 +9,18 @@ resampling, padding and intensity scaling. Volumes come from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform
 
-from medp2p.data.case_reader import CaseKeys, CaseVolumes, read_case
-from medp2p.data.checks import ReadOptions, compare_grids
+from medp2p.data.case_reader import CaseVolumes
+from medp2p.data.checks import compare_grids
 from medp2p.data.codecs import BACKGROUND, TargetCodec
 from medp2p.data.geometry import GridMap, plan_grid, slab_bounds, to_model_space
 from medp2p.data.intensity import IntensityWindow, body_mask, looks_like_ct, mr_window
 from medp2p.types import Volume
 
-__all__ = ["BACKGROUND", "Prep", "PreparedCase", "PrepareCased", "prepare_case", "prepare_source"]
+__all__ = ["BACKGROUND", "Prep", "PreparedCase", "prepare_case", "prepare_source"]
 
 
 @dataclass(frozen=True)
@@ -174,21 +172,3 @@ def prepare_case(case: CaseVolumes, prep: Prep) -> PreparedCase:
         keep[lo:hi] = True
         weights = torch.where(keep, weights, 0.0)
     return PreparedCase(case.id, stack, target_t, mask_t, body_t, weights, grid, windows, looks_like_ct(sources[0]), target_window)
-
-
-class PrepareCased(MapTransform):
-    """MONAI dict transform: a datalist case (``{"id", key: path}``) -> ``{"case": PreparedCase}``.
-
-    Reads the case with :func:`~medp2p.data.case_reader.read_case` (the checks every command
-    applies) and prepares it; used with ``monai.data.CacheDataset`` so every volume is decoded and
-    prepared once per run.
-    """
-
-    def __init__(self, prep: Prep, keys: CaseKeys, datalist: dict[str, Any] | None = None, options: ReadOptions = ReadOptions()) -> None:
-        super().__init__(keys=list(prep.source_keys), allow_missing_keys=True)
-        self.prep, self.case_keys, self.datalist, self.options = prep, keys, datalist, options
-
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Read, check and prepare one datalist case."""
-        case = read_case(dict(data), self.case_keys, "train", self.datalist, self.options)
-        return {"case": prepare_case(case, self.prep)}

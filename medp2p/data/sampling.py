@@ -1,48 +1,153 @@
-"""Training batches: paired 2D / 2.5D slices drawn from cached model-space cases.
+"""Training batches: paired 2D / 2.5D slices drawn from prepared cases, in memory or in the case store.
 
-All randomness comes from one ``torch.Generator``, whose state is checkpointed: a resumed run
-draws exactly the batches it would have drawn.
+Batch ``n`` of a run is drawn from a generator of its own, seeded by the run's seed and ``n`` (the
+global batch index: step ``s`` of rank ``r`` of ``W`` is batch ``s * W + r``), so a batch is the
+same whichever process draws it, in which order, and with how many DataLoader workers: a resumed
+run draws exactly the batches it would have drawn, and ranks draw disjoint streams.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
-from medp2p.data.geometry import context_indices, gather_slices
 from medp2p.data.prepare import PreparedCase
 from medp2p.types import MASK, SOURCE, TARGET
 
 BODY = "body"
 
 
-def _body_extent(body: torch.Tensor) -> torch.Tensor:
-    """``(D, 4)`` body bounding box ``(y_min, y_max, x_min, x_max)`` of each slice of ``(D, H, W)``; -1 where empty."""
-    d, h, w = body.shape
-    rows, cols = body.amax(2) > 0, body.amax(1) > 0  # (D, H), (D, W)
-    ys, xs = torch.arange(h), torch.arange(w)
-    big = torch.tensor(max(h, w))
-    ext = torch.stack(
-        [
-            torch.where(rows, ys, big).amin(1),
-            torch.where(rows, ys, -1).amax(1),
-            torch.where(cols, xs, big).amin(1),
-            torch.where(cols, xs, -1).amax(1),
-        ],
-        1,
-    )
-    return torch.where(rows.any(1, keepdim=True), ext, -1)
+class SampledCase(Protocol):
+    """What sampling needs of a case: its depth, sampling weights, body boxes and slice rows."""
+
+    id: str
+    depth: int
+    weights: np.ndarray
+    extent: np.ndarray
+    has_mask: bool
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """``(stop - start, C, H, W)`` slices of ``source``, ``target``, ``body`` or ``mask``."""
+        ...
+
+
+class MemoryCase:
+    """A :class:`PreparedCase` held in memory, sampled like a stored one (tests, small experiments)."""
+
+    def __init__(self, case: PreparedCase) -> None:
+        self.case = case
+        self.id = case.id
+        self.depth = int(case.weights.shape[0])
+        self.weights = case.weights.numpy().astype(np.float64)
+        self.has_mask = case.mask is not None
+        body = case.body[0].numpy() > 0
+        self.extent = body_extent(body)
+        self._arrays = {SOURCE: case.source, TARGET: case.target, BODY: case.body, MASK: case.mask}
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Slices ``start:stop`` of one of the case's ``(C, D, H, W)`` tensors, slice-major."""
+        t = self._arrays[name]
+        assert t is not None
+        return t[:, start:stop].transpose(0, 1).numpy()
+
+
+class _StoredRows:
+    """The rows interface over a :class:`~medp2p.data.store.StoredCase` (its files are slice-major already)."""
+
+    def __init__(self, stored: Any) -> None:
+        self.stored = stored
+        self.id, self.depth, self.weights = stored.id, stored.depth, stored.weights.astype(np.float64)
+        self.extent, self.has_mask = stored.extent, stored.has_mask
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.stored.reader(name).rows(start, stop))
+
+
+def sampled(case: Any) -> SampledCase:
+    """A case as sampling reads it: a prepared case in memory, or a stored case on disk."""
+    if isinstance(case, PreparedCase):
+        return MemoryCase(case)
+    if hasattr(case, "reader"):
+        return _StoredRows(case)
+    return case  # type: ignore[no-any-return]
+
+
+def body_extent(body: np.ndarray) -> np.ndarray:
+    """``(D, 4)`` body box ``(y_min, y_max, x_min, x_max)`` of each slice of ``(D, H, W)``; -1 where empty."""
+    d = body.shape[0]
+    rows, cols = body.any(2), body.any(1)
+    ext = np.full((d, 4), -1, np.int64)
+    for i in range(d):
+        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        if ys.size:
+            ext[i] = (ys[0], ys[-1], xs[0], xs[-1])
+    return ext
+
+
+class SliceTables:
+    """The sampling tables of a set of cases: every slice's weight and owner (small: one entry per slice)."""
+
+    def __init__(self, cases: Sequence[Any]) -> None:
+        if not cases:
+            raise ValueError("no training cases")
+        self.cases = [sampled(c) for c in cases]
+        self.owner = np.concatenate([np.full(c.depth, i) for i, c in enumerate(self.cases)])
+        self.slice_of = np.concatenate([np.arange(c.depth) for c in self.cases])
+        self.weights = torch.from_numpy(np.concatenate([c.weights for c in self.cases]).astype(np.float64))
+        if not self.weights.sum() > 0:
+            raise ValueError("no slice can be sampled: every slice weight is 0 (check data.slice_range and the masks)")
+
+
+def _context_rows(case: SampledCase, name: str, d: int, k: int, win: tuple[slice, slice]) -> np.ndarray:
+    """``(C, 2k+1, h, w)``: slices ``d-k..d+k`` (edges replicated) of one array, cropped."""
+    lo, hi = max(d - k, 0), min(d + k, case.depth - 1) + 1
+    block = case.rows(name, lo, hi)[:, :, win[0], win[1]]  # (n, C, h, w)
+    idx = np.clip(np.arange(d - k, d + k + 1), 0, case.depth - 1) - lo
+    return np.ascontiguousarray(block[idx].transpose(1, 0, 2, 3))
+
+
+def draw_batch(tables: SliceTables, batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """One batch from ``gen``: ``source (B, S*(2k+1), h, w)``, ``target (B, 1, h, w)``, ``body (B, 2k+1, h, w)``, ``mask`` if any.
+
+    Slices are drawn by weight (slices without body are rare); a crop smaller than the slice is
+    centred on a uniform point of the slice's body bounding box (clamped to the slice), so small
+    crops of a large field of view still show body.
+    """
+    picks = torch.multinomial(tables.weights, batch_size, replacement=True, generator=gen)
+    offsets = torch.rand(batch_size, 2, generator=gen)
+    ch, cw = crop
+    k = context_slices
+    out: dict[str, list[np.ndarray]] = {SOURCE: [], TARGET: [], BODY: [], MASK: []}
+    for j, flat in enumerate(picks.tolist()):
+        case = tables.cases[int(tables.owner[flat])]
+        d = int(tables.slice_of[flat])
+        first = case.rows(TARGET, d, d + 1)  # (1, 1, H, W)
+        h, w = first.shape[-2:]
+        ext = case.extent[d].tolist()
+        if ext[0] < 0:  # no body on this slice: anywhere
+            y0, x0 = int(offsets[j, 0] * (h - ch + 1)), int(offsets[j, 1] * (w - cw + 1))
+        else:  # centre the crop on a uniform point of the body's bounding box
+            y0 = min(max(int(ext[0] + offsets[j, 0] * (ext[1] - ext[0] + 1)) - ch // 2, 0), h - ch)
+            x0 = min(max(int(ext[2] + offsets[j, 1] * (ext[3] - ext[2] + 1)) - cw // 2, 0), w - cw)
+        win = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+        src = _context_rows(case, SOURCE, d, k, win)  # (S, 2k+1, h, w): image-major channels
+        out[SOURCE].append(src.reshape(-1, ch, cw))
+        out[TARGET].append(first[0][:, win[0], win[1]].astype(np.float32))
+        out[BODY].append(_context_rows(case, BODY, d, k, win)[0].astype(np.float32))
+        if case.has_mask:
+            out[MASK].append(case.rows(MASK, d, d + 1)[0][:, win[0], win[1]].astype(np.float32))
+    return {key: torch.from_numpy(np.stack(v).astype(np.float32, copy=False)) for key, v in out.items() if v}
 
 
 class SliceBatcher:
-    """Draws batches of random slices (weighted: slices without body are rare) and crops them.
-
-    A crop smaller than the slice is centred on a uniform point of the slice's body bounding
-    box (clamped to the slice), so small crops of a large field of view still show body.
+    """Draws batches of random slices from one sequential generator (tests, and a loop without workers).
 
     Args:
-        cases: prepared cases (every slice at least ``crop`` in-plane).
+        cases: prepared (or stored) cases (every slice at least ``crop`` in-plane).
         batch_size: samples per batch.
         crop: ``(H, W)`` of each sample.
         context_slices: 2.5D half-width k.
@@ -54,46 +159,73 @@ class SliceBatcher:
         torch.Size([4, 3, 256, 256])
     """
 
-    def __init__(
-        self, cases: Sequence[PreparedCase], batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator
-    ) -> None:
-        if not cases:
-            raise ValueError("no training cases")
-        self.cases = list(cases)
-        self.batch_size = batch_size
-        self.crop = crop
-        self.gen = gen
-        self.owner = torch.cat([torch.full((c.weights.shape[0],), i) for i, c in enumerate(self.cases)])
-        self.slice_of = torch.cat([torch.arange(c.weights.shape[0]) for c in self.cases])
-        self.weights = torch.cat([c.weights for c in self.cases]).double()
-        if not self.weights.sum() > 0:
-            raise ValueError("no slice can be sampled: every slice weight is 0 (check data.slice_range and the masks)")
-        self.context = [context_indices(c.weights.shape[0], context_slices) for c in self.cases]
-        self.extent = [_body_extent(c.body[0]) for c in self.cases]
+    def __init__(self, cases: Sequence[Any], batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator) -> None:
+        self.tables = SliceTables(cases)
+        self.batch_size, self.crop, self.context_slices, self.gen = batch_size, crop, context_slices, gen
 
     def next(self) -> dict[str, torch.Tensor]:
-        """One batch: ``source (B, S*(2k+1), h, w)``, ``target (B, 1, h, w)``, ``body (B, 2k+1, h, w)``, ``mask`` if any."""
-        picks = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=self.gen)
-        offsets = torch.rand(self.batch_size, 2, generator=self.gen)
-        ch, cw = self.crop
-        out: dict[str, list[torch.Tensor]] = {SOURCE: [], TARGET: [], BODY: [], MASK: []}
-        for j, flat in enumerate(picks.tolist()):
-            case = self.cases[int(self.owner[flat])]
-            d = int(self.slice_of[flat])
-            _, _, h, w = case.source.shape
-            ext = self.extent[int(self.owner[flat])][d].tolist()
-            if ext[0] < 0:  # no body on this slice: anywhere
-                y0 = int(offsets[j, 0] * (h - ch + 1))
-                x0 = int(offsets[j, 1] * (w - cw + 1))
-            else:  # centre the crop on a uniform point of the body's bounding box
-                y0 = min(max(int(ext[0] + offsets[j, 0] * (ext[1] - ext[0] + 1)) - ch // 2, 0), h - ch)
-                x0 = min(max(int(ext[2] + offsets[j, 1] * (ext[3] - ext[2] + 1)) - cw // 2, 0), w - cw)
-            win = (slice(y0, y0 + ch), slice(x0, x0 + cw))
-            idx = self.context[int(self.owner[flat])][d : d + 1]
-            out[SOURCE].append(gather_slices(case.source[..., win[0], win[1]], idx)[0])
-            out[TARGET].append(case.target[:, d, win[0], win[1]])
-            out[BODY].append(gather_slices(case.body[..., win[0], win[1]], idx)[0])
-            if case.mask is not None:
-                out[MASK].append(case.mask[:, d, win[0], win[1]])
-        batch = {k: torch.stack(v) for k, v in out.items() if v}
-        return batch
+        """One batch (see :func:`draw_batch`)."""
+        return draw_batch(self.tables, self.batch_size, self.crop, self.context_slices, self.gen)
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of global batch ``index`` of a run seeded ``seed`` (a hash: streams do not overlap)."""
+    digest = hashlib.sha256(f"medp2p-batch:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class SliceBatches(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """Batch ``step`` of this rank, as a map-style dataset: a DataLoader's workers draw them in parallel.
+
+    Args:
+        cases: the training cases (stored or prepared).
+        batch_size, crop, context_slices: as :class:`SliceBatcher`.
+        seed: the run's seed (``train.seed``).
+        rank, world: this process's place (rank ``r`` of ``W`` draws global batches ``s * W + r``).
+        transform: applied to each drawn batch with its generator (corruption, augmentation,
+            MONAI transforms: :class:`medp2p.train.batches.BatchRecipe`), in the worker.
+
+    Example:
+        >>> batches = SliceBatches(stored, 8, (128, 128), 1, seed=0)
+        >>> loader = DataLoader(batches, sampler=StepSampler(start=0), batch_size=None, num_workers=2)
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Any],
+        batch_size: int,
+        crop: tuple[int, int],
+        context_slices: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        transform: Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.tables = SliceTables(cases)
+        self.batch_size, self.crop, self.context_slices = batch_size, crop, context_slices
+        self.seed, self.rank, self.world, self.transform = seed, rank, world, transform
+
+    def __len__(self) -> int:
+        return 2**62  # steps are indices: the loop decides where to stop
+
+    def generator(self, step: int) -> torch.Generator:
+        """The generator of this rank's batch at ``step``."""
+        return torch.Generator().manual_seed(batch_seed(self.seed, step * self.world + self.rank))
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        gen = self.generator(step)
+        batch = draw_batch(self.tables, self.batch_size, self.crop, self.context_slices, gen)
+        return self.transform(batch, gen) if self.transform is not None else batch
+
+
+class StepSampler(torch.utils.data.Sampler[int]):
+    """Step indices ``start, start + 1, ...`` without end: the sampler's whole state is where it starts."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+
+    def __iter__(self) -> Any:
+        step = self.start
+        while True:
+            yield step
+            step += 1

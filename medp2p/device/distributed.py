@@ -1,5 +1,10 @@
 """Running under ``torchrun``: process group, which rank writes, and checks across ranks.
 
+On CUDA each rank binds its GPU (``torch.cuda.set_device(LOCAL_RANK)``) before joining a group
+whose backend covers both kinds of tensor, ``"cpu:gloo,cuda:nccl"`` (an NCCL-only group cannot
+reduce a CPU tensor: "No backend type associated with device type cpu"), with ``device_id`` and a
+timeout long enough for rank 0's checkpoints (``train.ddp_timeout_min``).
+
 ``medp2p train`` runs unchanged under ``torchrun --nproc_per_node N``: the generator and the
 discriminator are wrapped in DistributedDataParallel (gradients averaged across ranks), each rank
 draws its own stream of slices (seeded by ``(train.seed, rank)``: a distributed sampler for
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -24,6 +30,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    device: str = "cpu"  # where collectives put their tensors
 
     @property
     def enabled(self) -> bool:
@@ -40,13 +47,17 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
-    def any(self, flag: bool) -> bool:
-        """True when ``flag`` is True on any rank (a collective: every rank must call it)."""
+    def any(self, flag: bool | torch.Tensor) -> bool:
+        """True when ``flag`` is True on any rank (a collective: every rank must call it); one read back."""
         if not self.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+            return bool(flag)
+        t = flag.detach().float().reshape(1).to(self.device) if isinstance(flag, torch.Tensor) else torch.tensor([float(flag)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
+
+    def all_gather_rows(self, rows: list[Any]) -> list[Any]:
+        """Every rank's ``rows`` lists, concatenated in rank order (a collective)."""
+        return [row for part in self.gather(rows) for row in part]
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (a collective)."""
@@ -57,18 +68,36 @@ class Dist:
         return out
 
 
-def init_distributed(device_name: str) -> Dist:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); gloo on CPU, NCCL on CUDA."""
+def process_group_backend(cuda: bool) -> str:
+    """The backend string of a run's process group: CPU and CUDA tensors both covered on GPUs.
+
+    Example:
+        >>> process_group_backend(True), process_group_backend(False)
+        ('cpu:gloo,cuda:nccl', 'gloo')
+    """
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def init_distributed(device_name: str, timeout_min: float = 30.0) -> Dist:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    On CUDA: ``set_device(LOCAL_RANK)`` first, then ``init_process_group("cpu:gloo,cuda:nccl",
+    device_id=...)``; on CPU: gloo. ``timeout_min`` bounds how long a rank waits in a collective
+    (rank 0 writing a large checkpoint while the others wait at the barrier).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    name = device_name.strip().lower()
+    use_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    device_id = None
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
+        device_id = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(process_group_backend(use_cuda), timeout=timedelta(minutes=timeout_min), device_id=device_id)
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, f"cuda:{local_rank}" if use_cuda else "cpu")
 
 
 def weights_digest(module: torch.nn.Module) -> str:

@@ -7,21 +7,36 @@ from collections.abc import Iterator
 
 import torch
 
+#: Device names a command accepts.
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+#: Precision names: ``fp32`` is true float32 (no TF32 on CUDA), ``tf32`` float32 with TF32 matmuls
+#: and convolutions on Ampere and newer, ``bf16``/``fp16`` autocast, ``auto`` the best native one.
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; asking for CUDA without one fails clearly.
+    """``auto`` picks CUDA when available, else the CPU; ``cuda:N`` one GPU, checked against those present.
 
     Example:
         >>> resolve_device("auto")
         device(type='cpu')
     """
+    name = name.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {name} asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        if name == "cuda":
+            return torch.device("cuda")
+        index = name.split(":", 1)[1]
+        count = torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        return torch.device("cuda", int(index))
+    raise ValueError(f"device must be {DEVICE_HELP}, got {name!r}")
 
 
 def cpu_has_bf16() -> bool:
@@ -29,13 +44,29 @@ def cpu_has_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype, or None for plain float32.
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """True when the GPU computes bfloat16 natively (compute capability 8.0, Ampere, and newer).
 
-    ``auto``: bfloat16 on CUDA GPUs that support it (else float16), bfloat16 on CPUs with native
-    bf16 units, float32 otherwise.
+    ``torch.cuda.is_bf16_supported()`` alone also counts emulation (pre-Ampere GPUs run bf16 through
+    float32 paths, slower than float16).
     """
-    if precision == "fp32":
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # an older torch without the argument
+        return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype, or None for float32 (``fp32``, ``tf32``).
+
+    ``auto``: bfloat16 on GPUs that compute it natively, else float16 (with a GradScaler in
+    training); bfloat16 on CPUs with native bf16 units; float32 otherwise.
+
+    Example:
+        >>> resolve_precision(torch.device("cpu"), "fp32") is None
+        True
+    """
+    if precision in ("fp32", "tf32"):
         return None
     if precision == "bf16":
         return torch.bfloat16
@@ -44,10 +75,34 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dt
             raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         return torch.float16
     if precision != "auto":
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def configure_backends(device: torch.device, precision: str, deterministic: bool = False, fixed_shapes: bool = True) -> dict[str, object]:
+    """Set the process-wide CUDA backend switches a run's config asks for; returns what was set.
+
+    TF32: off for ``fp32`` (true float32, as the reference computes), on for ``tf32`` and for the
+    float32 parts of autocast runs. ``cudnn.benchmark``: on for fixed-size training crops (it picks
+    the fastest convolution once per shape), off when ``deterministic``. ``deterministic``: torch's
+    deterministic algorithms and cuBLAS's fixed workspace, for bitwise-repeatable GPU runs. On a
+    CPU nothing changes but the deterministic flag.
+    """
+    import os
+
+    settings: dict[str, object] = {"deterministic": deterministic}
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        tf32 = precision != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = fixed_shapes and not deterministic
+        settings.update(tf32=tf32, cudnn_benchmark=torch.backends.cudnn.benchmark)
+    return settings
 
 
 def memory_format(

@@ -1,8 +1,10 @@
 """Training data: the cases of a run, split into training and validation, read, checked and prepared once.
 
-What the data fixes in the run is fixed here too: the number of images per source key
-(``data.source_channels``) and, for a codec that writes the target contrast's scale, the
-training targets' window (``data.target_window``).
+Training cases go into the case store on disk (:mod:`medp2p.data.store`), built once per dataset
+and preparation and reused by every start, resume and rank; validation cases are checked at the
+start and read again at each validation. What the data fixes in the run is fixed here too: the
+number of images per source key (``data.source_channels``) and, for a codec that writes the
+target contrast's scale, the training targets' window (``data.target_window``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Any
 
 from medp2p.config import Config
 from medp2p.data import load_datalist
-from medp2p.data.case_reader import CaseKeys
 from medp2p.data.checks import ReadOptions
 from medp2p.data.codecs import fitted_window
-from medp2p.data.prepare import Prep, PrepareCased, PreparedCase
+from medp2p.data.store import StoredCase, build_store
+from medp2p.device import Dist
 from medp2p.plan import Plan, build_plan
 from medp2p.train.validation import ValCase, load_val_cases
 
@@ -32,7 +34,7 @@ class TrainingData:
     """
 
     plan: Plan
-    cases: list[PreparedCase]
+    cases: list[StoredCase]
     val_cases: list[ValCase] = field(default_factory=list)
     profile: dict[str, Any] = field(default_factory=dict)
 
@@ -84,26 +86,32 @@ def source_channels_of(cfg: Config, cases: list[Case]) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"source_channels": counts})})
 
 
-def prepare_training_cases(
-    cases: list[Case], prep: Prep, keys: CaseKeys, datalist: dict[str, Any], options: ReadOptions, workers: int
-) -> list[PreparedCase]:
-    """Read, check and prepare every training case once (MONAI ``CacheDataset``, ``workers`` threads)."""
-    from monai.data import CacheDataset
+def _store_builder(
+    cases: list[Case], plan: Plan, datalist: dict[str, Any], options: ReadOptions, cache_dir: str | Path, progress: bool
+) -> Any:
+    def build(workers: int) -> list[StoredCase]:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-    try:
-        transform = PrepareCased(prep, keys, datalist, options)
-        ds = CacheDataset(data=cases, transform=transform, cache_rate=1.0, num_workers=workers or None, copy_cache=False, progress=False)
-        return [ds[i]["case"] for i in range(len(ds))]
-    except RuntimeError as exc:  # MONAI wraps a transform's error as "applying transform ...": show the cause
-        cause: BaseException = exc
-        while isinstance(cause, RuntimeError) and str(cause).startswith("applying transform") and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if cause is exc:
-            raise
-        raise cause from None
+            bar = tqdm(total=len(cases), desc="case store", unit="case", leave=False)
+
+        def tick(done: int, todo: int) -> None:
+            if bar is not None:
+                bar.total = todo
+                bar.n = done
+                bar.refresh()
+
+        try:
+            return build_store(cases, plan.prep, plan.keys, cache_dir, datalist, options, workers, tick)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    return build
 
 
-def with_target_window(plan: Plan, cases: list[PreparedCase]) -> Plan:
+def with_target_window(plan: Plan, cases: list[StoredCase]) -> Plan:
     """For a codec that writes the target contrast's scale: the plan with the training targets' window."""
     if not plan.codec.fits_window or plan.prep.target_window is not None:
         return plan
@@ -113,8 +121,19 @@ def with_target_window(plan: Plan, cases: list[PreparedCase]) -> Plan:
     return build_plan(cfg.model_copy(update={"data": cfg.data.model_copy(update={"target_window": (window.lo, window.hi)})}))
 
 
-def load_training_data(cfg: Config, data: str | Path, val_data: str | Path | None, options: ReadOptions) -> TrainingData:
-    """The run's cases, read with the checks every command applies, and the plan they fix.
+def load_training_data(
+    cfg: Config,
+    data: str | Path,
+    val_data: str | Path | None,
+    options: ReadOptions,
+    cache_dir: str | Path,
+    ddp: Dist = Dist(),
+    progress: bool = False,
+) -> TrainingData:
+    """The run's cases, read with the checks every command applies, stored once, and the plan they fix.
+
+    The store under ``cache_dir`` is built by rank 0 (``data.num_workers`` processes) while the
+    other ranks wait; then every rank reads the same files.
 
     Raises:
         CaseError: a case cannot be used (the message names the file and the fix).
@@ -124,7 +143,12 @@ def load_training_data(cfg: Config, data: str | Path, val_data: str | Path | Non
     if not train_cases:
         raise ValueError(f"{data}: no training cases (a folder of unrelated volumes has none: training needs cases with targets)")
     plan = build_plan(source_channels_of(cfg, train_cases + val_raw))
-    cases = prepare_training_cases(train_cases, plan.prep, plan.keys, datalist, options, cfg.data.num_workers)
+    store = _store_builder(train_cases, plan, datalist, options, cache_dir, progress and ddp.main)
+    if ddp.main:
+        cases = store(cfg.data.num_workers)
+    ddp.barrier()
+    if not ddp.main:
+        cases = store(0)  # built by rank 0: only read here
     plan = with_target_window(plan, cases)
     val_cases = load_val_cases(val_raw, plan.inference_prep, plan.task, cfg.inpaint.eval_seed, plan.keys, val_datalist, options)
     profile = {"source_is_ct": sum(c.source_is_ct for c in cases) * 2 >= len(cases)}

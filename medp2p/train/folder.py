@@ -46,6 +46,7 @@ class RunSettings:
     data: str
     val_data: str | None
     read_options: ReadOptions
+    cache_dir: str = ""
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -71,13 +72,19 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def resumed_settings(
-    out: Path, ckpt: dict[str, Any], data: str | Path | None, val_data: str | Path | None, read_options: ReadOptions | None
+    out: Path,
+    ckpt: dict[str, Any],
+    data: str | Path | None,
+    val_data: str | Path | None,
+    read_options: ReadOptions | None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[Config, RunSettings]:
     """The run's own config and settings, for resume; arguments given now win over the recorded ones."""
     info = json.loads((out / "run.json").read_text())
     options = read_options if read_options is not None else ReadOptions(**info.get("read_options", {}))
+    store = str(cache_dir) if cache_dir is not None else info.get("cache_dir") or str(Path(out).resolve().parent / "cache")
     return config_from_dict(ckpt["config"]), RunSettings(
-        str(data if data is not None else info["data"]), str(val_data) if val_data is not None else info.get("val_data"), options
+        str(data if data is not None else info["data"]), str(val_data) if val_data is not None else info.get("val_data"), options, store
     )
 
 
@@ -93,6 +100,7 @@ def record_start(out: Path, cfg: Config, settings: RunSettings, resolved: dict[s
             "val_data": str(Path(settings.val_data).resolve()) if settings.val_data else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "read_options": {"affine_from": settings.read_options.affine_from, "series_uid": settings.read_options.series_uid},
+            "cache_dir": str(Path(settings.cache_dir).resolve()) if settings.cache_dir else None,
             "resolved": resolved,
         },
     )

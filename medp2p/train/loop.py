@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medp2p.data.augment import AugmentSpec
-from medp2p.data.geometry import MIRROR_DIMS
-from medp2p.data.sampling import SliceBatcher
+import torch
+from torch.utils.data import DataLoader
+
+from medp2p.data.sampling import SliceBatches, StepSampler
 from medp2p.device import reuse_freed_memory, weights_digest
 from medp2p.infer.checkpoint import save_checkpoint
-from medp2p.train.batches import training_batch
+from medp2p.train.batches import BatchRecipe
 from medp2p.train.budget import TimeBudget
 from medp2p.train.data import TrainingData
 from medp2p.train.folder import write_json
 from medp2p.train.logs import MetricsLog
 from medp2p.train.trainer import Trainer
-from medp2p.train.validation import validate
+from medp2p.train.validation import mean_metrics, validation_rows
 
 
 @dataclass
@@ -44,24 +47,31 @@ def _better(value: float, best: float | None, higher: bool) -> bool:
 def _validate_and_save(
     trainer: Trainer, data: TrainingData, out: Path, log: MetricsLog, validate_now: bool, save_now: bool
 ) -> dict[str, float]:
-    """Validation (rank 0; ``best.pt`` on a better score) and ``last.pt``, with every rank's random states."""
+    """Validation (spread over the ranks; ``best.pt`` on a better score) and ``last.pt``, with every rank's random states.
+
+    Each rank predicts every ``world``-th validation case; rank 0 gathers the rows, logs the means
+    and writes the checkpoints while the others wait (``train.ddp_timeout_min``).
+    """
     rng = trainer.rng_states()
     metrics: dict[str, float] = {}
-    plan, t = trainer.plan, trainer.plan.config.train
-    if validate_now and data.val_cases and trainer.ddp.main:
-        metrics = validate(
-            trainer.G, data.val_cases, plan.inference_prep, plan.task, trainer.val_options, out / "previews", t.preview_count, trainer.step
-        )
+    plan, t, ddp = trainer.plan, trainer.plan.config.train, trainer.ddp
+    if validate_now and data.val_cases:
+        mine = data.val_cases[ddp.rank :: ddp.world]
+        previews = (out / "previews") if ddp.main else None
+        rows = validation_rows(trainer.G, mine, plan.inference_prep, plan.task, trainer.val_options, previews, t.preview_count, trainer.step)
         trainer.G.train()
-        log.log(trainer.step, "val", metrics)
-        task = plan.task
-        value = metrics.get(task.best_metric, float("nan"))
-        if _better(value, trainer.best.get("value"), task.higher_is_better):
-            trainer.best = {"metric": task.best_metric, "value": value, "step": trainer.step}
-            save_checkpoint(trainer.state(rng, data.profile), out / "best.pt")
-    if save_now and trainer.ddp.main:
+        rows = ddp.all_gather_rows(rows) if ddp.enabled else rows
+        if ddp.main:
+            metrics = mean_metrics(rows)
+            log.log(trainer.step, "val", metrics)
+            task = plan.task
+            value = metrics.get(task.best_metric, float("nan"))
+            if _better(value, trainer.best.get("value"), task.higher_is_better):
+                trainer.best = {"metric": task.best_metric, "value": value, "step": trainer.step}
+                save_checkpoint(trainer.state(rng, data.profile), out / "best.pt")
+    if save_now and ddp.main:
         save_checkpoint(trainer.state(rng, data.profile), out / "last.pt")
-    trainer.ddp.barrier()
+    ddp.barrier()
     return metrics
 
 
@@ -81,23 +91,60 @@ def _progress_bar(trainer: Trainer, total: int, progress: bool) -> Iterator[Any]
         bar.close()
 
 
+def make_loader(trainer: Trainer, data: TrainingData) -> Iterator[dict[str, torch.Tensor]]:
+    """This rank's batches from the trainer's step on: a DataLoader over the case store.
+
+    ``data.num_workers`` worker processes draw, corrupt and (on a CPU) augment batches ahead of the
+    step; on CUDA they hand pinned batches over and augmentation runs on the GPU. Each batch comes
+    from its own seeded generator (:class:`~medp2p.data.sampling.SliceBatches`), so the stream is
+    the same with any number of workers and a resume continues it exactly.
+    """
+    plan, t, d = trainer.plan, trainer.plan.config.train, trainer.plan.config.data
+    on_device = trainer.device.type != "cpu"
+    recipe = BatchRecipe.of(plan, on_device=on_device)
+    batches = SliceBatches(data.cases, t.batch_size, (d.image_size[0], d.image_size[1]), plan.prep.context_slices, t.seed, trainer.ddp.rank, trainer.ddp.world, recipe)
+    workers = d.num_workers
+    loader = DataLoader(
+        batches, batch_size=None, sampler=StepSampler(trainer.step), num_workers=workers, pin_memory=on_device,
+        persistent_workers=workers > 0, prefetch_factor=d.prefetch_factor if workers > 0 else None, worker_init_fn=_worker_init,
+        generator=torch.Generator().manual_seed(t.seed),  # its worker seeds from its own stream, not the global one (exact resume)
+    )  # fmt: skip
+    for batch in loader:
+        batch = {k: v.to(trainer.device, non_blocking=True) for k, v in batch.items()}
+        yield recipe.finish(batch)
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers share the cores with the step
+
+
+def _log_step(trainer: Trainer, log: MetricsLog, losses: dict[str, float], waited_s: float, total_s: float) -> None:
+    values = {**losses, "lr": float(trainer.sched_g.get_last_lr()[0]), "data_wait": waited_s / max(total_s, 1e-9)}
+    if trainer.device.type == "cuda":
+        values["cuda_peak_gib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**30
+    log.log(trainer.step, "train", values)
+
+
 def fit(trainer: Trainer, data: TrainingData, out: Path, budget: TimeBudget, stop_at: int, progress: bool = True) -> TrainResult:
     """Train until ``stop_at`` (or the end of the fitted schedule): log, validate, checkpoint as configured.
+
+    Losses are read back from the device only at ``train.log_every`` steps (the step's
+    non-finite guard reads one flag); ``data_wait`` in the log is the fraction of time spent
+    waiting for batches since the last log line.
 
     Example:
         >>> result = fit(trainer, data, Path("runs/r"), TimeBudget(None, 2000, 0.5, trainer.schedule), 2000)
     """
-    plan, t = trainer.plan, trainer.plan.config.train
-    crop = plan.config.data.image_size
-    batcher = SliceBatcher(data.cases, t.batch_size, (crop[0], crop[1]), plan.prep.context_slices, trainer.gen)
-    aug = AugmentSpec(**plan.config.augment.model_dump(), flip_dim=MIRROR_DIMS[plan.prep.axis])
+    t = trainer.plan.config.train
     log = MetricsLog(out, resume_step=trainer.step, tensorboard=t.tensorboard, enabled=trainer.ddp.main)
     losses: dict[str, float] = {}
     val_metrics: dict[str, float] = {}
     stop = min(stop_at, trainer.schedule["steps"])
     trainer.train_mode()
+    cpu_tricks = reuse_freed_memory() if trainer.device.type == "cpu" else contextlib.nullcontext()  # glibc heap reuse: CPU only
     try:
-        with _progress_bar(trainer, stop, progress) as bar, reuse_freed_memory():  # activations reuse malloc's heap
+        with _progress_bar(trainer, stop, progress) as bar, cpu_tricks:
+            batches, waited, since = make_loader(trainer, data), 0.0, time.perf_counter()
             while trainer.step < stop:
                 if (now := budget.before_step(trainer.step, stop_at)) != stop:
                     stop, bar.total = now, now
@@ -105,11 +152,16 @@ def fit(trainer: Trainer, data: TrainingData, out: Path, budget: TimeBudget, sto
                 if budget.refitted:
                     log.log(trainer.step, "train", budget.refitted)
                     budget.refitted = {}
-                losses = trainer.advance(training_batch(batcher, aug, plan, trainer.gen))
+                ask = time.perf_counter()
+                batch = next(batches)
+                waited += time.perf_counter() - ask
+                pending = trainer.advance(batch)
                 bar.update(1)
                 step = trainer.step
                 if step % t.log_every == 0 or step == stop:
-                    log.log(step, "train", {**losses, "lr": float(trainer.sched_g.get_last_lr()[0])})
+                    losses = {k: float(v) for k, v in pending.items()}  # the one read-back of the losses
+                    _log_step(trainer, log, losses, waited, time.perf_counter() - since)
+                    waited, since = 0.0, time.perf_counter()
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("loss_G", "loss_D")}, refresh=False)
                 validate_now, save_now = step % t.val_every == 0 or step == stop, step % t.checkpoint_every == 0 or step == stop
                 if validate_now or save_now:

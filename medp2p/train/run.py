@@ -8,6 +8,7 @@ checkpointed, so ``--resume`` continues bit-identically on the same machine.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from medp2p.config import Config
 from medp2p.data.checks import ReadOptions
+from medp2p.data.store import default_cache_dir
 from medp2p.device import Dist, init_distributed, resolve_device, resolved_settings
 from medp2p.infer.checkpoint import load_checkpoint
 from medp2p.train.budget import TimeBudget
@@ -31,6 +33,25 @@ def training_device(name: str, ddp: Dist) -> torch.device:
     return torch.device("cuda", ddp.local_rank) if ddp.enabled and device.type == "cuda" else device
 
 
+def _recorded_device(out: Path) -> str:
+    """The device type a run trained on (``run.json``), for resume: ``cuda`` or ``cpu`` (``auto`` if unrecorded)."""
+    try:
+        resolved = json.loads((out / "run.json").read_text()).get("resolved", {})
+        return str(resolved.get("device", "auto")).split(":")[0]
+    except (OSError, ValueError):
+        return "auto"
+
+
+def _timeout_of(cfg: Config | None, out: Path, resume: bool) -> float:
+    """``train.ddp_timeout_min`` of the config, or of the run being resumed."""
+    if cfg is not None:
+        return cfg.train.ddp_timeout_min
+    try:
+        return float(load_checkpoint(out / "last.pt")["config"]["train"].get("ddp_timeout_min", 30.0)) if resume else 30.0
+    except Exception:
+        return 30.0
+
+
 def train(
     cfg: Config | None,
     data: str | Path | None,
@@ -43,6 +64,7 @@ def train(
     device: str | None = None,
     read_options: ReadOptions | None = None,
     on_timing: Callable[[float, int], None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train pix2pix for ``cfg.task`` on ``data``; write the run into ``out``.
 
@@ -63,6 +85,8 @@ def train(
             ``run.json`` and reused on resume.
         on_timing: called once, after a few timed steps, with the seconds per step and the
             schedule's length (the CLI warns when the default model would take hours).
+        cache_dir: where the case store goes (default ``$MEDP2P_CACHE``, else ``out``'s parent
+            ``/cache``); recorded in ``run.json`` and reused on resume.
 
     Raises:
         RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite``.
@@ -74,20 +98,22 @@ def train(
         >>> train(cfg, "phantom/", "runs/tiny").val_metrics["mae"]
     """
     started, out = time.perf_counter(), Path(out)  # the time budget counts reading the data too
-    ddp = init_distributed(device or (cfg.train.device if cfg is not None else "auto"))
+    ddp = init_distributed(device or (cfg.train.device if cfg is not None else _recorded_device(out)), _timeout_of(cfg, out, resume))
     if ddp.main:
         prepare_run_dir(out, resume, overwrite)
     ddp.barrier()
     ckpt = load_checkpoint(out / "last.pt") if resume else None
     if ckpt is not None:
-        cfg, settings = resumed_settings(out, ckpt, data, val_data, read_options)
+        cfg, settings = resumed_settings(out, ckpt, data, val_data, read_options, cache_dir)
+        device = device or _recorded_device(out)  # a resumed run keeps its device unless told otherwise
     elif cfg is None or data is None:
         raise ValueError("train needs a config and data (or resume=True on a run folder)")
     else:
-        settings = RunSettings(str(data), str(val_data) if val_data is not None else None, read_options or ReadOptions())
+        store = default_cache_dir(out, cache_dir)
+        settings = RunSettings(str(data), str(val_data) if val_data is not None else None, read_options or ReadOptions(), str(store))
     if device is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": device})})
-    cases = load_training_data(cfg, settings.data, settings.val_data, settings.read_options)
+    cases = load_training_data(cfg, settings.data, settings.val_data, settings.read_options, settings.cache_dir, ddp, progress)
     trainer = build_trainer(cases.plan, training_device(cfg.train.device, ddp), ddp)
     if ckpt is not None:
         restore(trainer, ckpt)

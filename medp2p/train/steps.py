@@ -29,17 +29,21 @@ def _set_requires_grad(net: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _check(step: int, losses: dict[str, torch.Tensor], any_rank: Callable[[bool], bool] = bool) -> dict[str, float]:
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    bad = {k: v for k, v in values.items() if not torch.isfinite(torch.tensor(v))}
-    # Under torchrun every rank must stop together, before any gradient all-reduce.
-    if any_rank(bool(bad)):
+def _stop_on_non_finite(step: int, losses: dict[str, torch.Tensor], any_rank: Callable[[torch.Tensor], bool]) -> None:
+    """Raise when a loss is NaN/Inf (on any rank): one flag computed on the device, one read."""
+    flag = ~torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in losses.values()])).all()
+    # Under torchrun every rank must stop together, before the generator's gradient all-reduce.
+    if any_rank(flag):
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
         named = ", ".join(f"{k}={v}" for k, v in bad.items()) or "on another rank"
         raise NonFiniteLossError(
-            f"step {step}: non-finite loss ({named}); stopped before updating the weights. "
+            f"step {step}: non-finite loss ({named}); stopped before updating the generator (last.pt keeps the last good state). "
             "Check the inputs for NaN/Inf voxels (medp2p validate), or lower train.lr"
         )
-    return values
+
+
+def _bool(flag: torch.Tensor) -> bool:
+    return bool(flag)
 
 
 class Pix2PixStep:
@@ -53,7 +57,7 @@ class Pix2PixStep:
         dtype: autocast dtype, or None for float32.
         scaler: a ``torch.amp.GradScaler`` for float16, else None.
         memory_format: ``torch.channels_last`` or ``torch.contiguous_format``.
-        any_rank: under torchrun, a collective "is this True on any rank?" (the NaN guard).
+        any_rank: a collective "is this flag True on any rank?" (the NaN guard; one device read).
     """
 
     def __init__(
@@ -67,12 +71,16 @@ class Pix2PixStep:
         dtype: torch.dtype | None,
         scaler: torch.amp.GradScaler | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
-        any_rank: Callable[[bool], bool] = bool,
+        any_rank: Callable[[torch.Tensor], bool] = _bool,
     ) -> None:
         self.G, self.D = generator, discriminator
         # The G step only reads D (its weights are frozen there): run the plain module, not the
-        # DDP wrapper, which would wait for gradients that never come.
-        self.D_plain = getattr(discriminator, "module", discriminator)
+        # DDP wrapper (inside torch.compile's, when compiled), which would wait for gradients
+        # that never come.
+        plain = discriminator
+        while plain is not None and (hasattr(plain, "_orig_mod") or hasattr(plain, "module")):
+            plain = getattr(plain, "_orig_mod", None) or plain.module
+        self.D_plain = plain
         self.any_rank = any_rank
         self.opt_g, self.opt_d = opt_g, opt_d
         self.loss = loss
@@ -93,7 +101,7 @@ class Pix2PixStep:
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
 
-    def d_step(self, step: int, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    def d_step(self, step: int, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """Update D: real pairs towards 1, generated pairs towards 0."""
         assert self.D is not None and self.opt_d is not None
         _set_requires_grad(self.D, True)
@@ -104,13 +112,18 @@ class Pix2PixStep:
         loss_d_fake = gan_loss(pred_fake, False, self.loss.gan_mode)
         loss_d_real = gan_loss(pred_real, True, self.loss.gan_mode)
         loss_d = 0.5 * (loss_d_fake + loss_d_real)
-        values = _check(step, {"loss_D": loss_d, "loss_D_real": loss_d_real, "loss_D_fake": loss_d_fake}, self.any_rank)
-        self._backward(loss_d, self.opt_d)
-        return values
+        self._backward(loss_d, self.opt_d)  # a non-finite D loss shows in G's, checked before G's update
+        return {"loss_D": loss_d.detach(), "loss_D_real": loss_d_real.detach(), "loss_D_fake": loss_d_fake.detach()}
 
     def g_step(
-        self, step: int, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, weight: torch.Tensor | None
-    ) -> dict[str, float]:
+        self,
+        step: int,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        fake: torch.Tensor,
+        weight: torch.Tensor | None,
+        d_losses: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Update G: fool D, and match the target (L1, or Dice + BCE for masks)."""
         w = self.loss
         terms: dict[str, torch.Tensor] = {}
@@ -128,12 +141,17 @@ class Pix2PixStep:
             terms["loss_G_BCE"] = F.binary_cross_entropy_with_logits(fake.float(), target.float())
         scale = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_Dice": w.dice, "loss_G_BCE": w.bce}
         loss_g = functools.reduce(operator.add, (scale[k] * v for k, v in terms.items()))
-        values = _check(step, {"loss_G": loss_g, **terms}, self.any_rank)
+        values = {"loss_G": loss_g, **terms}
+        _stop_on_non_finite(step, {**(d_losses or {}), **values}, self.any_rank)
         self._backward(loss_g, self.opt_g)
-        return values
+        return {k: v.detach() for k, v in values.items()}
 
-    def __call__(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One step on ``batch`` (source, target, optional mask/region); returns the losses."""
+    def __call__(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One step on ``batch`` (source, target, optional mask/region); returns the losses (device tensors).
+
+        One read from the device per step (the non-finite flag); the losses stay on the device until
+        the caller reads them (the loop does at ``train.log_every``).
+        """
         mf = self.memory_format
         source = batch[SOURCE].to(self.device, non_blocking=True).contiguous(memory_format=mf)
         target = batch[TARGET].to(self.device, non_blocking=True).contiguous(memory_format=mf)
@@ -146,10 +164,8 @@ class Pix2PixStep:
         with autocast(self.device, self.dtype):
             fake = self.G(source)
         fake = fake.float()
-        values: dict[str, float] = {}
-        if self.loss.gan > 0:
-            values.update(self.d_step(step, source, target, fake))
-        values.update(self.g_step(step, source, target, fake, weight))
+        d_losses = self.d_step(step, source, target, fake) if self.loss.gan > 0 else {}
+        values = {**d_losses, **self.g_step(step, source, target, fake, weight, d_losses)}
         if self.scaler is not None:
             self.scaler.update()
         return values

@@ -21,6 +21,7 @@ from torch import nn
 
 from medp2p.config import TrainConfig
 from medp2p.device import Dist, memory_format, resolve_precision
+from medp2p.device.precision import configure_backends
 from medp2p.infer.volume import RunOptions
 from medp2p.plan import Plan
 from medp2p.train.steps import Pix2PixStep
@@ -138,19 +139,41 @@ def _networks(plan: Plan, device: torch.device, layout: torch.memory_format) -> 
     return G, D
 
 
+def _wrapped(G: nn.Module, D: nn.Module | None, device: torch.device, ddp: Dist, compile: bool) -> tuple[nn.Module, nn.Module | None]:
+    """The modules the step runs: DistributedDataParallel under torchrun, then ``torch.compile`` (compiled after wrapping)."""
+    G_run: nn.Module = G
+    D_run: nn.Module | None = D
+    if ddp.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        G_run = DDP(G, device_ids=ids)
+        D_run = DDP(D, device_ids=ids) if D is not None else None
+    if compile:
+        G_run = torch.compile(G_run)  # type: ignore[assignment]
+        D_run = torch.compile(D_run) if D_run is not None else None  # type: ignore[assignment]
+    return G_run, D_run
+
+
 def build_trainer(plan: Plan, device: torch.device, ddp: Dist = Dist()) -> Trainer:
     """The networks, optimisers and seeded streams ``plan`` describes, on ``device``.
 
     Weights are initialised from ``train.seed`` (the same on every rank); each rank draws its
     own slice stream (rank 0's is the single-process one). Under torchrun the networks are wrapped
-    in DistributedDataParallel (after ``torch.compile`` when ``train.compile``).
+    in DistributedDataParallel (batch norms made SyncBatchNorm on GPUs), and ``torch.compile``
+    (``train.compile``) compiles the wrapped modules. The CUDA backend switches (TF32,
+    ``cudnn.benchmark``, deterministic algorithms) are set from the config here.
     """
     t = plan.config.train
     dtype = resolve_precision(device, t.precision)
+    configure_backends(device, t.precision, t.deterministic)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     gen = torch.Generator().manual_seed(t.seed + 1_000_003 * ddp.rank)
     layout = memory_format(device, dtype, t.channels_last, training=True)
     G, D = _networks(plan, device, layout)
+    if ddp.enabled and device.type == "cuda":  # batch statistics over every rank's batch (SyncBatchNorm runs on GPUs)
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = nn.SyncBatchNorm.convert_sync_batchnorm(D) if D is not None else None
     opt_g = make_optimizer(G, t)
     opt_d = make_optimizer(D, t) if D is not None else None
     schedule = {"steps": t.steps, "fitted": 0}
@@ -159,14 +182,7 @@ def build_trainer(plan: Plan, device: torch.device, ddp: Dist = Dist()) -> Train
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     if ddp.rank:
         torch.manual_seed(t.seed + 1_000_003 * ddp.rank)  # per-rank dropout masks (a resume restores its own)
-    G_run: nn.Module = torch.compile(G) if t.compile else G  # type: ignore[assignment]
-    D_run: nn.Module | None = torch.compile(D) if (t.compile and D is not None) else D  # type: ignore[assignment]
-    if ddp.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [device.index] if device.type == "cuda" else None
-        G_run = DDP(G_run, device_ids=ids)
-        D_run = DDP(D_run, device_ids=ids) if D_run is not None else None
+    G_run, D_run = _wrapped(G, D, device, ddp, t.compile)
     step_fn = Pix2PixStep(G_run, D_run, opt_g, opt_d, plan.losses, device, dtype, scaler, layout, ddp.any)
     return Trainer(plan, device, dtype, layout, G, D, opt_g, opt_d, sched_g, sched_d, scaler, step_fn, gen, ddp, schedule)
 

@@ -21,22 +21,36 @@ from medp2p.viz import draw_panels, middle_slice, save_preview
 
 @dataclass
 class ValCase:
-    """A held-out case, decoded once: the read case and, for inpainting, the input and region predicted with.
+    """A held-out case: where it is and how its inputs are made; read again at each validation.
 
-    Args:
-        case: the case as the reader returned it.
-        sources: the generator's inputs (the voided image first, for inpainting).
-        region: inpainting: the region filled (the case's, or a seeded BraTS-style box).
+    Holding only the datalist entry keeps a run's memory independent of its validation set; the
+    case was read and checked once at the start (:func:`load_val_cases`).
     """
 
-    case: CaseVolumes
-    sources: list[Volume]
-    region: Volume | None = None
+    raw: dict[str, Any]
+    keys: CaseKeys
+    datalist: dict[str, Any] | None
+    options: ReadOptions
+    region_task: bool
+    eval_seed: int
 
     @property
     def id(self) -> str:
         """The case id."""
-        return self.case.id
+        return str(self.raw["id"])
+
+    def load(self) -> tuple[CaseVolumes, list[Volume], Volume | None]:
+        """The read case, the generator's inputs (the voided image first, for inpainting) and the region filled."""
+        case = read_case(self.raw, self.keys, "validation", self.datalist, self.options)
+        sources, region = case.sources, None
+        if self.region_task:
+            if case.region is not None:
+                region = case.region
+                sources = [case.voided or sources[0], *sources[1:]]
+            else:  # a seeded BraTS-style box, the same every validation
+                voided, region = seeded_corruption(sources[0], case.id, self.eval_seed)
+                sources = [voided, *sources[1:]]
+        return case, sources, region
 
 
 def load_val_cases(
@@ -48,27 +62,47 @@ def load_val_cases(
     datalist: dict[str, Any] | None = None,
     options: ReadOptions = ReadOptions(),
 ) -> list[ValCase]:
-    """Read validation cases with the checks training applies; inpainting cases without a region get a seeded box."""
+    """Validation cases, each read and checked now (a bad one stops the run before training), kept as entries."""
     out = []
     for raw in cases:
-        case = read_case(raw, keys, "validation", datalist, options)
-        sources, region = case.sources, None
-        if prep.region:
-            if case.region is not None:
-                region = case.region
-                sources = [case.voided or sources[0], *sources[1:]]
-            else:
-                voided, region = seeded_corruption(sources[0], case.id, eval_seed)
-                sources = [voided, *sources[1:]]
-        out.append(ValCase(case, sources, region))
+        read_case(raw, keys, "validation", datalist, options)
+        out.append(ValCase(raw, keys, datalist, options, prep.region, eval_seed))
     return out
 
 
-def score(task: Task, case: ValCase, prediction: Volume) -> tuple[dict[str, float], Scored]:
+def score(task: Task, case: CaseVolumes, sources: list[Volume], region: Volume | None, prediction: Volume) -> tuple[dict[str, float], Scored]:
     """The task's default metrics for one predicted case, and what they were computed from."""
-    ctx = ScoreContext(region=case.region, voided=case.sources[0] if case.region is not None else None)
-    scored = task.scoring(case.case, prediction, ctx)
+    ctx = ScoreContext(region=region, voided=sources[0] if region is not None else None)
+    scored = task.scoring(case, prediction, ctx)
     return task.definition().compute(scored), scored
+
+
+def validation_rows(
+    generator: nn.Module,
+    cases: list[ValCase],
+    prep: Prep,
+    task: Task,
+    options: RunOptions,
+    preview_dir: Path | None = None,
+    preview_count: int = 0,
+    step: int = 0,
+) -> list[dict[str, float]]:
+    """Each case predicted whole and scored; preview PNGs for the first ``preview_count``."""
+    rows = []
+    for i, entry in enumerate(cases):
+        case, sources, region = entry.load()
+        pred = predict_volume(generator, sources, prep, region, options)
+        metrics, scored = score(task, case, sources, region, pred)
+        rows.append(metrics)
+        if preview_dir is not None and i < preview_count:
+            _preview(preview_dir / f"step{step:07d}_{case.id}.png", task, case.id, scored, step)
+    return rows
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the rows, NaNs skipped (NaN when all are)."""
+    keys = rows[0].keys() if rows else []
+    return {k: float(np.nanmean([r[k] for r in rows])) if any(np.isfinite(r[k]) for r in rows) else float("nan") for k in keys}
 
 
 def validate(
@@ -82,15 +116,7 @@ def validate(
     step: int = 0,
 ) -> dict[str, float]:
     """Mean of each metric over ``cases`` (NaNs skipped); writes preview PNGs for the first few."""
-    rows = []
-    for i, case in enumerate(cases):
-        pred = predict_volume(generator, case.sources, prep, case.region, options)
-        metrics, scored = score(task, case, pred)
-        rows.append(metrics)
-        if preview_dir is not None and i < preview_count:
-            _preview(preview_dir / f"step{step:07d}_{case.id}.png", task, case.id, scored, step)
-    keys = rows[0].keys() if rows else []
-    return {k: float(np.nanmean([r[k] for r in rows])) if any(np.isfinite(r[k]) for r in rows) else float("nan") for k in keys}
+    return mean_metrics(validation_rows(generator, cases, prep, task, options, preview_dir, preview_count, step))
 
 
 def _preview(path: Path, task: Task, case_id: str, scored: Scored, step: int) -> None:
