@@ -27,7 +27,9 @@ def predict(
     num_parts: Annotated[int, typer.Option(min=1, metavar="N", help="Split the cases into this many parts...")] = 1,
     part_id: Annotated[int, typer.Option(min=0, metavar="K", help="...and predict this one (0-based).")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (refused otherwise).")] = False,
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N (several processes on one node: one GPU each).")
+    ] = "auto",
     batch_size: Annotated[
         int | None,
         typer.Option(min=1, metavar="B", help="Slices per forward pass (default: 16 of 256x256; fewer, larger slices: 4 of 512x512)."),

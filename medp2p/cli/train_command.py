@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +41,12 @@ def train(
         bool, typer.Option("--resume", help="Continue RUN_DIR/last.pt exactly where it stopped, with the run's own config.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in RUN_DIR.")] = False,
-    device: Annotated[str | None, typer.Option(metavar="DEVICE", help="auto, cpu or cuda (train.device).")] = None,
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N (train.device; a resumed run keeps its own).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Where the case store goes (default $MEDP2P_CACHE, else RUN_DIR/../cache).")
+    ] = None,
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
 ) -> None:
@@ -52,8 +58,8 @@ def train(
     from medp2p.config import load_config
     from medp2p.train import train as run_training
 
-    if device is not None and device not in ("auto", "cpu", "cuda"):
-        raise usage_error(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise usage_error(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     cfg = None
     if resume:
         if config is not None or set_ or task is not None or seed is not None:
@@ -81,6 +87,7 @@ def train(
         resume=resume,
         overwrite=overwrite,
         device=device,
+        cache_dir=cache_dir,
         read_options=read_options_of(affine_from, series_uid) if (affine_from or series_uid) else None,
         on_timing=on_timing,
     )

@@ -165,7 +165,9 @@ def monai_transforms(specs: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -
         name = str(args.pop("name", ""))
         cls = getattr(mt, name, None)
         if not (isinstance(cls, type) and issubclass(cls, mt.MapTransform)):
-            choices = sorted(n for n in dir(mt) if n.endswith("d") and isinstance(getattr(mt, n), type) and issubclass(getattr(mt, n), mt.MapTransform))
+            choices = sorted(
+                n for n in dir(mt) if n.endswith("d") and isinstance(getattr(mt, n), type) and issubclass(getattr(mt, n), mt.MapTransform)
+            )
             raise ValueError(f"augment.monai: {name!r} is not a MONAI dictionary transform; choose from {', '.join(choices)}")
         try:
             out.append(cls(**args))

@@ -79,7 +79,7 @@ def sampled(case: Any) -> SampledCase:
 def body_extent(body: np.ndarray) -> np.ndarray:
     """``(D, 4)`` body box ``(y_min, y_max, x_min, x_max)`` of each slice of ``(D, H, W)``; -1 where empty."""
     d = body.shape[0]
-    rows, cols = body.any(2), body.any(1)
+    rows, cols = np.asarray(body.any(2)), np.asarray(body.any(1))
     ext = np.full((d, 4), -1, np.int64)
     for i in range(d):
         ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
@@ -110,7 +110,9 @@ def _context_rows(case: SampledCase, name: str, d: int, k: int, win: tuple[slice
     return np.ascontiguousarray(block[idx].transpose(1, 0, 2, 3))
 
 
-def draw_batch(tables: SliceTables, batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def draw_batch(
+    tables: SliceTables, batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
     """One batch from ``gen``: ``source (B, S*(2k+1), h, w)``, ``target (B, 1, h, w)``, ``body (B, 2k+1, h, w)``, ``mask`` if any.
 
     Slices are drawn by weight (slices without body are rare); a crop smaller than the slice is

@@ -71,7 +71,13 @@ def input_fingerprint(case: Case, options: ReadOptions) -> str:
 
 def prep_fingerprint(prep: Prep, keys: CaseKeys) -> str:
     """A digest of every preparation setting and the keys read: a change means another store."""
-    spec = {**asdict(prep), "codec": prep.codec.name, "codec_window": prep.codec.fits_window, "keys": asdict(keys), "version": STORE_VERSION}
+    spec = {
+        **asdict(prep),
+        "codec": prep.codec.name,
+        "codec_window": prep.codec.fits_window,
+        "keys": asdict(keys),
+        "version": STORE_VERSION,
+    }
     spec.pop("target_window", None)  # a decoding setting, fitted on the stored cases themselves
     spec["keys"].pop("hint", None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -155,6 +161,10 @@ class StoredCase:
         return IntensityWindow(w["lo"], w["hi"], clip=tuple(w["clip"])) if w else None
 
 
+def _window(w: IntensityWindow | None) -> dict[str, Any] | None:
+    return None if w is None else {"lo": w.lo, "hi": w.hi, "clip": list(w.clip or (-1.0, 1.5))}
+
+
 def _save_prepared(case: PreparedCase, folder: Path, labels: bool) -> None:
     """Write a prepared case slice-major (``(C, D, H, W)`` tensors become ``(D, C, H, W)`` files)."""
 
@@ -171,9 +181,12 @@ def _save_prepared(case: PreparedCase, folder: Path, labels: bool) -> None:
     g = case.grid
     meta = {
         "id": case.id, "depth": int(case.weights.shape[0]), "has_mask": case.mask is not None, "source_is_ct": case.source_is_ct,
-        "grid": {"shape": g.shape, "perm": g.perm, "flips": g.flips, "axis": g.axis, "plane_shape": g.plane_shape, "pad": g.pad, "affine": g.affine.tolist()},
+        "grid": {
+            "shape": g.shape, "perm": g.perm, "flips": g.flips, "axis": g.axis, "plane_shape": g.plane_shape, "pad": g.pad,
+            "affine": g.affine.tolist(),
+        },
         "windows": [{"lo": w.lo, "hi": w.hi, "clip": list(w.clip) if w.clip else None} for w in case.windows],
-        "target_window": {"lo": case.target_window.lo, "hi": case.target_window.hi, "clip": list(case.target_window.clip or (-1.0, 1.5))} if case.target_window else None,
+        "target_window": _window(case.target_window),
         "version": STORE_VERSION,
     }  # fmt: skip
     (folder / "meta.json").write_text(json.dumps(meta))
@@ -216,7 +229,13 @@ def _one_thread() -> None:
 def _load(folder: Path) -> StoredCase:
     meta = json.loads((folder / "meta.json").read_text())
     return StoredCase(
-        meta["id"], folder, int(meta["depth"]), np.load(folder / "weights.npy"), np.load(folder / "extent.npy"), bool(meta["has_mask"]), meta
+        meta["id"],
+        folder,
+        int(meta["depth"]),
+        np.load(folder / "weights.npy"),
+        np.load(folder / "extent.npy"),
+        bool(meta["has_mask"]),
+        meta,
     )
 
 
@@ -284,4 +303,6 @@ def _write_manifest(store: Path, prep: Prep, stored: list[StoredCase]) -> None:
 def grid_of(meta: dict[str, Any]) -> GridMap:
     """The :class:`GridMap` recorded in a stored case's ``meta.json``."""
     g = meta["grid"]
-    return GridMap(tuple(g["shape"]), tuple(g["perm"]), tuple(g["flips"]), g["axis"], tuple(g["plane_shape"]), tuple(g["pad"]), np.asarray(g["affine"]))  # type: ignore[arg-type]
+    return GridMap(
+        tuple(g["shape"]), tuple(g["perm"]), tuple(g["flips"]), g["axis"], tuple(g["plane_shape"]), tuple(g["pad"]), np.asarray(g["affine"])
+    )

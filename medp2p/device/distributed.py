@@ -51,7 +51,11 @@ class Dist:
         """True when ``flag`` is True on any rank (a collective: every rank must call it); one read back."""
         if not self.enabled:
             return bool(flag)
-        t = flag.detach().float().reshape(1).to(self.device) if isinstance(flag, torch.Tensor) else torch.tensor([float(flag)], device=self.device)
+        t = (
+            flag.detach().float().reshape(1).to(self.device)
+            if isinstance(flag, torch.Tensor)
+            else torch.tensor([float(flag)], device=self.device)
+        )
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 

@@ -58,7 +58,9 @@ def _validate_and_save(
     if validate_now and data.val_cases:
         mine = data.val_cases[ddp.rank :: ddp.world]
         previews = (out / "previews") if ddp.main else None
-        rows = validation_rows(trainer.G, mine, plan.inference_prep, plan.task, trainer.val_options, previews, t.preview_count, trainer.step)
+        rows = validation_rows(
+            trainer.G, mine, plan.inference_prep, plan.task, trainer.val_options, previews, t.preview_count, trainer.step
+        )
         trainer.G.train()
         rows = ddp.all_gather_rows(rows) if ddp.enabled else rows
         if ddp.main:
@@ -102,7 +104,16 @@ def make_loader(trainer: Trainer, data: TrainingData) -> Iterator[dict[str, torc
     plan, t, d = trainer.plan, trainer.plan.config.train, trainer.plan.config.data
     on_device = trainer.device.type != "cpu"
     recipe = BatchRecipe.of(plan, on_device=on_device)
-    batches = SliceBatches(data.cases, t.batch_size, (d.image_size[0], d.image_size[1]), plan.prep.context_slices, t.seed, trainer.ddp.rank, trainer.ddp.world, recipe)
+    batches = SliceBatches(
+        data.cases,
+        t.batch_size,
+        (d.image_size[0], d.image_size[1]),
+        plan.prep.context_slices,
+        t.seed,
+        trainer.ddp.rank,
+        trainer.ddp.world,
+        recipe,
+    )
     workers = d.num_workers
     loader = DataLoader(
         batches, batch_size=None, sampler=StepSampler(trainer.step), num_workers=workers, pin_memory=on_device,
@@ -112,6 +123,11 @@ def make_loader(trainer: Trainer, data: TrainingData) -> Iterator[dict[str, torc
     for batch in loader:
         batch = {k: v.to(trainer.device, non_blocking=True) for k, v in batch.items()}
         yield recipe.finish(batch)
+
+
+def cpu_only_tricks(trainer: Trainer) -> contextlib.AbstractContextManager[Any]:
+    """What only helps a CPU run (malloc reusing freed memory: :mod:`medp2p.device.allocator`); nothing on a GPU."""
+    return reuse_freed_memory() if trainer.device.type == "cpu" else contextlib.nullcontext()
 
 
 def _worker_init(worker_id: int) -> None:
@@ -141,9 +157,8 @@ def fit(trainer: Trainer, data: TrainingData, out: Path, budget: TimeBudget, sto
     val_metrics: dict[str, float] = {}
     stop = min(stop_at, trainer.schedule["steps"])
     trainer.train_mode()
-    cpu_tricks = reuse_freed_memory() if trainer.device.type == "cpu" else contextlib.nullcontext()  # glibc heap reuse: CPU only
     try:
-        with _progress_bar(trainer, stop, progress) as bar, cpu_tricks:
+        with _progress_bar(trainer, stop, progress) as bar, cpu_only_tricks(trainer):
             batches, waited, since = make_loader(trainer, data), 0.0, time.perf_counter()
             while trainer.step < stop:
                 if (now := budget.before_step(trainer.step, stop_at)) != stop:

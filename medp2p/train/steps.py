@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,10 +78,10 @@ class Pix2PixStep:
         # The G step only reads D (its weights are frozen there): run the plain module, not the
         # DDP wrapper (inside torch.compile's, when compiled), which would wait for gradients
         # that never come.
-        plain = discriminator
+        plain: Any = discriminator
         while plain is not None and (hasattr(plain, "_orig_mod") or hasattr(plain, "module")):
             plain = getattr(plain, "_orig_mod", None) or plain.module
-        self.D_plain = plain
+        self.D_plain: nn.Module | None = plain
         self.any_rank = any_rank
         self.opt_g, self.opt_d = opt_g, opt_d
         self.loss = loss

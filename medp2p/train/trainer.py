@@ -100,8 +100,8 @@ class Trainer:
         if self.D is not None:
             self.D.train()
 
-    def advance(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One step on ``batch``: the update, then both schedules; returns the losses."""
+    def advance(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One step on ``batch``: the update, then both schedules; returns the losses (still on the device)."""
         losses = self.step_fn(self.step, batch)
         self.sched_g.step()
         if self.sched_d is not None:
@@ -126,6 +126,8 @@ class Trainer:
             "sched_g": self.sched_g.state_dict(), "sched_d": sd(self.sched_d), "scaler": sd(self.scaler), "step": self.step,
             "config": self.plan.config.to_dict(), "best": self.best, "world_size": self.ddp.world, "rng": rng,
             "schedule": dict(self.schedule), "data_profile": profile,
+            # the sampler's whole state: batch n of step s, rank r of W is drawn from batch_seed(seed, s * W + r)
+            "sampler": {"seed": self.plan.config.train.seed, "world": self.ddp.world, "next_step": self.step},
         }  # fmt: skip
 
 
@@ -172,8 +174,8 @@ def build_trainer(plan: Plan, device: torch.device, ddp: Dist = Dist()) -> Train
     layout = memory_format(device, dtype, t.channels_last, training=True)
     G, D = _networks(plan, device, layout)
     if ddp.enabled and device.type == "cuda":  # batch statistics over every rank's batch (SyncBatchNorm runs on GPUs)
-        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-        D = nn.SyncBatchNorm.convert_sync_batchnorm(D) if D is not None else None
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)  # type: ignore[no-untyped-call]
+        D = nn.SyncBatchNorm.convert_sync_batchnorm(D) if D is not None else None  # type: ignore[no-untyped-call]
     opt_g = make_optimizer(G, t)
     opt_d = make_optimizer(D, t) if D is not None else None
     schedule = {"steps": t.steps, "fitted": 0}

@@ -70,7 +70,9 @@ def load_val_cases(
     return out
 
 
-def score(task: Task, case: CaseVolumes, sources: list[Volume], region: Volume | None, prediction: Volume) -> tuple[dict[str, float], Scored]:
+def score(
+    task: Task, case: CaseVolumes, sources: list[Volume], region: Volume | None, prediction: Volume
+) -> tuple[dict[str, float], Scored]:
     """The task's default metrics for one predicted case, and what they were computed from."""
     ctx = ScoreContext(region=region, voided=sources[0] if region is not None else None)
     scored = task.scoring(case, prediction, ctx)

@@ -92,7 +92,8 @@ def _window(kind: str, image: np.ndarray, reference: np.ndarray | None) -> tuple
 def _own_scale(volume: np.ndarray, image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(volume, (0.5, 99.5)) if volume.size else (0.0, 1.0)
     lo = max(float(lo), 0.0)
-    return (np.clip(image, lo, hi) - lo) / max(float(hi) - lo, 1e-12)
+    scaled: np.ndarray = (np.clip(image, lo, hi) - lo) / max(float(hi) - lo, 1e-12)
+    return scaled
 
 
 def panel_images(arrays: dict[str, np.ndarray], z: int) -> dict[str, np.ndarray]:

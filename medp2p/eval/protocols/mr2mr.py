@@ -17,7 +17,7 @@ from medp2p.eval.protocols.common import ProtocolOptions, Result, evaluate_basel
 from medp2p.eval.protocols.seg import BRATS, brats_case
 from medp2p.io import read_volume
 
-QUICK_SETS = ["train.steps=150", "data.image_size=[64, 64]", "model.depth=5", "model.base_channels=16", "data.spacing_mm=2.0"]
+QUICK_SETS = ["train.steps=400", "data.image_size=[64, 64]", "model.depth=5", "model.base_channels=16", "data.spacing_mm=2.0"]
 
 
 def _kirby(source: str, target: str) -> dict[str, Any]:

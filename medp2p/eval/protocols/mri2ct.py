@@ -12,7 +12,7 @@ from medp2p.io import read_volume
 
 #: ``(name, training fraction, test fraction)`` of the axial range.
 MRIDIR_SPLITS = (("lower_to_upper", (0.0, 0.5), (0.5, 1.0)), ("upper_to_lower", (0.5, 1.0), (0.0, 0.5)))
-QUICK_SETS = ["train.steps=150", "data.image_size=[64, 64]", "model.depth=6", "model.base_channels=16", "model.disc_channels=16"]
+QUICK_SETS = ["train.steps=300", "data.image_size=[64, 64]", "model.depth=6", "model.base_channels=16", "model.disc_channels=16"]
 
 
 def run_mri2ct(opts: ProtocolOptions, splits: tuple[str, ...] = ("lower_to_upper", "upper_to_lower")) -> Result:
