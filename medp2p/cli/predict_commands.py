@@ -117,6 +117,9 @@ def evaluate(
     ] = False,
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
+    workers: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Score N cases at once in worker processes (memory: one case each).")
+    ] = 1,
 ) -> None:
     """Score predictions against references with the challenges' metric definitions.
 
@@ -149,6 +152,7 @@ def evaluate(
             slab=slab,
             overwrite=overwrite,
             read_options=read_options_of(affine_from, series_uid),
+            workers=workers,
         )
     from rich.table import Table
 

@@ -84,24 +84,35 @@ def draw_augment(b: int, spec: AugmentSpec, gen: torch.Generator) -> AugmentPara
     )
 
 
-def _geometric(tensors: dict[str, torch.Tensor], mode: str, spec: AugmentSpec, p: AugmentParams) -> dict[str, torch.Tensor]:
-    """Flip and warp every tensor of ``tensors`` alike: one sampling grid, one ``grid_sample`` for all their channels."""
+def _warp_grid(p: AugmentParams, size: tuple[int, int], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The warped samples' indices and their sampling grid (one grid for images and labels alike)."""
+    idx = torch.nonzero(p.do_affine).flatten()
+    if not idx.numel():
+        return idx.to(dev), None
+    cos, sin = torch.cos(p.angle[idx]) / p.scale[idx], torch.sin(p.angle[idx]) / p.scale[idx]
+    theta = torch.stack([torch.stack([cos, -sin, p.shift[idx, 0]], 1), torch.stack([sin, cos, p.shift[idx, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(dev, torch.float32), [idx.numel(), 1, *size], align_corners=False)
+    return idx.to(dev), grid
+
+
+def _geometric(
+    tensors: dict[str, torch.Tensor], mode: str, spec: AugmentSpec, p: AugmentParams, warp: tuple[torch.Tensor, torch.Tensor | None]
+) -> dict[str, torch.Tensor]:
+    """Flip and warp every tensor of ``tensors`` alike: one ``grid_sample`` for all their channels.
+
+    Only the flipped and the warped samples are touched (in the concatenated copy).
+    """
     if not tensors:
         return {}
     keys = list(tensors)
-    x = torch.cat([tensors[k] for k in keys], 1)
-    dev = x.device
-    b = x.shape[0]
+    x = torch.cat([tensors[k] for k in keys], 1)  # a new tensor: written in place below
     if spec.flip_dim is not None:
-        x = torch.where(p.flip.view(b, 1, 1, 1).to(dev), x.flip(spec.flip_dim), x)
-    idx = torch.nonzero(p.do_affine).flatten()
-    if idx.numel():
-        cos, sin = torch.cos(p.angle[idx]) / p.scale[idx], torch.sin(p.angle[idx]) / p.scale[idx]
-        theta = torch.stack([torch.stack([cos, -sin, p.shift[idx, 0]], 1), torch.stack([sin, cos, p.shift[idx, 1]], 1)], 1)
-        sub = x[idx.to(dev)]
-        grid = F.affine_grid(theta.to(dev, torch.float32), list(sub.shape), align_corners=False)
-        warped = F.grid_sample(sub.float(), grid, mode=mode, padding_mode="border", align_corners=False).to(x.dtype)
-        x = x.index_copy(0, idx.to(dev), warped)
+        flipped = torch.nonzero(p.flip).flatten().to(x.device)
+        if flipped.numel():
+            x[flipped] = x[flipped].flip(spec.flip_dim)
+    idx, grid = warp
+    if grid is not None:
+        x[idx] = F.grid_sample(x[idx].float(), grid, mode=mode, padding_mode="border", align_corners=False).to(x.dtype)
     sizes = [tensors[k].shape[1] for k in keys]
     return dict(zip(keys, torch.split(x, sizes, dim=1), strict=True))
 
@@ -114,15 +125,19 @@ def apply_augment(
     params: AugmentParams,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Apply drawn augmentations (:func:`draw_augment`), on whatever device the tensors are."""
-    out_images = _geometric(images, "bilinear", spec, params)
-    out_labels = _geometric(labels, "nearest", spec, params)
-    for key in jitter_keys:
-        src = out_images[key]
-        b, dev = src.shape[0], src.device
-        unit = ((src.clamp(-1, 3) + 1) / 2).clamp_min(0)  # [-1, 1] -> [0, 1] for gamma
-        jittered = (unit ** params.gamma.view(b, 1, 1, 1).to(dev)) * 2 - 1
-        jittered = jittered * params.gain.view(b, 1, 1, 1).to(dev) + params.offset.view(b, 1, 1, 1).to(dev)
-        out_images[key] = torch.where(params.do_intensity.view(b, 1, 1, 1).to(dev), jittered, src)
+    first = next(iter(images.values()))
+    warp = _warp_grid(params, (first.shape[-2], first.shape[-1]), first.device)
+    out_images = _geometric(images, "bilinear", spec, params, warp)
+    out_labels = _geometric(labels, "nearest", spec, params, warp)
+    jittered = torch.nonzero(params.do_intensity).flatten()
+    if jittered.numel():
+        ji = jittered.to(first.device)
+        n = ji.numel()
+        gamma, gain, offset = (v[jittered].view(n, 1, 1, 1).to(first.device) for v in (params.gamma, params.gain, params.offset))
+        for key in jitter_keys:
+            # [-1, 3] -> [0, 2] for gamma, then back: in place on the gathered copy
+            unit = out_images[key][ji].clamp_(-1, 3).add_(1).div_(2)
+            out_images[key][ji] = unit.pow_(gamma).mul_(2).sub_(1).mul_(gain).add_(offset)  # a view of _geometric's copy
     return out_images, out_labels
 
 

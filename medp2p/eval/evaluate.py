@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,7 @@ def evaluate(
     slab: Slab | None = None,
     overwrite: bool = False,
     read_options: ReadOptions = ReadOptions(),
+    workers: int = 1,
 ) -> EvalReport:
     """Score every reference case that has a prediction; write ``metrics.csv``, ``summary.json`` and montages.
 
@@ -158,6 +159,7 @@ def evaluate(
             ``data.slice_range`` selects them for training (slab splits of one volume).
         overwrite: replace the report in ``out`` (only the files a report writes are removed).
         read_options: how volumes are read (``--affine-from``, ``--series-uid``).
+        workers: score this many cases at once in worker processes (memory: one case each).
 
     Raises:
         ReportExistsError: ``out`` holds files and ``overwrite`` is False.
@@ -181,19 +183,76 @@ def evaluate(
     report.missing = [str(c["id"]) for c in cases if c not in matched]
     if not matched:
         raise DataLayoutError(f"{pred}: no prediction matches a case of {ref} (expected <case>/{spec.output_name})")
-    for case in matched:
-        cid = str(case["id"])
-        if on_case is not None:
-            on_case(cid)
-        try:
-            metrics, scored = evaluate_case(plan, case, pred / safe_case_id(cid), seed, slab, datalist, read_options)
-            report.rows.append({"case": cid, **metrics})
-            if montages:
-                written.append(case_montage(out / f"{safe_case_id(cid)}.png", spec, cid, scored, metrics).name)
-        except Exception as exc:
-            report.failures.append({"case": cid, "error": error_text(exc)})
+    jobs = [_CaseJob(plan, case, pred, out, seed, slab, datalist, read_options, montages) for case in matched]
+    for cid, metrics, montage, error in _score_all(jobs, workers, on_case):
+        if error is not None:
+            report.failures.append({"case": cid, "error": error})
+            continue
+        report.rows.append({"case": cid, **metrics})
+        if montage is not None:
+            written.append(montage)
     _write_report(out, plan, report, slab, written)
     return report
+
+
+@dataclass(frozen=True)
+class _CaseJob:
+    """One case to score (plain values: it is pickled into a worker process)."""
+
+    plan: Plan
+    case: dict[str, Any]
+    pred: Path
+    out: Path
+    seed: int
+    slab: Slab | None
+    datalist: dict[str, Any]
+    options: ReadOptions
+    montage: bool
+
+    @property
+    def case_id(self) -> str:
+        return str(self.case["id"])
+
+
+#: ``(case id, metrics, montage file name or None, error text or None)``.
+_CaseResult = tuple[str, dict[str, float], str | None, str | None]
+
+
+def _score(job: _CaseJob) -> _CaseResult:
+    """Score one case and draw its montage; a failure is returned as its one-line text."""
+    cid = job.case_id
+    try:
+        metrics, scored = evaluate_case(job.plan, job.case, job.pred / safe_case_id(cid), job.seed, job.slab, job.datalist, job.options)
+        montage = case_montage(job.out / f"{safe_case_id(cid)}.png", job.plan.task, cid, scored, metrics).name if job.montage else None
+        return cid, metrics, montage, None
+    except Exception as exc:
+        return cid, {}, None, error_text(exc)
+
+
+def _score_all(jobs: list[_CaseJob], workers: int, on_case: Callable[[str], None] | None) -> Iterator[_CaseResult]:
+    """Each job's result in the jobs' order: here, or in ``workers`` processes (each holds one case at a time)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            if on_case is not None:
+                on_case(job.case_id)
+            yield _score(job)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+        futures = [pool.submit(_score, job) for job in jobs]
+        for job, future in zip(jobs, futures, strict=True):
+            if on_case is not None:
+                on_case(job.case_id)
+            yield future.result()
+
+
+def _one_thread() -> None:
+    """Workers share the cores: one BLAS / torch thread each."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _write_report(out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: list[str]) -> None:

@@ -4,13 +4,15 @@ BraSyn's evaluation (``hongweilibran/BraSyn`` ``ssim.py``, commit 4d9af6d) clips
 *own* 0.5th and 99.5th percentiles (lower bound at least 0) and scales it to [0, 1], multiplies both
 by a mask and runs torchmetrics' SSIM on the 5-D ``(1, 1, X, Y, Z)`` tensors: a 3D Gaussian window
 (11 voxels, sigma 1.5) with the data range the larger of the two images' ranges. medp2p follows that,
-with scikit-image's 3D SSIM, inside the brain (or body) mask; docs/metrics.md says where the two differ.
+with scikit-image's 3D SSIM map (computed in slabs, :mod:`medp2p.metrics.ssim`), inside the brain
+(or body) mask; docs/metrics.md says where the two differ.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import structural_similarity
+
+from medp2p.metrics.ssim import SLAB, Rows, Window, masked_ssim_mean
 
 #: The percentiles each image is clipped to before scaling to [0, 1].
 BRASYN_PERCENTILES = (0.5, 99.5)
@@ -23,12 +25,7 @@ def own_percentile_scale(image: np.ndarray, percentiles: tuple[float, float] = B
         >>> own_percentile_scale(np.array([0.0, 50.0, 100.0]), (0.0, 100.0)).tolist()
         [0.0, 0.5, 1.0]
     """
-    lo, hi = np.percentile(image, percentiles)
-    lo = max(float(lo), 0.0)
-    if hi <= lo:
-        return np.zeros(image.shape, np.float64)
-    scaled: np.ndarray = (np.clip(image.astype(np.float64), lo, float(hi)) - lo) / (float(hi) - lo)
-    return scaled
+    return _scale_rows(image, *_own_bounds(image, percentiles))
 
 
 def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -48,17 +45,42 @@ def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarr
     m = np.asarray(mask) > 0
     if not m.any():
         raise ValueError("the scoring mask is empty")
-    ref = own_percentile_scale(reference) * m
-    pred = own_percentile_scale(prediction) * m
-    data_range = max(float(np.ptp(ref)), float(np.ptp(pred))) or 1.0
+    depth = reference.shape[0]
+
+    def image(vol: np.ndarray) -> Rows:
+        lo, hi = _own_bounds(vol)
+        return lambda a, b: _scale_rows(vol[a:b], lo, hi) * m[a:b]
+
+    ref, pred = image(reference), image(prediction)
+    ranges = [_ptp_rows(ref, depth), _ptp_rows(pred, depth)]
+    data_range = max(ranges) or 1.0
     smallest = min(reference.shape)
     sigma = 1.5 if smallest >= 11 else max(0.3, ((smallest - 1) // 2 - 0.5) / 3.5)
-    _, smap = structural_similarity(
-        ref, pred, data_range=data_range, gaussian_weights=True, sigma=sigma, use_sample_covariance=False, full=True
-    )
-    mse = float(np.mean((ref[m] - pred[m]) ** 2))
-    return {
-        "ssim": float(smap[m].mean(dtype=np.float64)),
-        "psnr": float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"),
-        "mse": mse,
-    }
+    window = Window(sigma=sigma, sample_covariance=False)
+    ssim = masked_ssim_mean(ref, pred, lambda a, b: m[a:b], depth, data_range, window)
+    sq, n = 0.0, 0
+    for a in range(0, depth, SLAB):
+        d = ref(a, a + SLAB)[m[a : a + SLAB]] - pred(a, a + SLAB)[m[a : a + SLAB]]
+        sq, n = sq + float(np.dot(d, d)), n + d.size
+    mse = sq / n
+    return {"ssim": ssim, "psnr": float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"), "mse": mse}
+
+
+def _own_bounds(image: np.ndarray, percentiles: tuple[float, float] = BRASYN_PERCENTILES) -> tuple[float, float]:
+    lo, hi = np.percentile(image, percentiles)
+    return max(float(lo), 0.0), float(hi)
+
+
+def _scale_rows(rows: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(rows.shape, np.float64)
+    scaled: np.ndarray = (np.clip(rows.astype(np.float64), lo, hi) - lo) / (hi - lo)
+    return scaled
+
+
+def _ptp_rows(rows: Rows, depth: int) -> float:
+    lo, hi = np.inf, -np.inf
+    for a in range(0, depth, SLAB):
+        r = rows(a, min(depth, a + SLAB))
+        lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
+    return hi - lo

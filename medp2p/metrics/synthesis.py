@@ -24,15 +24,14 @@ BraTS-Inpainting 2023 (https://github.com/BraTS-inpainting/inpainting ``challeng
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
-from skimage.util import crop
+from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
+
+from medp2p.metrics.ssim import SLAB, Rows, Window, masked_ssim_mean
 
 #: SynthRAD2023's HU range for PSNR and SSIM.
 SYNTHRAD_HU_RANGE = (-1024.0, 3000.0)
 #: Tissue classes for per-class MAE, by the reference CT's HU: [lo, hi).
 TISSUE_HU = {"air": (-np.inf, -500.0), "soft_tissue": (-500.0, 300.0), "bone": (300.0, np.inf)}
-#: Half the SSIM window scikit-image crops before averaging (7-voxel window).
-_SSIM_PAD = 3
 
 
 def _binary(mask: np.ndarray | None, like: np.ndarray) -> np.ndarray:
@@ -81,28 +80,37 @@ def psnr_hu(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_
     return float(peak_signal_noise_ratio(ref, pred, data_range=hi - lo))
 
 
+def _inner(shape: tuple[int, ...], pad: int, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of the box ``pad`` voxels inside every border (scikit-image's ``crop``)."""
+    box = np.zeros((stop - start, *shape[1:]), bool)
+    rows = slice(max(pad - start, 0), max(min(shape[0] - pad, stop) - start, 0))
+    box[tuple([rows, *[slice(pad, n - pad) for n in shape[1:]]])] = True
+    return box
+
+
 def ssim_hu(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_range: tuple[float, float] = SYNTHRAD_HU_RANGE) -> float:
     """SynthRAD2023 SSIM: 3D SSIM map of the clipped, masked, shifted volumes, averaged over the mask.
 
-    Volumes thinner than 7 voxels on an axis use the largest odd window that fits (SynthRAD's
-    code would fail on them).
+    Computed in slabs (:mod:`medp2p.metrics.ssim`: scikit-image's map, a slab's memory). Volumes
+    thinner than 7 voxels on an axis use the largest odd window that fits (SynthRAD's code would
+    fail on them).
     """
     _check(ct, sct)
     m = _binary(mask, ct)
     lo, hi = hu_range
-    ref = np.where(m, np.clip(ct.astype(np.float64), lo, hi), lo) - lo
-    pred = np.where(m, np.clip(sct.astype(np.float64), lo, hi), lo) - lo
     win = min(7, *(s if s % 2 else s - 1 for s in ct.shape))
     if win < 3:
         raise ValueError(f"SSIM needs at least 3 voxels along every axis, got shape {ct.shape}")
-    full, smap = structural_similarity(ref, pred, data_range=hi - lo, full=True, win_size=win)
-    if mask is None:
-        return float(full)
     pad = (win - 1) // 2
-    inner = crop(m, pad)
-    if not inner.any():
-        return float("nan")
-    return float(crop(smap, pad)[inner].mean(dtype=np.float64))
+
+    def image(vol: np.ndarray) -> Rows:
+        return lambda a, b: np.where(m[a:b], np.clip(vol[a:b].astype(np.float64), lo, hi), lo) - lo
+
+    def weight(a: int, b: int) -> np.ndarray:
+        inside: np.ndarray = m[a:b] & _inner(ct.shape, pad, a, b)
+        return inside
+
+    return masked_ssim_mean(image(ct), image(sct), weight, ct.shape[0], hi - lo, Window(size=win))
 
 
 def synthrad_metrics(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -122,12 +130,7 @@ def synthrad_metrics(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = 
 
 def percentile_normalize(image: np.ndarray, reference: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """BraTS-Inpainting normalisation: clip to ``reference``'s percentiles (lower bound >= 0), scale to [0, 1]."""
-    lo, hi = np.percentile(reference, percentiles)
-    lo = max(float(lo), 0.0)
-    if hi <= lo:
-        raise ValueError(f"cannot normalise: percentiles {percentiles} of the voided image are {lo}..{hi}")
-    scaled: np.ndarray = (np.clip(image.astype(np.float64), lo, hi) - lo) / (hi - lo)
-    return scaled
+    return _scaled(image, *_percentiles(reference, percentiles))
 
 
 def inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, voided: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -147,21 +150,53 @@ def inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, voided: np
     m = _binary(mask, reference)
     if not m.any():
         raise ValueError("the inpainting mask is empty")
-    ref = percentile_normalize(np.where(m, reference, 0.0), voided)
-    pred = percentile_normalize(np.where(m, prediction, 0.0), voided)
-    data_range = max(np.ptp(ref), np.ptp(pred)) or 1.0
+    lo, hi = _percentiles(voided, (0.5, 99.5))
+
+    def image(vol: np.ndarray) -> Rows:
+        return lambda a, b: _scaled(np.where(m[a:b], vol[a:b], 0.0), lo, hi)
+
+    ref, pred = image(reference), image(prediction)
+    depth = reference.shape[0]
+    data_range = max(_ptp(ref, depth), _ptp(pred, depth)) or 1.0
     # The challenge's window is 11 voxels (sigma 1.5, truncated at 3.5 sigma); planes thinner than
     # that get the widest Gaussian whose window fits, instead of failing.
     smallest = min(reference.shape[1:])
     sigma = 1.5 if smallest >= 11 else max(0.3, ((smallest - 1) // 2 - 0.5) / 3.5)
-    _, smap = structural_similarity(
-        ref, pred, data_range=data_range, channel_axis=0, gaussian_weights=True, sigma=sigma, use_sample_covariance=False, full=True
-    )
-    ref_m, pred_m = ref[m], pred[m]
+    window = Window(sigma=sigma, sample_covariance=False, axes=(1, 2))  # 2D SSIM of each plane along axis 0
+    ssim = masked_ssim_mean(ref, pred, lambda a, b: m[a:b], depth, data_range, window)
+    ref_m, pred_m = _masked_values(ref, m), _masked_values(pred, m)
     target_range = float(ref_m.max() - ref_m.min()) or 1.0
     mse = float(mean_squared_error(ref_m, pred_m))
     return {
-        "ssim": float(smap[m].mean(dtype=np.float64)),
+        "ssim": ssim,
         "psnr": float(peak_signal_noise_ratio(ref_m, pred_m, data_range=target_range)) if mse > 0 else float("inf"),
         "mse": mse,
     }
+
+
+def _masked_values(rows: Rows, m: np.ndarray, slab: int = SLAB) -> np.ndarray:
+    """The values ``rows`` gives at the mask's voxels, in C order, slab by slab."""
+    return np.concatenate([rows(a, min(len(m), a + slab))[m[a : a + slab]] for a in range(0, len(m), slab)])
+
+
+def _percentiles(image: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """BraTS-Inpainting's normalisation bounds: ``image``'s percentiles, the lower one at least 0."""
+    lo, hi = np.percentile(image, percentiles)
+    lo = max(float(lo), 0.0)
+    if hi <= lo:
+        raise ValueError(f"cannot normalise: percentiles {percentiles} of the voided image are {lo}..{hi}")
+    return lo, float(hi)
+
+
+def _scaled(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scaled: np.ndarray = (np.clip(image.astype(np.float64), lo, hi) - lo) / (hi - lo)
+    return scaled
+
+
+def _ptp(rows: Rows, depth: int, slab: int = SLAB) -> float:
+    """``np.ptp`` of the whole image that ``rows`` gives, slab by slab."""
+    lo, hi = np.inf, -np.inf
+    for a in range(0, depth, slab):
+        r = rows(a, min(depth, a + slab))
+        lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
+    return hi - lo

@@ -134,8 +134,9 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)  # workers share the cores with the step
 
 
-def _log_step(trainer: Trainer, log: MetricsLog, losses: dict[str, float], waited_s: float, total_s: float) -> None:
+def _log_step(trainer: Trainer, log: MetricsLog, losses: dict[str, float], waited_s: float, total_s: float, steps: int) -> None:
     values = {**losses, "lr": float(trainer.sched_g.get_last_lr()[0]), "data_wait": waited_s / max(total_s, 1e-9)}
+    values["step_s"] = total_s / max(steps, 1)
     if trainer.device.type == "cuda":
         values["cuda_peak_gib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**30
     log.log(trainer.step, "train", values)
@@ -146,7 +147,8 @@ def fit(trainer: Trainer, data: TrainingData, out: Path, budget: TimeBudget, sto
 
     Losses are read back from the device only at ``train.log_every`` steps (the step's
     non-finite guard reads one flag); ``data_wait`` in the log is the fraction of time spent
-    waiting for batches since the last log line.
+    waiting for batches since the last log line, ``step_s`` the mean wall time of those steps
+    (``cuda_peak_gib`` the peak CUDA memory on a GPU).
 
     Example:
         >>> result = fit(trainer, data, Path("runs/r"), TimeBudget(None, 2000, 0.5, trainer.schedule), 2000)
@@ -159,7 +161,7 @@ def fit(trainer: Trainer, data: TrainingData, out: Path, budget: TimeBudget, sto
     trainer.train_mode()
     try:
         with _progress_bar(trainer, stop, progress) as bar, cpu_only_tricks(trainer):
-            batches, waited, since = make_loader(trainer, data), 0.0, time.perf_counter()
+            batches, waited, since, since_step = make_loader(trainer, data), 0.0, time.perf_counter(), trainer.step
             while trainer.step < stop:
                 if (now := budget.before_step(trainer.step, stop_at)) != stop:
                     stop, bar.total = now, now
@@ -175,8 +177,8 @@ def fit(trainer: Trainer, data: TrainingData, out: Path, budget: TimeBudget, sto
                 step = trainer.step
                 if step % t.log_every == 0 or step == stop:
                     losses = {k: float(v) for k, v in pending.items()}  # the one read-back of the losses
-                    _log_step(trainer, log, losses, waited, time.perf_counter() - since)
-                    waited, since = 0.0, time.perf_counter()
+                    _log_step(trainer, log, losses, waited, time.perf_counter() - since, step - since_step)
+                    waited, since, since_step = 0.0, time.perf_counter(), step
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("loss_G", "loss_D")}, refresh=False)
                 validate_now, save_now = step % t.val_every == 0 or step == stop, step % t.checkpoint_every == 0 or step == stop
                 if validate_now or save_now:
