@@ -96,7 +96,8 @@ def watch(cmd: list[str], until: Path | None = None, until_step: int = 0, env: d
             except psutil.Error:
                 continue
             total += rss
-            peaks[p.pid] = (line, max(rss, peaks.get(p.pid, ("", 0))[1]))
+            seen, top = peaks.get(p.pid, ("", 0))
+            peaks[p.pid] = (seen or line, max(rss, top))  # an exiting process shows no command line
         tree_peak = max(tree_peak, total)
         if until is not None and reached is None and _last_step(until) >= until_step:
             reached = time.perf_counter() - start
@@ -116,12 +117,15 @@ def _last_step(metrics: Path) -> int:
     return max(steps, default=-1)
 
 
-def train_cmd(datalist: Path, out: Path, cache: Path, steps: int, sets: list[str], resume: bool = False) -> list[str]:
-    """``medp2p train`` on ``datalist`` with the tiny network (or ``--resume`` of ``out``)."""
+def train_cmd(
+    datalist: Path, out: Path, cache: Path, steps: int, sets: list[str], resume: bool = False, stop: int | None = None
+) -> list[str]:
+    """``medp2p train`` on ``datalist`` with the tiny network, a schedule of ``steps`` (or ``--resume`` of ``out``)."""
     if resume:
         return [sys.executable, "-m", "medp2p.cli", "train", "--out", str(out), "--resume", "--steps", str(steps)]
     cmd = [sys.executable, "-m", "medp2p.cli", "train", "--task", "mri2ct", "--data", str(datalist), "--out", str(out)]
     cmd += ["--config", str(CONFIG), "--cache-dir", str(cache), "--overwrite", "--set", f"train.steps={steps}"]
+    cmd += ["--steps", str(stop or steps)]
     for s in [*TINY, *RUN, *sets]:
         cmd += ["--set", s]
     return cmd
@@ -137,8 +141,8 @@ def part_rss(work: Path, n: int) -> dict[str, Any]:
     few, many = make_cases(work, 6), make_cases(work, n)
     build = watch(train_cmd(many, work / "build", cache, 1, ["data.num_workers=2"]))  # builds the store
     sets = ["data.num_workers=0", "train.checkpoint_every=20"]
-    r6 = watch(train_cmd(few, work / "r6", cache, 20, sets))
-    rn = watch(train_cmd(many, work / "rn", cache, 20, sets))
+    r6 = watch(train_cmd(few, work / "r6", cache, 40, sets, stop=20))
+    rn = watch(train_cmd(many, work / "rn", cache, 40, sets, stop=20))
     resumed = watch(train_cmd(many, work / "rn", cache, 25, [], resume=True), until=work / "rn" / "metrics.csv", until_step=21)
     out: dict[str, Any] = {
         "cases": n,
@@ -150,7 +154,7 @@ def part_rss(work: Path, n: int) -> dict[str, Any]:
     out["rss_ratio"] = round(out[f"peak_rss_mb_{n}"] / out["peak_rss_mb_6"], 3)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medp2p.cli"]
     ddp = watch([*torchrun, *train_cmd(many, work / "ddp", cache, 20, sets)[3:]], env={"OMP_NUM_THREADS": "1"})
-    ranks = [rss for line, rss in ddp["peaks"].values() if "medp2p.cli" in line and "torch.distributed.run" not in line]
+    ranks = [rss for pid, (_, rss) in ddp["peaks"].items() if pid != ddp["pid"]]  # the agent's children: the ranks
     out["torchrun_rank_peak_rss_mb"] = [_mb(r) for r in sorted(ranks)]
     out["torchrun_rank_ratio_to_6"] = round(max(ranks) / r6["peaks"][r6["pid"]][1], 3) if ranks else None
     return out
@@ -180,6 +184,12 @@ def part_pipeline(work: Path) -> dict[str, Any]:
     for i in range(3, 3 + n):
         batch = batches[i]
     pipe = 8 * n / (time.perf_counter() - start)
+    # on a GPU the workers only draw (slices, crops, corruption, the augmentation's random numbers)
+    drawn = SliceBatches(stored, 8, (256, 256), plan.prep.context_slices, 0, 0, 1, BatchRecipe.of(plan, on_device=True))
+    start = time.perf_counter()
+    for i in range(3, 3 + n):
+        drawn[i]
+    draw_only = 8 * n / (time.perf_counter() - start)
     torch.set_num_threads(os.cpu_count() or 1)
     shipped = build_plan(load_config("mri2ct", str(CONFIG), RUN))
     trainer = build_trainer(shipped, torch.device("cpu"))
@@ -192,6 +202,7 @@ def part_pipeline(work: Path) -> dict[str, Any]:
     model = 8 * steps / (time.perf_counter() - start)
     return {
         "pipeline_slices_per_s_per_core": round(pipe, 1),
+        "draw_only_slices_per_s_per_core": round(draw_only, 1),
         "model_slices_per_s": round(model, 2),
         "cores": os.cpu_count(),
         "pipeline_over_model": round(pipe / model, 1),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medp2p.metrics.ssim import SLAB, Rows, Window, masked_ssim_mean
+from medp2p.metrics.ssim import SLAB, Rows, Window, masked_ssim_mean, rows_ptp
 
 #: The percentiles each image is clipped to before scaling to [0, 1].
 BRASYN_PERCENTILES = (0.5, 99.5)
@@ -52,7 +52,7 @@ def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarr
         return lambda a, b: _scale_rows(vol[a:b], lo, hi) * m[a:b]
 
     ref, pred = image(reference), image(prediction)
-    ranges = [_ptp_rows(ref, depth), _ptp_rows(pred, depth)]
+    ranges = [rows_ptp(ref, depth), rows_ptp(pred, depth)]
     data_range = max(ranges) or 1.0
     smallest = min(reference.shape)
     sigma = 1.5 if smallest >= 11 else max(0.3, ((smallest - 1) // 2 - 0.5) / 3.5)
@@ -76,11 +76,3 @@ def _scale_rows(rows: np.ndarray, lo: float, hi: float) -> np.ndarray:
         return np.zeros(rows.shape, np.float64)
     scaled: np.ndarray = (np.clip(rows.astype(np.float64), lo, hi) - lo) / (hi - lo)
     return scaled
-
-
-def _ptp_rows(rows: Rows, depth: int) -> float:
-    lo, hi = np.inf, -np.inf
-    for a in range(0, depth, SLAB):
-        r = rows(a, min(depth, a + SLAB))
-        lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
-    return hi - lo

@@ -127,3 +127,12 @@ def masked_ssim_mean(
         total += float(smap[m].sum(dtype=np.float64))
         count += int(m.sum())
     return total / count if count else float("nan")
+
+
+def rows_ptp(rows: Rows, depth: int, slab: int = SLAB) -> float:
+    """``np.ptp`` of the whole image that ``rows`` gives, slab by slab."""
+    lo, hi = np.inf, -np.inf
+    for a in range(0, depth, slab):
+        r = rows(a, min(depth, a + slab))
+        lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
+    return hi - lo

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
-from medp2p.metrics.ssim import SLAB, Rows, Window, masked_ssim_mean
+from medp2p.metrics.ssim import SLAB, Rows, Window, masked_ssim_mean, rows_ptp
 
 #: SynthRAD2023's HU range for PSNR and SSIM.
 SYNTHRAD_HU_RANGE = (-1024.0, 3000.0)
@@ -157,7 +157,7 @@ def inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, voided: np
 
     ref, pred = image(reference), image(prediction)
     depth = reference.shape[0]
-    data_range = max(_ptp(ref, depth), _ptp(pred, depth)) or 1.0
+    data_range = max(rows_ptp(ref, depth), rows_ptp(pred, depth)) or 1.0
     # The challenge's window is 11 voxels (sigma 1.5, truncated at 3.5 sigma); planes thinner than
     # that get the widest Gaussian whose window fits, instead of failing.
     smallest = min(reference.shape[1:])
@@ -191,12 +191,3 @@ def _percentiles(image: np.ndarray, percentiles: tuple[float, float]) -> tuple[f
 def _scaled(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     scaled: np.ndarray = (np.clip(image.astype(np.float64), lo, hi) - lo) / (hi - lo)
     return scaled
-
-
-def _ptp(rows: Rows, depth: int, slab: int = SLAB) -> float:
-    """``np.ptp`` of the whole image that ``rows`` gives, slab by slab."""
-    lo, hi = np.inf, -np.inf
-    for a in range(0, depth, slab):
-        r = rows(a, min(depth, a + slab))
-        lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
-    return hi - lo
