@@ -30,7 +30,8 @@ def test_make_cases_links_six_phantoms_under_their_own_paths(tmp_path: Path) -> 
 
 def test_watch_records_peak_rss_and_the_step_reached(tmp_path: Path) -> None:
     metrics = tmp_path / "metrics.csv"
-    code = f"import time, pathlib; b = bytearray(80 * 2**20); time.sleep(0.3); pathlib.Path({str(metrics)!r}).write_text('step\\n3\\n'); time.sleep(0.3)"
+    write = f"pathlib.Path({str(metrics)!r}).write_text('step\\n3\\n')"
+    code = f"import time, pathlib; b = bytearray(80 * 2**20); time.sleep(0.3); {write}; time.sleep(0.3)"
     seen = scale.watch([sys.executable, "-c", code], until=metrics, until_step=3)
     assert seen["peaks"][seen["pid"]][1] > 80 * 2**20 and seen["reached_s"] is not None and seen["reached_s"] < seen["wall_s"]
     with pytest.raises(RuntimeError, match="failed"):
@@ -42,9 +43,9 @@ def test_utilisation_samples_nvml_and_falls_back_to_nothing() -> None:
         while len(util.samples) < 4:
             pass
     assert util.samples == [40.0, 90.0, 95.0, 97.0] and util.summary(skip_first=0.25)["mean_pct"] == 94.0
-    with mock.patch("torch.cuda.utilization", side_effect=RuntimeError("no NVML")), mock.patch("subprocess.run", side_effect=OSError):
-        with gpu_check.Utilisation(every=0.01) as util:
-            pass
+    no_nvml = mock.patch("torch.cuda.utilization", side_effect=RuntimeError("no NVML"))
+    with no_nvml, mock.patch("subprocess.run", side_effect=OSError), gpu_check.Utilisation(every=0.01) as util:
+        pass
     assert util.summary() == {"source": "none", "samples": 0}
 
 
