@@ -179,11 +179,13 @@ def test_predict_tta_option_reaches_the_generator_runs(
 
     seen = []
 
+    real = batch.run_slices
+
     def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         seen.append(args[-1].flip_tta)
-        return predict_volume(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "predict_volume", spy)
+    monkeypatch.setattr(batch, "run_slices", spy)
     for flag in ("--no-tta", "--tta"):
         result = runner.invoke(
             app, ["predict", "--model", str(tiny_runs["seg"]), "-i", str(tiny_phantom), "-o", str(tmp_path / flag), flag]

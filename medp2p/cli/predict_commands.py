@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -48,10 +49,17 @@ def predict(
     ] = False,
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
+    pipeline: Annotated[
+        bool,
+        typer.Option(
+            "--pipeline/--no-pipeline", help="Read the next case and write the last while the model runs on this one (at most 3 in flight)."
+        ),
+    ] = True,
 ) -> None:
     """Predict whole volumes with a trained model; outputs sit on each input's own grid.
 
-    Exit 0 when every case was written, 1 when a case failed (listed in OUT_DIR/failures.csv; the others go on), 2 on usage errors.
+    Exit 0 when every case was written, 1 when a case failed (listed in OUT_DIR/failures.csv; the others go on), 2 on usage errors,
+    130 when interrupted (OUT_DIR/finished.txt lists the cases written).
     """
     from medp2p.infer import FORMATS, predict_cases
 
@@ -59,7 +67,21 @@ def predict(
         raise usage_error(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if part_id >= num_parts:
         raise usage_error(f"--part-id must be below --num-parts ({num_parts}), got {part_id}")
-    with err.status("predicting...") as status:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("predicting [bold]{task.fields[case]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=True,
+    )  # fmt: skip
+    started, slices = time.perf_counter(), [0]
+
+    def written(case: str, n: int) -> None:
+        slices[0] += n
+        rate = f"{slices[0] / max(time.perf_counter() - started, 1e-9):.1f} slices/s"
+        progress.update(bar, advance=1, rate=rate)
+
+    with progress:
+        bar = progress.add_task("predict", total=None, case="...", rate="")
         try:
             report = predict_cases(
                 model,
@@ -71,11 +93,14 @@ def predict(
                 overwrite,
                 device,
                 batch_size,
-                on_case=lambda cid: status.update(f"predicting {escape(cid)}"),
+                on_case=lambda cid: progress.update(bar, case=escape(cid)),
                 compile=compile,
                 tta=tta,
                 read_options=read_options_of(affine_from, series_uid),
                 force=force,
+                pipelined=pipeline,
+                on_written=written,
+                on_cases=lambda n: progress.update(bar, total=n),
             )
         except (ValueError, RuntimeError) as exc:  # bad model, options or inputs: before any case ran
             raise usage_error(str(exc)) from None
@@ -90,6 +115,10 @@ def predict(
     if report.failures:
         where = f"; see {report.failures_csv}" if report.failures_csv else ""
         err.print(escape(f"{len(report.failures)} case(s) failed{where}"))
+    if report.interrupted:
+        err.print(escape(f"interrupted: {len(report.written)} case(s) finished, listed in {Path(out) / 'finished.txt'}; no partial output"))
+        raise typer.Exit(130)
+    if report.failures:
         raise typer.Exit(1)
 
 

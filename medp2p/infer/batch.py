@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medp2p import __version__
 from medp2p.data import DataLayoutError, load_datalist, safe_case_id
@@ -27,7 +28,8 @@ from medp2p.data.corruption import seeded_corruption
 from medp2p.data.intensity import looks_like_ct
 from medp2p.data.prepare import Prep
 from medp2p.infer.model import Model, load_model
-from medp2p.infer.volume import predict_volume
+from medp2p.infer.pipeline import run_pipeline
+from medp2p.infer.volume import ModelInput, finish_prediction, prepare_input, run_slices
 from medp2p.io import VolumeWriteError, is_volume_file, write_nifti
 from medp2p.io.atomic import atomic_path, full_suffix
 from medp2p.tasks import Task
@@ -111,6 +113,7 @@ class PredictReport:
     failures: list[dict[str, str]] = field(default_factory=list)
     failures_csv: Path | None = None
     total_cases: int = 0
+    interrupted: bool = False
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -137,20 +140,27 @@ def _check_modality(model: Model, case: CaseVolumes, force: bool) -> None:
     )
 
 
-def predict_case(
-    model: Model,
-    case: dict[str, Any],
-    out_dir: Path,
-    fmt: str = "nifti",
-    overwrite: bool = False,
-    options: ReadOptions = ReadOptions(),
-    force: bool = False,
-) -> list[Path]:
-    """Predict one case and write its outputs under ``out_dir/<case>/``; returns the written paths.
+@dataclass
+class PreparedCase:
+    """A case read, checked and put into model space: what the generator and the writer need."""
 
-    The case is read and checked as every command reads it (:func:`read_case`); an output with
-    NaN/Inf voxels is never written. A failed write removes what this call created, the case
-    folder included when it was new.
+    case: dict[str, Any]
+    case_dir: Path
+    nifti_path: Path
+    dicom_path: Path | None
+    planned: list[Path]
+    inp: ModelInput
+    dicom_source: Volume
+    extras: list[tuple[str, Volume, type]]
+
+
+def prepare_case(
+    model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "nifti", overwrite: bool = False,
+    options: ReadOptions = ReadOptions(), force: bool = False,
+) -> PreparedCase:  # fmt: skip
+    """Read and check one case as every command reads it (:func:`read_case`), and prepare its input.
+
+    Refuses existing outputs (without ``overwrite``) before reading anything.
     """
     task, prep = model.task, model.prep
     case_dir = _inside(out_dir, out_dir / safe_case_id(case["id"]))
@@ -173,27 +183,36 @@ def predict_case(
         voided, region = seeded_corruption(base, str(case["id"]), model.cfg.inpaint.eval_seed)
         sources = [voided, *sources[1:]] if sources else [voided]
         extras = [("voided.nii.gz", voided, np.float32), ("region.nii.gz", region, np.uint8)]
-    prediction = predict_volume(model.generator, sources, prep, region, model.options)
+    inp = prepare_input(sources, prep, region)
+    return PreparedCase(case, case_dir, nifti_path, dicom_path, planned, inp, sources[0], extras)
+
+
+def write_case(model: Model, p: PreparedCase, out: torch.Tensor, fmt: str = "nifti", overwrite: bool = False) -> list[Path]:
+    """Take the generator's output back to the input's grid and write the case's outputs; returns the paths.
+
+    An output with NaN/Inf voxels is never written. A failed (or interrupted) write removes what
+    this call created, the case folder included when it was new.
+    """
+    prediction = finish_prediction(out, p.inp, model.prep)
     bad = count_non_finite(prediction.array)
     if bad:
         raise ValueError(
-            f"{model.path}: the model produced {bad} NaN/Inf voxel(s) for case {case['id']!r} (its input had none); "
+            f"{model.path}: the model produced {bad} NaN/Inf voxel(s) for case {p.case['id']!r} (its input had none); "
             "nothing was written: the checkpoint may have diverged (check its training losses)"
         )
-
-    # Everything is computed; now write. A failed write removes what this call created.
+    task, case_dir = model.task, p.case_dir
     new_dir = not case_dir.exists()
-    created_before = {p for p in planned + [case_dir / name for name, _, _ in extras] if p.exists()}
+    created_before = {q for q in p.planned + [case_dir / name for name, _, _ in p.extras] if q.exists()}
     written: list[Path] = []
     try:
-        for name, vol, dtype in extras:
+        for name, vol, dtype in p.extras:
             written.append(write_nifti(vol, case_dir / name, dtype=dtype))
         if fmt in ("nifti", "both"):
-            written.append(write_nifti(prediction, nifti_path, dtype=prep.codec.output_dtype))
-        if dicom_path is not None:
+            written.append(write_nifti(prediction, p.nifti_path, dtype=model.prep.codec.output_dtype))
+        if p.dicom_path is not None:
             assert task.dicom is not None
-            task.dicom.write(prediction, dicom_path, sources[0], f"medp2p {__version__}", overwrite)
-            written.append(dicom_path)
+            task.dicom.write(prediction, p.dicom_path, p.dicom_source, f"medp2p {__version__}", overwrite)
+            written.append(p.dicom_path)
     except BaseException:
         for path in written:
             if path not in created_before:
@@ -202,6 +221,25 @@ def predict_case(
             case_dir.rmdir()
         raise
     return written
+
+
+def predict_case(
+    model: Model,
+    case: dict[str, Any],
+    out_dir: Path,
+    fmt: str = "nifti",
+    overwrite: bool = False,
+    options: ReadOptions = ReadOptions(),
+    force: bool = False,
+) -> list[Path]:
+    """Predict one case and write its outputs under ``out_dir/<case>/``; returns the written paths.
+
+    :func:`prepare_case`, the generator (:func:`run_slices`), :func:`write_case` in turn.
+    """
+    p = prepare_case(model, case, out_dir, fmt, overwrite, options, force)
+    out = run_slices(model.generator, p.inp.stack, p.inp.extra, model.prep, model.options)
+    p.inp.stack, p.inp.extra = torch.empty(0), None  # the model-space input: memory for the way back
+    return write_case(model, p, out, fmt, overwrite)
 
 
 def predict_cases(
@@ -219,6 +257,9 @@ def predict_cases(
     tta: bool = False,
     read_options: ReadOptions = ReadOptions(),
     force: bool = False,
+    pipelined: bool = True,
+    on_written: Callable[[str, int], None] | None = None,
+    on_cases: Callable[[int], None] | None = None,
 ) -> PredictReport:
     """Predict every case of ``inputs`` (this part's share of them) into ``out_dir``.
 
@@ -233,12 +274,17 @@ def predict_cases(
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: slices per forward pass; None: 16 of 256x256, fewer for larger slices
             (:attr:`RunOptions.batch_size`).
-        on_case: called with each case id before it is predicted (progress display).
+        on_case: called with each case id as it goes to the generator (progress display).
+        on_written: called with each written case's id and its number of slices (progress).
+        on_cases: called once with the number of cases this part predicts.
         compile: frozen-weight ``torch.compile`` of the generator (see :func:`load_model`).
         tta: average with the left-right mirrored prediction (see :func:`load_model`).
         read_options: how inputs are read (``--affine-from``, ``--series-uid``).
         force: predict inputs that do not look like the model's training sources (a CT given
             to an MR model), which is refused otherwise.
+        pipelined: read and prepare the next case and write the last one while the generator
+            runs on this one (:func:`~medp2p.infer.pipeline.run_pipeline`); False: one case
+            after the other.
 
     Returns:
         The report; failed cases are also written to ``failures.csv`` (``failures_part-K-of-N.csv``
@@ -256,20 +302,16 @@ def predict_cases(
         raise ValueError(f"--format {fmt}: the {model.task.name} task has no DICOM output; use --format nifti")
     cases = resolve_inputs(inputs, model.task, model.prep, model.keys)
     mine = partition(cases, num_parts, part_id)
+    if on_cases is not None:
+        on_cases(len(mine))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(total_cases=len(cases))
-    for case in mine:
-        if on_case is not None:
-            on_case(str(case["id"]))
-        try:
-            with collected_warnings(str(case["id"])):  # reading, predicting and writing: once per case
-                report.written[str(case["id"])] = predict_case(model, case, out_dir, fmt, overwrite, read_options, force)
-        except Exception as exc:  # one bad case must not stop the others
-            source = case.get(model.prep.source_keys[0]) or next((v for k, v in case.items() if k != "id"), "")
-            report.failures.append({"case": str(case["id"]), "input": str(source), "error": error_text(exc)})
-            if isinstance(exc, VolumeWriteError):
-                break  # a full disk fails every case after it too
+    stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written)
+    try:
+        run_pipeline(mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined)
+    except KeyboardInterrupt:
+        report.interrupted = True
     failures_csv = out_dir / ("failures.csv" if num_parts == 1 else f"failures_part-{part_id}-of-{num_parts}.csv")
     if not report.failures:
         failures_csv.unlink(missing_ok=True)  # a previous run's list no longer holds
@@ -279,4 +321,52 @@ def predict_cases(
             writer.writeheader()
             writer.writerows(report.failures)
         report.failures_csv = failures_csv if failures_csv.exists() else None
+    if report.interrupted:
+        _write_finished(out_dir / "finished.txt", report)
     return report
+
+
+def _write_finished(path: Path, report: PredictReport) -> None:
+    """After Ctrl-C: the cases whose outputs were written in full, one per line."""
+    with contextlib.suppress(VolumeWriteError, OSError), atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{case}\n" for case in report.written))
+
+
+class _CaseStages:
+    """The three stages of one case (read + prepare, the generator, decode + write) and its failures."""
+
+    def __init__(
+        self, model: Model, out_dir: Path, fmt: str, overwrite: bool, options: ReadOptions, force: bool, report: PredictReport,
+        on_written: Callable[[str, int], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.model, self.out_dir, self.fmt, self.overwrite, self.options, self.force = model, out_dir, fmt, overwrite, options, force
+        self.report, self.on_written = report, on_written
+        self.slices: dict[str, int] = {}
+
+    def read(self, case: dict[str, Any]) -> PreparedCase:
+        with collected_warnings(str(case["id"])):
+            return prepare_case(self.model, case, self.out_dir, self.fmt, self.overwrite, self.options, self.force)
+
+    def generate(self, case: dict[str, Any], p: PreparedCase) -> torch.Tensor:
+        m = self.model
+        self.slices[str(case["id"])] = int(p.inp.stack.shape[1])
+        with collected_warnings(str(case["id"])):
+            out = run_slices(m.generator, p.inp.stack, p.inp.extra, m.prep, m.options)
+        p.inp.stack, p.inp.extra = torch.empty(0), None  # the model-space input: memory for the way back
+        return out
+
+    def write(self, case: dict[str, Any], p: PreparedCase, out: torch.Tensor) -> list[Path]:
+        with collected_warnings(str(case["id"])):
+            return write_case(self.model, p, out, self.fmt, self.overwrite)
+
+    def done(self, case: dict[str, Any], paths: list[Path]) -> None:
+        cid = str(case["id"])
+        self.report.written[cid] = paths
+        if self.on_written is not None:
+            self.on_written(cid, self.slices.pop(cid, 0))
+
+    def fail(self, case: dict[str, Any], exc: BaseException) -> bool:
+        """Record a failed case; True when the run must stop (a full disk fails every case after it too)."""
+        source = case.get(self.model.prep.source_keys[0]) or next((v for k, v in case.items() if k != "id"), "")
+        self.report.failures.append({"case": str(case["id"]), "input": str(source), "error": error_text(exc)})
+        return isinstance(exc, VolumeWriteError)

@@ -63,7 +63,8 @@ def load_model(path: str | Path, device: str = "auto", batch_size: int | None = 
     The generator runs as :func:`~medp2p.models.inference.optimize_for_inference` rewrites it
     (batch norms folded, matmul transposed convolutions where oneDNN is slow: the same outputs).
     ``compile``: run it through :func:`~medp2p.device.precision.compile_for_inference` instead (frozen
-    weights; a minute or more of compilation that pays over many volumes).
+    weights; a minute or more of compilation that pays over many volumes); every batch then has
+    one size, the last padded, so nothing is compiled again.
     ``tta``: average each slice's output with that of its left-right mirror image
     (:attr:`RunOptions.flip_tta`; twice the generator time).
 
@@ -79,6 +80,6 @@ def load_model(path: str | Path, device: str = "auto", batch_size: int | None = 
     generator = generator.to(dev).to(memory_format=layout).eval()  # type: ignore[call-overload]  # torch's stub lacks memory_format
     # Inductor folds and fuses on its own; eager prediction gets the same rewrite by hand
     generator = compile_for_inference(generator) if compile else optimize_for_inference(generator, inplace=True)
-    options = RunOptions(dev, dtype, batch_size, layout == torch.channels_last, tta)
+    options = RunOptions(dev, dtype, batch_size, layout == torch.channels_last, tta, fixed_batch=compile)  # one shape compiled
     profile = ckpt.get("data_profile") or {}
     return Model(generator, plan.for_model(), ckpt["path"], options, profile.get("source_is_ct"))

@@ -6,6 +6,7 @@ Memory stays bounded by the normalised source stack, one batch of slices (at mos
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +43,34 @@ class RunOptions:
     batch_size: int | None = None
     channels_last: bool = False
     flip_tta: bool = False
+    fixed_batch: bool = False
 
-    def batch_for(self, height: int, width: int) -> int:
-        """Slices per forward pass for slices of ``height x width``."""
-        return self.batch_size or max(1, min(AUTO_BATCH, AUTO_BATCH_PIXELS // (height * width)))
+    def batch_for(self, height: int, width: int, channels: int = 1) -> int:
+        """Slices per forward pass for slices of ``height x width``: on CUDA sized from free memory."""
+        if self.batch_size:
+            return self.batch_size
+        if self.device.type == "cuda":
+            return cuda_batch(self.device, height, width, channels, self.flip_tta)
+        return max(1, min(AUTO_BATCH, AUTO_BATCH_PIXELS // (height * width)))
+
+
+#: Bytes of generator activations per slice pixel at inference (8-level U-Net, 64 channels, half
+#: precision, every skip held), with room for cuDNN workspaces: an upper estimate, not a measurement.
+CUDA_BYTES_PER_PIXEL = 1536
+#: The most slices one CUDA forward pass takes when memory is plentiful.
+CUDA_MAX_BATCH = 256
+
+
+def cuda_batch(device: torch.device, height: int, width: int, channels: int = 1, flip_tta: bool = False) -> int:
+    """Slices per forward pass that fit in half of the device's free memory (``torch.cuda.mem_get_info``).
+
+    Example:
+        >>> cuda_batch(torch.device("cuda:0"), 256, 256)  # 80 GB free
+        256
+    """
+    free, _ = torch.cuda.mem_get_info(device)
+    per_slice = height * width * (CUDA_BYTES_PER_PIXEL + 8 * channels) * (2 if flip_tta else 1)
+    return int(max(1, min(CUDA_MAX_BATCH, (free // 2) // per_slice)))
 
 
 def _model_input(
@@ -82,15 +107,23 @@ def run_slices(
     if options.flip_tta and mirror is None:
         raise ValueError(f"flip TTA mirrors left-right, which {prep.axis} slices do not hold")
     depth = stack.shape[1]
-    ctx = context_indices(depth, prep.context_slices)
-    todo = torch.arange(depth) if extra is None else torch.nonzero(extra[0].flatten(1).amax(1) > 0).flatten()
+    on_gpu = options.device.type != "cpu"
+    if on_gpu:  # the model-space stack goes up once and stays there until the output comes back
+        stack = stack.pin_memory().to(options.device, non_blocking=True)
+        extra = extra.pin_memory().to(options.device, non_blocking=True) if extra is not None else None
+    ctx = context_indices(depth, prep.context_slices).to(stack.device)
+    todo = torch.arange(depth, device=stack.device) if extra is None else torch.nonzero(extra[0].flatten(1).amax(1) > 0).flatten()
     out = stack[:1].clone() if extra is not None else None
     generator.eval()
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-    batch = options.batch_for(*stack.shape[-2:])
-    with torch.inference_mode(), reuse_freed_memory():  # activations reuse malloc's heap (medp2p.device.allocator)
+    height, width = stack.shape[-2], stack.shape[-1]
+    batch = options.batch_for(height, width, channels=stack.shape[0] * ctx.shape[1])
+    with torch.inference_mode(), reuse_freed_memory() if not on_gpu else contextlib.nullcontext():
         for start in range(0, todo.numel(), batch):
             slices = todo[start : start + batch]
+            n = slices.numel()
+            if options.fixed_batch and n < batch:  # a compiled generator keeps one shape: pad with the last slice
+                slices = torch.cat([slices, slices[-1:].expand(batch - n)])
             x = gather_slices(stack, ctx[slices])
             if extra is not None:
                 x = torch.cat([x, gather_slices(extra, ctx[slices])], dim=1)
@@ -100,12 +133,49 @@ def run_slices(
                 if options.flip_tta:
                     assert mirror is not None
                     y = 0.5 * (y + generator(x.flip(mirror)).float().flip(mirror))
-            y = y.cpu()
             if out is None:
-                out = torch.empty((y.shape[1], depth, *y.shape[2:]))
-            out[:, slices] = y.transpose(0, 1)
+                out = torch.empty((y.shape[1], depth, *y.shape[2:]), device=stack.device)
+            out[:, slices[:n]] = y[:n].transpose(0, 1)
     assert out is not None
-    return out
+    return out.cpu() if on_gpu else out  # one copy back per volume
+
+
+@dataclass
+class ModelInput:
+    """A volume ready for the generator: the model-space stack and what takes the output back.
+
+    ``stack`` ``(S, D, H, W)``; ``extra`` the region channel (inpainting); ``grid`` and
+    ``windows`` the way back to the input's grid and units; ``first`` the first source (the
+    output's grid, header and, for inpainting, the voxels kept outside the region).
+    """
+
+    stack: torch.Tensor
+    extra: torch.Tensor | None
+    grid: GridMap
+    windows: list[IntensityWindow]
+    first: Volume
+    region: Volume | None
+
+
+def prepare_input(sources: Volume | list[Volume], prep: Prep, region: Volume | None = None) -> ModelInput:
+    """Check the sources against ``prep`` and put them into model space (the CPU half before the generator)."""
+    vols = [sources] if isinstance(sources, Volume) else list(sources)
+    if len(vols) != prep.n_sources:
+        raise ValueError(f"the model takes {prep.n_sources} source image(s) {list(prep.source_keys)}, got {len(vols)}")
+    if prep.region and region is None:
+        raise ValueError("inpainting needs the region to fill (a mask volume)")
+    stack, extra, grid, windows = _model_input(vols, prep, region)
+    return ModelInput(stack, extra, grid, windows, vols[0], region if prep.region else None)
+
+
+def finish_prediction(out: torch.Tensor, inp: ModelInput, prep: Prep) -> Volume:
+    """The generator's ``(C, D, H, W)`` output back on the input's grid, in the target's units (the CPU half after)."""
+    channel = out[0]
+    del out
+    result = prep.codec.decode(channel, inp.grid, inp.windows, prep.fitted_target_window)
+    if inp.region is not None:  # inpainting: only the region is replaced
+        result = np.where(inp.region.array > 0, result, inp.first.array).astype(np.float32, copy=False)
+    return inp.first.with_array(result)
 
 
 def predict_volume(
@@ -116,6 +186,9 @@ def predict_volume(
     options: RunOptions = RunOptions(),
 ) -> Volume:
     """Predict a whole volume slice by slice and return it on the first source's own grid.
+
+    :func:`prepare_input`, :func:`run_slices`, :func:`finish_prediction` in turn (``medp2p
+    predict`` runs the three for consecutive cases at once).
 
     Args:
         generator: a trained generator (put in eval mode here).
@@ -133,18 +206,7 @@ def predict_volume(
         >>> sct = predict_volume(generator, read_volume("patient/mr.nii.gz"), prep)
         >>> write_nifti(sct, "out/patient/sct.nii.gz")
     """
-    vols = [sources] if isinstance(sources, Volume) else list(sources)
-    if len(vols) != prep.n_sources:
-        raise ValueError(f"the model takes {prep.n_sources} source image(s) {list(prep.source_keys)}, got {len(vols)}")
-    if prep.region and region is None:
-        raise ValueError("inpainting needs the region to fill (a mask volume)")
-    stack, extra, grid, windows = _model_input(vols, prep, region)
-    out = run_slices(generator, stack, extra, prep, options)
-    del stack, extra  # the model-space input: memory for the way back
-    channel = out[0]
-    del out
-    result = prep.codec.decode(channel, grid, windows, prep.fitted_target_window)
-    if prep.region:  # inpainting: only the region is replaced
-        assert region is not None
-        result = np.where(region.array > 0, result, vols[0].array).astype(np.float32, copy=False)
-    return vols[0].with_array(result)
+    inp = prepare_input(sources, prep, region)
+    out = run_slices(generator, inp.stack, inp.extra, prep, options)
+    inp.stack, inp.extra = torch.empty(0), None  # the model-space input: memory for the way back
+    return finish_prediction(out, inp, prep)

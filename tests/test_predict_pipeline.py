@@ -1,0 +1,161 @@
+"""Pipelined predict (medp2p.infer.pipeline): the same outputs as one case after another, failures kept
+to their case, Ctrl-C leaving whole cases only, at most three cases in flight; the CUDA batch logic."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import medp2p.infer.batch as batch
+from medp2p.cli import app
+from medp2p.infer import load_model, predict_cases
+from medp2p.infer.pipeline import run_pipeline
+from medp2p.infer.volume import RunOptions, cuda_batch, run_slices
+from medp2p.io import read_volume
+
+runner = CliRunner()
+
+
+def _outputs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.parent.name: read_volume(p).array for p in sorted(folder.glob("*/sct.nii.gz"))}
+
+
+def test_pipelined_outputs_are_the_serial_ones_to_the_bit(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    model = load_model(tiny_runs["mri2ct"])
+    serial = predict_cases(model, [tiny_phantom], tmp_path / "serial", pipelined=False)
+    piped = predict_cases(model, [tiny_phantom], tmp_path / "piped", pipelined=True)
+    assert sorted(serial.written) == sorted(piped.written) == ["case_000", "case_001", "case_002"]
+    a, b = _outputs(tmp_path / "serial"), _outputs(tmp_path / "piped")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_case_failing_in_the_reader_or_the_writer_is_reported_and_the_rest_finish(
+    tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_phantom, data)
+    (data / "case_000" / "mr.nii.gz").write_bytes(b"broken")  # fails in the reader thread
+    real = batch.write_nifti
+
+    def write(vol, path, **kw):  # noqa: ANN001, ANN003, ANN202
+        if "case_001" in str(path):
+            raise OSError(f"{path}: simulated write error")
+        return real(vol, path, **kw)
+
+    monkeypatch.setattr(batch, "write_nifti", write)  # fails in the writer thread
+    report = predict_cases(load_model(tiny_runs["mri2ct"]), [data], tmp_path / "out")
+    assert list(report.written) == ["case_002"]
+    assert [f["case"] for f in report.failures] == ["case_000", "case_001"]
+    assert "case_000" in report.failures[0]["input"] or "mr.nii.gz" in report.failures[0]["error"]
+    assert not (tmp_path / "out" / "case_001").exists()  # nothing half-written
+    assert (tmp_path / "out" / "failures.csv").is_file()
+
+
+def test_ctrl_c_leaves_whole_cases_only_and_lists_them(
+    tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = batch.run_slices
+
+    def generate(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_slices", generate)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(out)])
+    assert result.exit_code == 130, result.output
+    assert (out / "finished.txt").read_text().split() == ["case_000"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["case_000"]  # case_001 never half-written
+    assert "interrupted: 1 case(s) finished" in result.output
+
+
+class _Counting:
+    """Stages that record how many cases are in flight (read started, not yet written)."""
+
+    def __init__(self) -> None:
+        self.lock, self.in_flight, self.most, self.order = threading.Lock(), 0, 0, []
+
+    def read(self, case: int) -> int:
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        return case
+
+    def generate(self, case: int, prepared: int) -> int:
+        if case == 3:
+            raise ValueError("generator failed")
+        return prepared * 10
+
+    def write(self, case: int, prepared: int, out: int) -> int:
+        with self.lock:
+            self.in_flight -= 1
+        return out
+
+    def done(self, case: int, written: int) -> None:
+        self.order.append(written)
+
+    def fail(self, case: int, exc: BaseException) -> bool:
+        with self.lock:
+            self.in_flight -= 1
+        self.order.append(-case)
+        return False
+
+
+def test_at_most_three_cases_are_in_flight_and_results_keep_their_order() -> None:
+    stages = _Counting()
+    run_pipeline(range(10), stages)
+    assert stages.most <= 3
+    assert [o for o in stages.order if o >= 0] == [0, 10, 20, 40, 50, 60, 70, 80, 90] and -3 in stages.order
+
+
+def test_a_full_disk_stops_the_run_after_the_cases_in_flight() -> None:
+    class Full(_Counting):
+        def write(self, case: int, prepared: int, out: int) -> int:
+            if case == 2:
+                raise OSError("No space left on device")
+            return super().write(case, prepared, out)
+
+        def fail(self, case: int, exc: BaseException) -> bool:
+            self.order.append(-case)
+            return isinstance(exc, OSError)
+
+    stages = Full()
+    run_pipeline(range(10), stages)
+    written = [o for o in stages.order if o >= 0]
+    assert written == [0, 10] and -2 in stages.order and len(stages.order) <= 4  # nothing started after the full disk
+
+
+def test_cuda_batches_are_sized_from_free_memory() -> None:
+    dev = torch.device("cuda:0")
+    with mock.patch("torch.cuda.mem_get_info", return_value=(80 * 2**30, 140 * 2**30)):
+        assert cuda_batch(dev, 256, 256) == 256  # capped
+        assert RunOptions(dev).batch_for(512, 512) == cuda_batch(dev, 512, 512) < 256
+        assert RunOptions(dev, batch_size=7).batch_for(512, 512) == 7
+    with mock.patch("torch.cuda.mem_get_info", return_value=(2 * 2**30, 140 * 2**30)):
+        assert 1 <= cuda_batch(dev, 512, 512, flip_tta=True) < cuda_batch(dev, 512, 512)
+    assert RunOptions().batch_for(512, 512) == 4  # the CPU's own rule
+
+
+def test_a_compiled_generator_sees_one_batch_shape_and_the_output_is_unchanged(tiny_runs: dict, tiny_phantom: Path) -> None:
+    model = load_model(tiny_runs["mri2ct"])
+    p = batch.prepare_case(model, {"id": "c", "mr": str(tiny_phantom / "case_000" / "mr.nii.gz")}, Path("/tmp/unused"))
+    shapes = []
+    hook = model.generator.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    depth = p.inp.stack.shape[1]
+    batch_size = 5 if depth % 5 else 7
+    plain = run_slices(model.generator, p.inp.stack, p.inp.extra, model.prep, RunOptions(batch_size=batch_size))
+    n_plain = len(shapes)
+    fixed = run_slices(model.generator, p.inp.stack, p.inp.extra, model.prep, RunOptions(batch_size=batch_size, fixed_batch=True))
+    hook.remove()
+    assert {s[0] for s in shapes[n_plain:]} == {batch_size} and shapes[n_plain - 1][0] < batch_size
+    torch.testing.assert_close(plain, fixed, rtol=0, atol=1e-6)
