@@ -8,7 +8,7 @@ On a machine with CUDA it runs, on phantom cases of 256x256x128 (6 generated, ha
    and the peak CUDA memory from the run's own metrics log;
 2. a 2-rank ``torchrun`` smoke run (NCCL) when two or more GPUs are present: both ranks finish and
    hold the same weights (``RUN/ddp.json``);
-3. ``medp2p predict`` of the trained model over ``--volumes`` volumes: volumes/s and slices/s.
+3. ``medp2p predict`` of the trained model over ``--volumes`` volumes: volumes/s, slices/s and GPU utilisation.
 
 Without CUDA it prints ``{"cuda": false, ...}`` and exits 0: CI never needs a GPU.
 
@@ -172,13 +172,15 @@ def predict(check: Check, work: Path, volumes: int) -> dict[str, Any]:
     """``medp2p predict`` of the trained model over ``volumes`` volumes (256x256x128)."""
     datalist = make_cases(work / "data", volumes, check.spec)
     out = work / "pred"
-    wall = _run([sys.executable, "-m", "medp2p.cli", "predict", "--model", str(work / "train"), "--input", str(datalist),
-                 "--out", str(out), "--device", check.device, "--overwrite"])  # fmt: skip
+    with Utilisation() as util:
+        wall = _run([sys.executable, "-m", "medp2p.cli", "predict", "--model", str(work / "train"), "--input", str(datalist),
+                     "--out", str(out), "--device", check.device, "--overwrite"])  # fmt: skip
     written = sorted(out.glob("*/sct.nii.gz"))
     if len(written) != volumes:
         raise RuntimeError(f"predict wrote {len(written)} of {volumes} volumes")
     slices = volumes * check.spec.shape[2]
-    return {"volumes": volumes, "wall_s": round(wall, 1), "volumes_per_s": round(volumes / wall, 2), "slices_per_s": round(slices / wall)}
+    rates = {"volumes_per_s": round(volumes / wall, 2), "slices_per_s": round(slices / wall)}
+    return {"volumes": volumes, "wall_s": round(wall, 1), **rates, "utilisation": util.summary()}
 
 
 def run_checks(check: Check, steps: int, workers: int, volumes: int, ranks: bool, ddp_steps: int = 40) -> dict[str, Any]:
