@@ -321,8 +321,11 @@ def predict_cases(
             writer.writeheader()
             writer.writerows(report.failures)
         report.failures_csv = failures_csv if failures_csv.exists() else None
+    finished = out_dir / ("finished.txt" if num_parts == 1 else f"finished_part-{part_id}-of-{num_parts}.txt")
     if report.interrupted:
-        _write_finished(out_dir / "finished.txt", report)
+        _write_finished(finished, report)
+    else:
+        finished.unlink(missing_ok=True)  # an earlier interrupted run's list no longer holds
     return report
 
 
