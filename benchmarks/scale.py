@@ -80,7 +80,7 @@ def _tree(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def watch(cmd: list[str], until: Path | None = None, until_step: int = 0, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``cmd`` and sample its process tree every 20 ms: each process's peak RSS and the tree's.
+    """Run ``cmd`` and sample its process tree every 20 ms: each process's peak RSS and the tree's, and its output.
 
     ``until`` / ``until_step``: also record when ``until`` (a metrics.csv) first logs a step >= ``until_step``.
     """
@@ -105,7 +105,8 @@ def watch(cmd: list[str], until: Path | None = None, until_step: int = 0, env: d
     output = proc.stdout.read().decode() if proc.stdout else ""
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"peaks": peaks, "tree_peak": tree_peak, "reached_s": reached, "wall_s": time.perf_counter() - start, "pid": proc.pid}
+    wall = time.perf_counter() - start
+    return {"peaks": peaks, "tree_peak": tree_peak, "reached_s": reached, "wall_s": wall, "pid": proc.pid, "output": output}
 
 
 def _last_step(metrics: Path) -> int:

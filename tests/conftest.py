@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -61,3 +62,11 @@ def tiny_runs(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         cfg = load_config(task, ROOT / "configs" / "tiny.yaml", ["data.val_cases=1"])
         runs[task] = train(cfg, tiny_phantom, root / task, stop_step=2, progress=False).run_dir
     return runs
+
+
+def torchrun(*args: str, cwd: Path, entry: str | Path | None = None) -> subprocess.CompletedProcess:
+    """``medp2p train ARGS`` in 2 CPU processes under torchrun; ``entry``: a script to launch instead of ``-m medp2p.cli``."""
+    target = [str(entry)] if entry is not None else ["-m", "medp2p.cli"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target, "train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)

@@ -23,7 +23,7 @@ from medp2p.data.store import build_store, prep_fingerprint
 from medp2p.io import read_volume, write_nifti
 from medp2p.plan import build_plan
 from medp2p.train.batches import BatchRecipe
-from tests.conftest import ROOT
+from tests.conftest import ROOT, torchrun
 
 runner = CliRunner()
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -302,23 +302,8 @@ main()
 def test_two_ranks_initialised_as_a_cuda_run_train_and_validate(tiny_phantom: Path, tmp_path: Path) -> None:
     script = tmp_path / "stand_in.py"
     script.write_text(_STAND_IN)
-    args = [
-        "train",
-        "--task",
-        "mri2ct",
-        "--data",
-        str(tiny_phantom),
-        "--config",
-        TINY,
-        "--set",
-        "data.val_cases=1",
-        "--out",
-        str(tmp_path / "run"),
-        "--steps",
-        "3",
-    ]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    args = ["--task", "mri2ct", "--data", str(tiny_phantom), "--config", TINY, "--set", "data.val_cases=1", "--steps", "3"]
+    proc = torchrun(*args, "--out", str(tmp_path / "run"), cwd=ROOT, entry=script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((tmp_path / "run" / "ddp.json").read_text())
     assert info["in_sync"] is True and info["world_size"] == 2
@@ -327,7 +312,5 @@ def test_two_ranks_initialised_as_a_cuda_run_train_and_validate(tiny_phantom: Pa
     # the group the old code made (NCCL only) refuses the CPU flag the NaN guard all-reduces
     old = _STAND_IN.replace('lambda cuda: "cpu:gloo,cuda:nccl"', 'lambda cuda: "nccl"')
     script.write_text(old)
-    args[-3] = str(tmp_path / "run_old")
-    cmd = [*cmd[: cmd.index(str(script)) + 1], *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    proc = torchrun(*args, "--out", str(tmp_path / "run_old"), cwd=ROOT, entry=script)
     assert proc.returncode != 0 and "No backend type associated with device type cpu" in proc.stdout + proc.stderr

@@ -23,6 +23,7 @@ from medp2p.data.sampling import SliceBatcher
 from medp2p.plan import build_plan
 from medp2p.train import NonFiniteLossError, Pix2PixStep, fit_schedule, make_optimizer, train, training_batch
 from medp2p.types import REGION, SOURCE, TARGET
+from tests.conftest import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -320,12 +321,6 @@ def test_resume_removes_a_temporary_file_left_by_a_kill(tiny_phantom: Path, tmp_
     assert not list(out.glob(".*tmp*"))
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medp2p.cli", "train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
-
-
 def test_torchrun_two_processes_keep_identical_weights_and_resume(tiny_phantom: Path, tmp_path: Path) -> None:
     import json
 
@@ -345,7 +340,7 @@ def test_torchrun_two_processes_keep_identical_weights_and_resume(tiny_phantom: 
         "--set",
         "model.norm=batch",
     )
-    proc = _torchrun(*common, "--out", str(out), "--steps", "3", cwd=ROOT)
+    proc = torchrun(*common, "--out", str(out), "--steps", "3", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "ddp.json").read_text())
     assert info["world_size"] == 2 and info["in_sync"] is True
@@ -356,7 +351,7 @@ def test_torchrun_two_processes_keep_identical_weights_and_resume(tiny_phantom: 
     with (out / "metrics.csv").open() as fh:
         steps = [int(r["step"]) for r in csv.DictReader(fh) if r["metric"] == "loss_G"]
     assert steps == [1, 2, 3]  # rank 0 alone logs
-    proc = _torchrun("--out", str(out), "--resume", "--steps", "5", cwd=ROOT)
+    proc = torchrun("--out", str(out), "--resume", "--steps", "5", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
     assert json.loads((out / "ddp.json").read_text())["in_sync"] is True

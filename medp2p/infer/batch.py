@@ -238,7 +238,7 @@ def predict_case(
     """
     p = prepare_case(model, case, out_dir, fmt, overwrite, options, force)
     out = run_slices(model.generator, p.inp.stack, p.inp.extra, model.prep, model.options)
-    p.inp.stack, p.inp.extra = torch.empty(0), None  # the model-space input: memory for the way back
+    p.inp.release()
     return write_case(model, p, out, fmt, overwrite)
 
 
@@ -355,7 +355,7 @@ class _CaseStages:
         self.slices[str(case["id"])] = int(p.inp.stack.shape[1])
         with collected_warnings(str(case["id"])):
             out = run_slices(m.generator, p.inp.stack, p.inp.extra, m.prep, m.options)
-        p.inp.stack, p.inp.extra = torch.empty(0), None  # the model-space input: memory for the way back
+        p.inp.release()
         return out
 
     def write(self, case: dict[str, Any], p: PreparedCase, out: torch.Tensor) -> list[Path]:

@@ -156,6 +156,10 @@ class ModelInput:
     first: Volume
     region: Volume | None
 
+    def release(self) -> None:
+        """Drop the model-space input once the generator has run: memory for the way back."""
+        self.stack, self.extra = torch.empty(0), None
+
 
 def prepare_input(sources: Volume | list[Volume], prep: Prep, region: Volume | None = None) -> ModelInput:
     """Check the sources against ``prep`` and put them into model space (the CPU half before the generator)."""
@@ -208,5 +212,5 @@ def predict_volume(
     """
     inp = prepare_input(sources, prep, region)
     out = run_slices(generator, inp.stack, inp.extra, prep, options)
-    inp.stack, inp.extra = torch.empty(0), None  # the model-space input: memory for the way back
+    inp.release()
     return finish_prediction(out, inp, prep)
