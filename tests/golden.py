@@ -72,6 +72,8 @@ def run_pipeline(root: Path) -> dict[str, np.ndarray]:
                 str(root / "data"),
                 "-o",
                 str(root / task / "report"),
+                "--metrics",  # the definitions the recording was made with (inpaint's default is now the 3D scorer)
+                RECORDED_DEFINITIONS[task],
             )
             for case in sorted(p.name for p in (root / task / "pred").iterdir() if p.is_dir()):
                 for f in sorted((root / task / "pred" / case).glob("*.nii.gz")):
@@ -83,6 +85,10 @@ def run_pipeline(root: Path) -> dict[str, np.ndarray]:
         return out
     finally:
         torch.set_num_threads(threads)
+
+
+#: The metric definition each task's recorded means were computed with.
+RECORDED_DEFINITIONS = {"mri2ct": "synthrad2023", "seg": "dice-hd95", "inpaint": "brats-inpainting-2d", "mr2mr": "brasyn-brain"}
 
 
 def cpu_kind() -> str:

@@ -135,3 +135,72 @@ def test_mri2ct_case_without_a_body_mask_uses_ct_above_minus_500(tiny_phantom: P
     prepared = prepare_case(read_case(case, plan.keys), plan.prep)
     ct = read_volume(case["ct"]).array
     assert prepared.mask is not None and int(prepared.mask.sum()) == int((ct > -500).sum())
+
+
+@pytest.mark.parametrize(
+    "task, definition, columns",
+    [
+        ("mri2ct", "synthrad2025", ["mae", "psnr", "ms_ssim", "mae_air", "mae_soft_tissue", "mae_bone"]),
+        ("seg", "brats2023-lesionwise", ["lesion_dice", "lesion_hd95", "legacy_dice", "legacy_hd95", "num_tp", "num_fp", "num_fn"]),
+        ("inpaint", "brats-inpainting-2d", ["ssim", "psnr", "mse"]),
+    ],
+)
+def test_metrics_names_a_definition(
+    predictions: dict, tiny_phantom: Path, tmp_path: Path, task: str, definition: str, columns: list[str]
+) -> None:
+    out = tmp_path / "report"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--task", task, "--pred", str(predictions[task]), "--ref", str(tiny_phantom), "-o", str(out), "--metrics", definition],
+    )
+    assert result.exit_code == 0, result.output
+    with (out / "metrics.csv").open() as fh:
+        assert next(csv.reader(fh)) == ["case", *columns]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric_definition"] == definition and summary["definition_source"] and summary["definitions"]
+    assert definition in result.output
+
+
+def test_the_default_definitions_and_an_unknown_name(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    from medp2p.tasks import TASKS
+
+    assert [TASKS[t].definition().name for t in ("mri2ct", "seg", "inpaint", "mr2mr")] == [
+        "synthrad2023",
+        "dice-hd95",
+        "brats-inpainting",
+        "brasyn",
+    ]
+    result = runner.invoke(
+        app,
+        ["evaluate", "--task", "seg", "--pred", str(predictions["seg"]), "--ref", str(tiny_phantom), "-o", str(tmp_path / "r")]
+        + ["--metrics", "synthrad2025"],
+    )
+    assert result.exit_code == 2 and "dice-hd95" in result.output and "brats2023-lesionwise" in result.output
+    assert not (tmp_path / "r").exists()  # refused before any output
+
+
+def test_regions_declared_in_the_datalist_add_per_region_columns(predictions: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    cases = sorted(p for p in tiny_phantom.iterdir() if p.is_dir())
+    datalist = {
+        "training": [{"id": c.name, "mr": str(c / "mr.nii.gz"), "tumor": str(c / "tumor.nii.gz")} for c in cases],
+        "regions": {"WT": [1], "core": [1]},
+    }
+    (tmp_path / "list.json").write_text(json.dumps(datalist))
+    for definition, first in (("dice-hd95", "dice"), ("brats2023-lesionwise", "lesion_dice")):
+        out = tmp_path / definition
+        result = runner.invoke(
+            app,
+            ["evaluate", "--task", "seg", "--pred", str(predictions["seg"]), "--ref", str(tmp_path / "list.json"), "-o", str(out)]
+            + ["--metrics", definition],
+        )
+        assert result.exit_code == 0, result.output
+        rows = list(csv.DictReader((out / "metrics.csv").open()))
+        assert f"{first}_WT" in rows[0] and f"{first}_core" in rows[0]
+        assert all(r[first] == r[f"{first}_WT"] == r[f"{first}_core"] for r in rows)  # one label: every region the same mask
+    datalist["regions"] = {"WT": ["one"]}
+    (tmp_path / "bad.json").write_text(json.dumps(datalist))
+    result = runner.invoke(
+        app,
+        ["evaluate", "--task", "seg", "--pred", str(predictions["seg"]), "--ref", str(tmp_path / "bad.json"), "-o", str(tmp_path / "b")],
+    )
+    assert result.exit_code == 2 and "region 'WT'" in result.output

@@ -149,6 +149,14 @@ def evaluate(
     workers: Annotated[
         int, typer.Option(min=1, metavar="N", help="Score N cases at once in worker processes (memory: one case each).")
     ] = 1,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Metric definition (default the task's first): mri2ct synthrad2023 | synthrad2025; seg dice-hd95 | "
+            "brats2023-lesionwise; inpaint brats-inpainting | brats-inpainting-2d; mr2mr brasyn | brasyn-brain.",
+        ),
+    ] = None,
 ) -> None:
     """Score predictions against references with the challenges' metric definitions.
 
@@ -168,6 +176,10 @@ def evaluate(
         except ValueError as exc:
             raise usage_error(f"--slice-range START END: {exc}") from None
     slab = None if slice_range is None else (axis, (float(slice_range[0]), float(slice_range[1])))
+    try:
+        definition = plan.task.definition(metrics)
+    except KeyError as exc:
+        raise usage_error(str(exc.args[0])) from None
     with err.status("evaluating...") as status:
         report = run_evaluation(
             plan,
@@ -182,10 +194,11 @@ def evaluate(
             overwrite=overwrite,
             read_options=read_options_of(affine_from, series_uid),
             workers=workers,
+            metrics=definition.name,
         )
     from rich.table import Table
 
-    table = Table(title=f"{task}: {report.summary['cases']} case(s)")
+    table = Table(title=f"{task}: {report.summary['cases']} case(s), {definition.name}")
     for col in ("metric", "mean", "std", "median"):
         table.add_column(col, justify="right")
     for name, stats in report.summary["metrics"].items():

@@ -67,6 +67,7 @@ class CaseKeys:
         region: inpainting: the key of the region to fill at prediction.
         voided: inpainting: the key of the corrupted input, used instead of the first source.
         scored_regions: inpainting: keys of the region scored by ``evaluate``, first present wins.
+        scored_labels: label maps ``evaluate`` reads when present (any non-negative integers).
         target_is_label: the target is a label map (seg): its values are checked as labels.
         source_channels: images per source key (list-valued keys), when fixed by a run.
         task: the task's name, for messages.
@@ -84,6 +85,7 @@ class CaseKeys:
     region: str | None = None
     voided: str | None = None
     scored_regions: tuple[str, ...] = ()
+    scored_labels: tuple[str, ...] = ()
     target_is_label: bool = False
     source_channels: tuple[int, ...] | None = None
     task: str = ""
@@ -112,13 +114,13 @@ class CaseKeys:
         if role != "train":
             keys += [k for k in (self.region, self.voided) if k]
         if role == "evaluate":
-            keys += list(self.scored_regions)
+            keys += [*self.scored_regions, *self.scored_labels]
         return list(dict.fromkeys(keys))
 
     def label_set(self, key: str, datalist: dict[str, Any] | None) -> tuple[int, ...] | None:
         """The values ``key`` may hold: None for an image, ``()`` for any non-negative integer."""
         declared = label_values(key, datalist)
-        if key == self.target and self.target_is_label:
+        if (key == self.target and self.target_is_label) or key in self.scored_labels:
             return declared if declared is not None else ()
         if key in (self.mask, self.region, *self.scored_regions):
             return declared if declared is not None else (0, 1)
@@ -140,6 +142,7 @@ class CaseVolumes:
         region: inpainting: the region to fill.
         voided: inpainting: the corrupted input the case came with.
         scored_region: inpainting: the region ``evaluate`` scores.
+        scored_labels: the task's scored label maps the case has, by key.
         paths: the file each key was read from (lists for list-valued keys).
     """
 
@@ -150,6 +153,7 @@ class CaseVolumes:
     region: Volume | None = None
     voided: Volume | None = None
     scored_region: Volume | None = None
+    scored_labels: dict[str, Volume] = field(default_factory=dict)
     paths: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -315,6 +319,7 @@ def read_case(
         region=one(keys.region),
         voided=one(keys.voided),
         scored_region=scored,
+        scored_labels={k: volumes[k][0] for k in keys.scored_labels if k in volumes},
         paths={k: case[k] for k in volumes},
     )
 

@@ -107,12 +107,15 @@ def evaluate_case(
     slab: Slab | None = None,
     datalist: dict[str, Any] | None = None,
     options: ReadOptions = ReadOptions(),
+    metrics: str | None = None,
 ) -> tuple[dict[str, float], Scored]:
     """Metrics of one case, and what they (and the montage) were computed from.
 
     The reference case is read with the checks every command applies
     (:func:`~medp2p.data.case_reader.read_case`), the prediction with the same per-volume checks.
     ``slab`` ``(axis, (start, end))`` restricts scoring to those slices (see :func:`slab_mask`).
+    ``metrics`` names the definition (default: the task's first); label regions declared in the
+    datalist (``"regions": {"WT": [1, 2, 3], ...}``) go to the mask definitions.
     """
     task = plan.task
     volumes = read_case(case, plan.keys, "evaluate", datalist, options)
@@ -120,8 +123,31 @@ def evaluate_case(
     assert reference is not None
     pred = _read_prediction(pred_dir / task.output_name, reference, options)
     keep = None if slab is None else slab_mask(reference.shape, reference.affine, *slab)
-    scored = task.scoring(volumes, pred, ScoreContext(keep=keep, seed=seed, prediction_dir=pred_dir))
-    return task.definition().compute(scored), scored
+    definition = task.definition(metrics)
+    regions = declared_regions(datalist)
+    scored = task.scoring(volumes, pred, ScoreContext(keep=keep, regions=regions, seed=seed, prediction_dir=pred_dir))
+    return definition.compute(scored), scored
+
+
+def declared_regions(datalist: dict[str, Any] | None) -> dict[str, tuple[int, ...]] | None:
+    """The label regions a datalist declares (``"regions": {"WT": [1, 2, 3], "ET": [3]}``), or None.
+
+    Example:
+        >>> declared_regions({"regions": {"WT": [1, 2, 3], "ET": 3}})
+        {'WT': (1, 2, 3), 'ET': (3,)}
+    """
+    declared = (datalist or {}).get("regions")
+    if not declared:
+        return None
+    if not isinstance(declared, dict):
+        raise DataLayoutError(f"the datalist's 'regions' must map a region name to its label values, got {declared!r}")
+    out = {}
+    for name, values in declared.items():
+        vals = values if isinstance(values, list | tuple) else [values]
+        if not vals or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in vals):
+            raise DataLayoutError(f"the datalist's region {name!r} must list positive integer labels, got {values!r}")
+        out[str(name)] = tuple(int(v) for v in vals)
+    return out
 
 
 def _plan_of(task: str | Plan, target_key: str | None) -> Plan:
@@ -143,6 +169,7 @@ def evaluate(
     overwrite: bool = False,
     read_options: ReadOptions = ReadOptions(),
     workers: int = 1,
+    metrics: str | None = None,
 ) -> EvalReport:
     """Score every reference case that has a prediction; write ``metrics.csv``, ``summary.json`` and montages.
 
@@ -160,10 +187,13 @@ def evaluate(
         overwrite: replace the report in ``out`` (only the files a report writes are removed).
         read_options: how volumes are read (``--affine-from``, ``--series-uid``).
         workers: score this many cases at once in worker processes (memory: one case each).
+        metrics: the metric definition's name (``synthrad2025``, ``brats-inpainting-2d``...;
+            default: the task's first, see docs/metrics.md).
 
     Raises:
         ReportExistsError: ``out`` holds files and ``overwrite`` is False.
         DataLayoutError: ``pred`` is missing or matches no reference case.
+        KeyError: ``metrics`` is not one of the task's definitions (the message lists them).
 
     Example:
         >>> report = evaluate("mri2ct", "out/", "data/test/", "report/")
@@ -171,10 +201,12 @@ def evaluate(
     """
     plan = _plan_of(task, target_key)
     spec = plan.task
+    definition = spec.definition(metrics)
     pred, out = Path(pred), Path(out)
     if not pred.is_dir():
         raise DataLayoutError(f"{pred}: no such prediction folder")
     datalist = load_datalist(ref)
+    declared_regions(datalist)  # a malformed declaration fails before any output
     cases = [c for s in ("training", "validation", "test") for c in datalist.get(s, [])]
     _prepare_report_dir(out, overwrite)
     report = EvalReport()
@@ -183,15 +215,15 @@ def evaluate(
     report.missing = [str(c["id"]) for c in cases if c not in matched]
     if not matched:
         raise DataLayoutError(f"{pred}: no prediction matches a case of {ref} (expected <case>/{spec.output_name})")
-    jobs = [_CaseJob(plan, case, pred, out, seed, slab, datalist, read_options, montages) for case in matched]
-    for cid, metrics, montage, error in _score_all(jobs, workers, on_case):
+    jobs = [_CaseJob(plan, case, pred, out, seed, slab, datalist, read_options, montages, definition.name) for case in matched]
+    for cid, values, montage, error in _score_all(jobs, workers, on_case):
         if error is not None:
             report.failures.append({"case": cid, "error": error})
             continue
-        report.rows.append({"case": cid, **metrics})
+        report.rows.append({"case": cid, **values})
         if montage is not None:
             written.append(montage)
-    _write_report(out, plan, report, slab, written)
+    _write_report(out, plan, report, slab, written, definition.name)
     return report
 
 
@@ -208,6 +240,7 @@ class _CaseJob:
     datalist: dict[str, Any]
     options: ReadOptions
     montage: bool
+    metrics: str | None = None
 
     @property
     def case_id(self) -> str:
@@ -222,7 +255,9 @@ def _score(job: _CaseJob) -> _CaseResult:
     """Score one case and draw its montage; a failure is returned as its one-line text."""
     cid = job.case_id
     try:
-        metrics, scored = evaluate_case(job.plan, job.case, job.pred / safe_case_id(cid), job.seed, job.slab, job.datalist, job.options)
+        metrics, scored = evaluate_case(
+            job.plan, job.case, job.pred / safe_case_id(cid), job.seed, job.slab, job.datalist, job.options, job.metrics
+        )
         montage = case_montage(job.out / f"{safe_case_id(cid)}.png", job.plan.task, cid, scored, metrics).name if job.montage else None
         return cid, metrics, montage, None
     except Exception as exc:
@@ -255,9 +290,11 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _write_report(out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: list[str]) -> None:
-    definition = plan.task.definition()
+def _write_report(out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: list[str], metrics: str | None = None) -> None:
+    definition = plan.task.definition(metrics)
     names = list(definition.columns)
+    for row in report.rows:  # per-region columns (dice_WT...) after the definition's own
+        names += [k for k in row if k != "case" and k not in names]
     with atomic_path(out / "metrics.csv") as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, ["case", *names])
         writer.writeheader()
@@ -266,7 +303,7 @@ def _write_report(out: Path, plan: Plan, report: EvalReport, slab: Slab | None, 
     report.summary = {
         "task": plan.task.name, "cases": len(report.rows), "metrics": _summary(report.rows, names),
         "missing": report.missing, "failures": report.failures, "metric_definition": definition.name,
-        "definitions": definition.description,
+        "definitions": definition.description, "definition_source": definition.source,
         "slab": None if slab is None else {"axis": slab[0], "slice_range": list(slab[1])},
         "montages": montages,
     }  # fmt: skip

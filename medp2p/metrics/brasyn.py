@@ -1,18 +1,30 @@
-"""MR contrast synthesis metrics as BraSyn normalises them (BraTS missing-modality synthesis).
+"""MR contrast synthesis metrics as BraSyn scores them (BraTS missing-modality synthesis).
 
 BraSyn's evaluation (``hongweilibran/BraSyn`` ``ssim.py``, commit 4d9af6d) clips each image to its
-*own* 0.5th and 99.5th percentiles (lower bound at least 0) and scales it to [0, 1], multiplies both
-by a mask and runs torchmetrics' SSIM on the 5-D ``(1, 1, X, Y, Z)`` tensors: a 3D Gaussian window
-(11 voxels, sigma 1.5) with the data range the larger of the two images' ranges. medp2p follows that,
-with scikit-image's 3D SSIM map (computed in slabs, :mod:`medp2p.metrics.ssim`), inside the brain
-(or body) mask; docs/metrics.md says where the two differ.
+*own* 0.5th and 99.5th percentiles (lower bound at least 0) and scales it to [0, 1]; then, for the
+tumour mask ``m`` (the segmentation, labels > 0) and for ``1 - m``, it multiplies both images by
+the mask and runs torchmetrics' SSIM on the 5-D ``(1, 1, X, Y, Z)`` tensors: a 3D Gaussian window
+(11 voxels, sigma 1.5, population variances, borders mirrored), data range the larger of the two
+masked images' ranges. :func:`brasyn_metrics` returns ``ssim_tumor`` and ``ssim_non_tumor``.
+
+What their code averages: it asks for ``return_full_image=True`` and then indexes the result with
+the int64 0/1 mask. As published that cannot run (the result is a tuple; an int64 index selects
+along the batch axis and fails for the value 1). The value torchmetrics itself reduces to, the
+mean of the map cropped by the window radius (5 voxels at every border), is what medp2p reports:
+each averaged over the whole cropped map, not over mask voxels, so voxels where both masked
+images are 0 count as 1. docs/metrics.md has the details. Without a tumour mask medp2p splits by
+the brain (or body) mask instead.
+
+:func:`brasyn_brain_metrics` (definition ``brasyn-brain``) is medp2p's own variant with the same
+normalisation: SSIM averaged over brain-mask voxels, PSNR and MSE over them. It is more
+discriminative, so training validation uses it, and docs/results.md's mr2mr figures use it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from medp2p.metrics.ssim import SLAB, Rows, Window, masked_ssim_mean, rows_ptp
+from medp2p.metrics.ssim import SLAB, Rows, Window, inner_box, masked_ssim_mean, rows_ptp
 
 #: The percentiles each image is clipped to before scaling to [0, 1].
 BRASYN_PERCENTILES = (0.5, 99.5)
@@ -28,8 +40,39 @@ def own_percentile_scale(image: np.ndarray, percentiles: tuple[float, float] = B
     return _scale_rows(image, *_own_bounds(image, percentiles))
 
 
-def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """SSIM, PSNR and MSE of a synthesised MR contrast inside ``mask``, BraSyn-normalised.
+def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, tumor: np.ndarray) -> dict[str, float]:
+    """``ssim_tumor`` and ``ssim_non_tumor`` of a synthesised MR contrast, as BraSyn computes them.
+
+    Args:
+        reference: the true contrast ``(X, Y, Z)``.
+        prediction: the synthesised one, on the same grid.
+        tumor: the tumour segmentation (labels > 0 are tumour); or, without one, the brain mask.
+
+    Example:
+        >>> brasyn_metrics(t1c, synthetic_t1c, seg)
+        {'ssim_tumor': 0.93, 'ssim_non_tumor': 0.81}
+    """
+    if reference.shape != prediction.shape or reference.shape != tumor.shape:
+        raise ValueError(f"shapes differ: reference {reference.shape}, prediction {prediction.shape}, mask {tumor.shape}")
+    m = np.asarray(tumor) > 0
+    depth = reference.shape[0]
+    ref_b, pred_b = _own_bounds(reference), _own_bounds(prediction)
+    window = Window(sigma=1.5, sample_covariance=False, mode="mirror")
+    radius = len(window.weights) // 2
+    out = {}
+    for name, inside in (("ssim_tumor", True), ("ssim_non_tumor", False)):
+
+        def image(vol: np.ndarray, bounds: tuple[float, float], inside: bool = inside) -> Rows:
+            return lambda a, b: _scale_rows(vol[a:b], *bounds) * (m[a:b] if inside else ~m[a:b])
+
+        ref, pred = image(reference, ref_b), image(prediction, pred_b)
+        data_range = max(rows_ptp(ref, depth), rows_ptp(pred, depth))
+        out[name] = masked_ssim_mean(ref, pred, lambda a, b: inner_box(reference.shape, radius, a, b), depth, data_range or 1.0, window)
+    return out
+
+
+def brasyn_brain_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """SSIM, PSNR and MSE of a synthesised MR contrast inside ``mask``, BraSyn-normalised (medp2p's variant).
 
     Args:
         reference: the true contrast ``(X, Y, Z)``.
@@ -37,7 +80,7 @@ def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarr
         mask: where to score (the brain mask; BraSyn splits it into tumour and non-tumour).
 
     Example:
-        >>> brasyn_metrics(t2, synthetic_t2, brain)
+        >>> brasyn_brain_metrics(t2, synthetic_t2, brain)
         {'ssim': 0.91, 'psnr': 27.3, 'mse': 0.0019}
     """
     if reference.shape != prediction.shape or reference.shape != mask.shape:

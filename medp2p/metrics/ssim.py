@@ -23,6 +23,8 @@ SLAB = 16
 
 #: ``(start, stop) -> array`` of those rows along the first axis, any dtype.
 Rows = Callable[[int, int], np.ndarray]
+#: ``(ref, pred, data_range, window) -> map``: a per-voxel similarity of two float64 arrays.
+MapFn = Callable[[np.ndarray, np.ndarray, float, "Window"], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class Window:
 
     ``sample_covariance``: scikit-image's ``use_sample_covariance`` (N / (N - 1) on the variances).
     ``axes``: the axes filtered (a 2D SSIM of each plane along axis 0 filters axes 1 and 2 only).
+    ``mode``: the border rule, scipy's names: ``reflect`` repeats the edge voxel (scikit-image),
+    ``mirror`` does not (torch's ``reflect`` padding, as torchmetrics pads).
     """
 
     size: int = 7
@@ -38,6 +42,7 @@ class Window:
     truncate: float = 3.5
     sample_covariance: bool = True
     axes: tuple[int, ...] = (0, 1, 2)
+    mode: str = "reflect"
 
     @property
     def weights(self) -> np.ndarray:
@@ -61,11 +66,12 @@ class Window:
         return int(len(self.weights) ** len(self.axes))
 
 
-def _filter(image: np.ndarray, window: Window) -> np.ndarray:
+def window_filter(image: np.ndarray, window: Window) -> np.ndarray:
+    """``image`` filtered with the window along its axes (direct weighted sums, ``window.mode`` borders)."""
     w = window.weights
     out = image
     for axis in window.axes:
-        out = ndimage.correlate1d(out, w, axis=axis, mode="reflect")
+        out = ndimage.correlate1d(out, w, axis=axis, mode=window.mode)
     return out
 
 
@@ -73,8 +79,8 @@ def ssim_map(
     ref: np.ndarray, pred: np.ndarray, data_range: float, window: Window = Window(), k1: float = 0.01, k2: float = 0.03
 ) -> np.ndarray:
     """scikit-image's SSIM map of two float64 arrays (``structural_similarity(..., full=True)[1]``)."""
-    ux, uy = _filter(ref, window), _filter(pred, window)
-    uxx, uyy, uxy = _filter(ref * ref, window), _filter(pred * pred, window), _filter(ref * pred, window)
+    ux, uy = window_filter(ref, window), window_filter(pred, window)
+    uxx, uyy, uxy = window_filter(ref * ref, window), window_filter(pred * pred, window), window_filter(ref * pred, window)
     cov_norm = window.n / (window.n - 1) if window.sample_covariance else 1.0
     vx = cov_norm * (uxx - ux * ux)
     vy = cov_norm * (uyy - uy * uy)
@@ -94,6 +100,7 @@ def masked_ssim_mean(
     data_range: float,
     window: Window = Window(),
     slab: int = SLAB,
+    map_fn: MapFn | None = None,
 ) -> float:
     """The mean of the SSIM map over the voxels where ``weight`` is true, slab by slab.
 
@@ -106,6 +113,7 @@ def masked_ssim_mean(
         data_range: SSIM's data range.
         window: the filter.
         slab: slices per slab (the result does not depend on it).
+        map_fn: the per-voxel map (default :func:`ssim_map`).
 
     Returns:
         The mean, or NaN when the mask is empty.
@@ -123,10 +131,23 @@ def masked_ssim_mean(
         # rows within its radius of them (the halo, cut off again); the volume's own ends reflect
         # as in the whole-volume computation
         lo, hi = max(0, start - r), min(depth, stop + r)
-        smap = ssim_map(ref(lo, hi), pred(lo, hi), data_range, window)[start - lo : stop - lo]
+        smap = (map_fn or ssim_map)(ref(lo, hi), pred(lo, hi), data_range, window)[start - lo : stop - lo]
         total += float(smap[m].sum(dtype=np.float64))
         count += int(m.sum())
     return total / count if count else float("nan")
+
+
+def inner_box(shape: tuple[int, ...], pad: int, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of the box ``pad`` voxels inside every border (scikit-image's ``crop``).
+
+    Example:
+        >>> int(inner_box((5, 5, 5), 1, 0, 5).sum())
+        27
+    """
+    box = np.zeros((stop - start, *shape[1:]), bool)
+    rows = slice(max(pad - start, 0), max(min(shape[0] - pad, stop) - start, 0))
+    box[tuple([rows, *[slice(pad, max(n - pad, pad)) for n in shape[1:]]])] = True
+    return box
 
 
 def rows_ptp(rows: Rows, depth: int, slab: int = SLAB) -> float:

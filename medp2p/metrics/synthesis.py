@@ -19,6 +19,20 @@ BraTS-Inpainting 2023 (https://github.com/BraTS-inpainting/inpainting ``challeng
   as scikit-image does; torchmetrics reflects without repeating the
   edge voxel, which changes the map only within 5 voxels of the array border;
 - **MSE** and **PSNR** over mask voxels, PSNR with the reference region's value range.
+
+BraTS-Inpainting's deployed scorer (2023 and 2024; :func:`brats_inpainting_metrics`): the
+Synapse evaluation ``Sage-Bionetworks-Challenges/brats2023`` ``evaluation/inpainting/score.py``
+passes ``(1, 1, X, Y, Z)`` tensors to the 2023 challenge's ``evaluation_utils.compute_metrics``
+(``BraTS-inpainting/2023_challenge`` ``evaluation/evaluation_utils.py``), which torchmetrics reads
+as one 3D image:
+
+- both images multiplied by the healthy mask, clipped to the 0.5th / 99.5th percentiles of the
+  **ground truth outside the mask** (``t1n * ~mask`` over the whole array, zeros included; lower
+  bound at least 0) and scaled to [0, 1];
+- **SSIM**: torchmetrics' 3D SSIM (Gaussian 11x11x11, sigma 1.5, population variances, borders
+  mirrored without repeating the edge voxel, data range the larger of the two images' ranges),
+  the full map averaged over mask voxels;
+- **MSE** over mask voxels and **PSNR** with data range 1 (``PSNR_01``, the one published).
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
-from medp2p.metrics.ssim import SLAB, Rows, Window, masked_ssim_mean, rows_ptp
+from medp2p.metrics.ssim import SLAB, Rows, Window, inner_box, masked_ssim_mean, rows_ptp
 
 #: SynthRAD2023's HU range for PSNR and SSIM.
 SYNTHRAD_HU_RANGE = (-1024.0, 3000.0)
@@ -80,14 +94,6 @@ def psnr_hu(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_
     return float(peak_signal_noise_ratio(ref, pred, data_range=hi - lo))
 
 
-def _inner(shape: tuple[int, ...], pad: int, start: int, stop: int) -> np.ndarray:
-    """Rows ``[start, stop)`` of the box ``pad`` voxels inside every border (scikit-image's ``crop``)."""
-    box = np.zeros((stop - start, *shape[1:]), bool)
-    rows = slice(max(pad - start, 0), max(min(shape[0] - pad, stop) - start, 0))
-    box[tuple([rows, *[slice(pad, n - pad) for n in shape[1:]]])] = True
-    return box
-
-
 def ssim_hu(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_range: tuple[float, float] = SYNTHRAD_HU_RANGE) -> float:
     """SynthRAD2023 SSIM: 3D SSIM map of the clipped, masked, shifted volumes, averaged over the mask.
 
@@ -107,7 +113,7 @@ def ssim_hu(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_
         return lambda a, b: np.where(m[a:b], np.clip(vol[a:b].astype(np.float64), lo, hi), lo) - lo
 
     def weight(a: int, b: int) -> np.ndarray:
-        inside: np.ndarray = m[a:b] & _inner(ct.shape, pad, a, b)
+        inside: np.ndarray = m[a:b] & inner_box(ct.shape, pad, a, b)
         return inside
 
     return masked_ssim_mean(image(ct), image(sct), weight, ct.shape[0], hi - lo, Window(size=win))
@@ -174,6 +180,37 @@ def inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, voided: np
     }
 
 
+def brats_inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """SSIM, PSNR and MSE inside the healthy ``mask`` as BraTS-Inpainting's deployed scorer computes them (3D).
+
+    Args:
+        reference: the true image (BraTS: ``t1n``), ``(X, Y, Z)``.
+        prediction: the inpainted image.
+        mask: the scored region (BraTS: ``mask-healthy``).
+
+    Example:
+        >>> brats_inpainting_metrics(t1n, inferred, healthy_mask)
+        {'ssim': 0.86, 'psnr': 22.1, 'mse': 0.006}
+    """
+    _check(reference, prediction)
+    m = _binary(mask, reference)
+    if not m.any():
+        raise ValueError("the inpainting mask is empty")
+    lo, hi = _percentiles(np.where(m, 0.0, reference.astype(np.float32)), (0.5, 99.5))
+
+    def image(vol: np.ndarray) -> Rows:
+        return lambda a, b: _scaled(np.where(m[a:b], vol[a:b], 0.0), lo, hi)
+
+    ref, pred = image(reference), image(prediction)
+    depth = reference.shape[0]
+    data_range = max(rows_ptp(ref, depth), rows_ptp(pred, depth)) or 1.0
+    window = Window(sigma=1.5, sample_covariance=False, mode="mirror")
+    ssim = masked_ssim_mean(ref, pred, lambda a, b: m[a:b], depth, data_range, window)
+    ref_m, pred_m = _masked_values(ref, m), _masked_values(pred, m)
+    mse = float(mean_squared_error(ref_m, pred_m))
+    return {"ssim": ssim, "psnr": float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"), "mse": mse}
+
+
 def _masked_values(rows: Rows, m: np.ndarray, slab: int = SLAB) -> np.ndarray:
     """The values ``rows`` gives at the mask's voxels, in C order, slab by slab."""
     return np.concatenate([rows(a, min(len(m), a + slab))[m[a : a + slab]] for a in range(0, len(m), slab)])
@@ -184,7 +221,7 @@ def _percentiles(image: np.ndarray, percentiles: tuple[float, float]) -> tuple[f
     lo, hi = np.percentile(image, percentiles)
     lo = max(float(lo), 0.0)
     if hi <= lo:
-        raise ValueError(f"cannot normalise: percentiles {percentiles} of the voided image are {lo}..{hi}")
+        raise ValueError(f"cannot normalise: percentiles {percentiles} of the normalising image are {lo}..{hi}")
     return lo, float(hi)
 
 

@@ -41,6 +41,11 @@ class Scored:
             scored slab; None: the whole (slab of the) volume.
         voided: inpainting: the input the model saw (its percentiles normalise both images).
         spacing_mm: voxel size, for distances.
+        labels: masks: the reference and predicted label maps as read (within the slab), for
+            per-region and lesion-wise metrics.
+        regions: masks: the label regions declared with the data (``{"WT": (1, 2, 3), ...}``).
+        tumor: mr2mr: the case's tumour segmentation (labels > 0), when it has one (BraSyn
+            splits its SSIM by it).
     """
 
     reference: np.ndarray
@@ -49,6 +54,9 @@ class Scored:
     mask: np.ndarray | None = None
     voided: np.ndarray | None = None
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    labels: tuple[np.ndarray, np.ndarray] | None = None
+    regions: dict[str, tuple[int, ...]] | None = None
+    tumor: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class ScoreContext:
 
     Args:
         keep: 0/1 voxels scored (a slab of the volume); None: all.
+        regions: masks: label regions declared with the data (the datalist's ``"regions"``).
         region: the region a prediction filled (validation knows it); else the case's, else seeded.
         voided: the voided input the model saw, with ``region``.
         seed: the seed of generated regions (``inpaint.eval_seed``).
@@ -65,6 +74,7 @@ class ScoreContext:
     """
 
     keep: np.ndarray | None = None
+    regions: dict[str, tuple[int, ...]] | None = None
     region: Volume | None = None
     voided: Volume | None = None
     seed: int = 1234
@@ -80,12 +90,14 @@ class MetricDefinition:
         description: the computation in words, written into every report.
         columns: the metric names it reports, in order.
         compute: ``Scored -> {column: value}``.
+        source: the code it follows (repository, file, commit).
     """
 
     name: str
     description: str
     columns: tuple[str, ...]
     compute: Callable[[Scored], dict[str, float]]
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,7 @@ class Task:
             mri2ct), or None.
         codec: how the target goes to model space and back (:mod:`medp2p.data.codecs`).
         loss: default loss weights.
-        metrics: the metric definitions; the first is the default.
+        metrics: the metric definitions; the first is ``medp2p evaluate``'s default.
         best_metric: the validation metric that picks ``best.pt``.
         higher_is_better: whether a larger ``best_metric`` is better.
         output_name: file name of a prediction, per case.
@@ -125,6 +137,9 @@ class Task:
         scored_region_keys: inpainting: the region ``evaluate`` scores, first present wins.
         target_is_source: the target is the source image itself (inpainting): it gets the
             source's intensity jitter.
+        validation_metrics: the definition training validation uses (None: the first).
+        scored_label_keys: label maps ``evaluate`` reads when a case has them (mr2mr: ``tumor``,
+            which BraSyn splits its SSIM by).
 
     Example:
         >>> MRI2CT.loss.l1, MRI2CT.output_name
@@ -150,6 +165,8 @@ class Task:
     mask_required: bool = True
     scored_region_keys: tuple[str, ...] = ()
     target_is_source: bool = False
+    validation_metrics: str | None = None
+    scored_label_keys: tuple[str, ...] = ()
 
     @property
     def required_keys(self) -> tuple[str, ...]:
@@ -170,6 +187,10 @@ class Task:
             if d.name == name:
                 return d
         raise KeyError(f"Unknown metric definition {name!r} for {self.name}; choose from {[d.name for d in self.metrics]}")
+
+    def validation_definition(self) -> MetricDefinition:
+        """The definition training validation scores with (and ``best_metric`` is a column of)."""
+        return self.definition(self.validation_metrics)
 
     def case_keys(
         self,
@@ -194,6 +215,7 @@ class Task:
             region=self.region_key,
             voided=self.voided_key,
             scored_regions=tuple(dict.fromkeys(regions)),
+            scored_labels=self.scored_label_keys,
             target_is_label=self.codec.labels,
             source_channels=tuple(source_channels) if source_channels else None,
             task=self.name,

@@ -76,7 +76,7 @@ def score(
     """The task's default metrics for one predicted case, and what they were computed from."""
     ctx = ScoreContext(region=region, voided=sources[0] if region is not None else None)
     scored = task.scoring(case, prediction, ctx)
-    return task.definition().compute(scored), scored
+    return task.validation_definition().compute(scored), scored
 
 
 def validation_rows(

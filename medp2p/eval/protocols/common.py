@@ -146,6 +146,28 @@ def evaluate_baseline(task: str, name: str, predictions: dict[str, Volume], test
     return summary(out / "baselines" / f"{name}_report")
 
 
+def rescore(task: str, row: dict[str, Any], out: Path, test_list: Path, primary: str | None = None, **kwargs: Any) -> None:
+    """Score the split's predictions, baselines and oracles again with each of the task's other metric definitions.
+
+    ``row["definition"]`` names the definition ``row["metrics"]`` used (``primary``, default the
+    task's first); ``row["by_definition"][name]`` holds ``{"medp2p": means, <baseline>: means, ...}``
+    for every other one. ``kwargs`` go to :func:`evaluate` as for the primary scoring (``slab``).
+    """
+    spec = TASKS[task]
+    row["definition"] = spec.definition(primary).name
+    folders = {"medp2p": out / "pred", **{n: out / "baselines" / n for n in [*row.get("baselines", {}), *row.get("oracles", {})]}}
+    row["by_definition"] = {}
+    for definition in spec.metrics:
+        if definition.name == row["definition"]:
+            continue
+        entry = {}
+        for label, folder in folders.items():
+            report = out / "rescore" / definition.name / label
+            evaluate(task, folder, test_list, report, montages=False, overwrite=True, metrics=definition.name, **kwargs)
+            entry[label] = summary(report)
+        row["by_definition"][definition.name] = entry
+
+
 def table(result: Result) -> str:
     """A markdown table of the model's and baselines' means per split."""
     lines = []
@@ -168,4 +190,13 @@ def table(result: Result) -> str:
         if "per_case" in row and isinstance(row["per_case"], dict):
             for cid, metrics in row["per_case"].items():
                 lines.append(f"- {cid}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        if "definition" in row:
+            lines.append(f"(metric definition: {row['definition']})")
+        for definition, entry in row.get("by_definition", {}).items():
+            keys = list(entry["medp2p"])
+            lines.append(f"\nthe same predictions scored with {definition}:")
+            lines.append("| | " + " | ".join(keys) + " |")
+            lines.append("|---" * (len(keys) + 1) + "|")
+            for label, metrics in entry.items():
+                lines.append(f"| {label} | " + " | ".join(f"{metrics.get(k, float('nan')):.4g}" for k in keys) + " |")
     return "\n".join(lines)

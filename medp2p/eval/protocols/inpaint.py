@@ -13,7 +13,15 @@ from medp2p.data.cases import case_seed
 from medp2p.data.corruption import corrupt_volume
 from medp2p.data.intensity import body_mask
 from medp2p.eval.baseline import mean_fill
-from medp2p.eval.protocols.common import ProtocolOptions, Result, evaluate_baseline, shared_data, train_predict_evaluate, write_datalist
+from medp2p.eval.protocols.common import (
+    ProtocolOptions,
+    Result,
+    evaluate_baseline,
+    rescore,
+    shared_data,
+    train_predict_evaluate,
+    write_datalist,
+)
 from medp2p.eval.protocols.seg import BRATS, brats_case
 from medp2p.io import read_volume, write_volume
 from medp2p.types import Volume
@@ -108,6 +116,7 @@ def run_inpaint(opts: ProtocolOptions) -> Result:
         blurred = {cid: blurred_reference(truth, voided, region, sigma) for cid, (truth, voided, region) in volumes.items()}
         row["oracles"][name] = evaluate_baseline("inpaint", name, blurred, test_list, out)
     row["per_case_csv"] = (out / "report" / "metrics.csv").read_text()
+    rescore("inpaint", row, out, test_list)
     result = Result("inpaint", [row])
     result.save(out / "results.json")
     return result

@@ -7,7 +7,15 @@ import numpy as np
 from medp2p.data.geometry import slab_mask
 from medp2p.data.intensity import ct_body
 from medp2p.eval.baseline import IntensityLookup, mean_hu
-from medp2p.eval.protocols.common import ProtocolOptions, Result, evaluate_baseline, shared_data, train_predict_evaluate, write_datalist
+from medp2p.eval.protocols.common import (
+    ProtocolOptions,
+    Result,
+    evaluate_baseline,
+    rescore,
+    shared_data,
+    train_predict_evaluate,
+    write_datalist,
+)
 from medp2p.io import read_volume
 
 #: ``(name, training fraction, test fraction)`` of the axial range.
@@ -44,6 +52,7 @@ def run_mri2ct(opts: ProtocolOptions, splits: tuple[str, ...] = ("lower_to_upper
         }
         m, lk = row["metrics"], row["baselines"]["lookup"]
         row["ratios"] = {"mae": m["mae"] / lk["mae"], "mae_bone": m["mae_bone"] / lk["mae_bone"]}
+        rescore("mri2ct", row, out, datalist, slab=slab)
         row.update(split=name, train_slab=list(train_range), test_slab=list(test_range))
         result.splits.append(row)
     result.save(work / "mri2ct" / "results.json")

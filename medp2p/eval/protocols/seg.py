@@ -8,6 +8,7 @@ from medp2p.eval.protocols.common import (
     Result,
     evaluate_baseline,
     medp2p,
+    rescore,
     shared_data,
     summary,
     train_predict_evaluate,
@@ -58,6 +59,7 @@ def run_seg(opts: ProtocolOptions, folds: tuple[int, ...] = (0, 1, 2, 3)) -> Res
         )
         guess = threshold.predict(read_volume(test["flair"]), read_volume(test["brain"]).array)
         row["baselines"] = {"flair_threshold": evaluate_baseline("seg", "flair_threshold", {test["id"]: guess}, test_list, out)}
+        rescore("seg", row, out, test_list)
         log = out / "log.txt"
         medp2p("predict", "--model", str(out / "run"), "-i", str(ood_list), "-o", str(out / "ood_pred"), "--overwrite", log=log)
         medp2p(
