@@ -4,7 +4,8 @@ The case is the phantom of 256x256x150 at 2x2x2 mm, upsampled by 2 along each ax
 at 1 mm), with a prediction of CT + smooth noise. ``medp2p evaluate`` runs in its own process;
 beside it, in another, the same metrics as SynthRAD2023's code computes them on whole volumes
 (scikit-image's SSIM over the whole array: what medp2p did before its SSIM went to slabs). Printed:
-each one's peak RSS and the largest difference between their metrics.
+each one's peak RSS and the largest difference between their metrics; then ``evaluate --metrics
+synthrad2025`` (the masked MS-SSIM, every scale in slabs) on the same case, its peak RSS and wall time.
 
     python benchmarks/evaluate_memory.py [--work DIR]
 """
@@ -83,6 +84,8 @@ def main() -> None:
         whole = watch([sys.executable, "-c", code])
         expected = json.loads(whole["output"].strip().splitlines()[-1])
         diffs = {k: abs(metrics[k]["mean"] - v) for k, v in expected.items()}
+        ms = watch([*cmd, "--out", str(work / "report2025"), "--overwrite", "--no-montages", "--metrics", "synthrad2025"])
+        ms_ssim = json.loads((work / "report2025" / "summary.json").read_text())["metrics"]["ms_ssim"]["mean"]
         result = {
             "machine": _machine(),
             "shape": [512, 512, 300],
@@ -92,6 +95,9 @@ def main() -> None:
             "metrics": {k: metrics[k]["mean"] for k in expected},
             "whole_volume_metrics": expected,
             "largest_difference": max(diffs.values()),
+            "synthrad2025_peak_rss_mb": _mb(ms["peaks"][ms["pid"]][1]),
+            "synthrad2025_wall_s": round(ms["wall_s"], 1),
+            "synthrad2025_ms_ssim": ms_ssim,
         }
         print(json.dumps(result, indent=2))
 

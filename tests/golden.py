@@ -7,6 +7,8 @@ thread, so the figures depend only on the code and the CPU's kernels.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import sys
 import tempfile
@@ -92,9 +94,21 @@ RECORDED_DEFINITIONS = {"mri2ct": "synthrad2023", "seg": "dice-hd95", "inpaint":
 
 
 def cpu_kind() -> str:
+    """torch, its CPU kernels and the bf16 units: CPUs alike in these give the same bits.
+
+    The bf16 matrix units are named because torch's vector capability does not tell them apart:
+    an AVX512_BF16 CPU and one with AMX both report AVX512, and their bf16 matmuls round apart.
+    """
     import torch
 
-    return f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()}"
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    units = " ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+    return f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()} {units}".strip()
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["record"]:
