@@ -8,7 +8,6 @@ thread, so the figures depend only on the code and the CPU's kernels.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import sys
 import tempfile
