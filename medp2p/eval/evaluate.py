@@ -258,7 +258,9 @@ def _score(job: _CaseJob) -> _CaseResult:
         metrics, scored = evaluate_case(
             job.plan, job.case, job.pred / safe_case_id(cid), job.seed, job.slab, job.datalist, job.options, job.metrics
         )
-        montage = case_montage(job.out / f"{safe_case_id(cid)}.png", job.plan.task, cid, scored, metrics).name if job.montage else None
+        definition = job.plan.task.definition(job.metrics)
+        path = job.out / f"{safe_case_id(cid)}.png"
+        montage = case_montage(path, job.plan.task, cid, scored, metrics, definition).name if job.montage else None
         return cid, metrics, montage, None
     except Exception as exc:
         return cid, {}, None, error_text(exc)
