@@ -128,7 +128,8 @@ def evaluate(
     pred: Annotated[Path, typer.Option(metavar="OUT_DIR", help="The prediction folder written by `medp2p predict`.")],
     ref: Annotated[Path, typer.Option(metavar="DATA", help="Reference data: any layout `medp2p validate` reads.")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", metavar="REPORT_DIR", help="Report folder: metrics.csv, summary.json, one PNG per case.")
+        Path,
+        typer.Option("--out", "-o", metavar="REPORT_DIR", help="Report folder: metrics.csv, summary.json, index.html, PNGs."),
     ],
     target_key: Annotated[str | None, typer.Option(metavar="KEY", help="Reference image key (default the task's: ct, tumor, mr).")] = None,
     seed: Annotated[int, typer.Option(metavar="S", help="inpaint: seed of the generated regions (inpaint.eval_seed).")] = 1234,
@@ -204,7 +205,7 @@ def evaluate(
     for name, stats in report.summary["metrics"].items():
         table.add_row(name, f"{stats['mean']:.4g}", f"{stats['std']:.3g}", f"{stats['median']:.4g}")
     Console().print(table)
-    err.print(f"report in [bold]{escape(str(out))}[/] (metrics.csv, summary.json)")
+    err.print(f"report in [bold]{escape(str(out))}[/] (metrics.csv, summary.json, index.html)")
     for cid in report.missing:
         err.print(f"[yellow]missing:[/] no prediction for {escape(cid)}")
     for failure in report.failures:

@@ -23,6 +23,7 @@ from medp2p.data import DataLayoutError, load_datalist, safe_case_id
 from medp2p.data.case_reader import error_text, read_case
 from medp2p.data.checks import ReadOptions, check_volume, choose_affine, compare_grids
 from medp2p.data.geometry import slab_mask
+from medp2p.eval.html import HTML_NAME, write_report_page
 from medp2p.eval.montage import case_montage
 from medp2p.io import read_volume
 from medp2p.io.atomic import atomic_path, remove_outputs
@@ -71,7 +72,7 @@ class ReportExistsError(FileExistsError):
 
 
 #: What a report folder holds besides one montage PNG per case (listed in ``summary.json``).
-REPORT_FILES = ("metrics.csv", "summary.json")
+REPORT_FILES = ("metrics.csv", "summary.json", HTML_NAME)
 
 
 def _prepare_report_dir(out: Path, overwrite: bool) -> None:
@@ -171,7 +172,7 @@ def evaluate(
     workers: int = 1,
     metrics: str | None = None,
 ) -> EvalReport:
-    """Score every reference case that has a prediction; write ``metrics.csv``, ``summary.json`` and montages.
+    """Score every reference case that has a prediction; write ``metrics.csv``, ``summary.json``, montages and ``index.html``.
 
     Args:
         task: a task name (``mri2ct``, ``seg``, ``inpaint``, ``mr2mr``) or a run's plan.
@@ -210,7 +211,7 @@ def evaluate(
     cases = [c for s in ("training", "validation", "test") for c in datalist.get(s, [])]
     _prepare_report_dir(out, overwrite)
     report = EvalReport()
-    written: list[str] = []
+    written: dict[str, str] = {}
     matched = [c for c in cases if (pred / safe_case_id(str(c["id"])) / spec.output_name).exists()]
     report.missing = [str(c["id"]) for c in cases if c not in matched]
     if not matched:
@@ -222,7 +223,7 @@ def evaluate(
             continue
         report.rows.append({"case": cid, **values})
         if montage is not None:
-            written.append(montage)
+            written[cid] = montage
     _write_report(out, plan, report, slab, written, definition.name)
     return report
 
@@ -292,7 +293,9 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _write_report(out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: list[str], metrics: str | None = None) -> None:
+def _write_report(
+    out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: dict[str, str], metrics: str | None = None
+) -> None:
     definition = plan.task.definition(metrics)
     names = list(definition.columns)
     for row in report.rows:  # per-region columns (dice_WT...) after the definition's own
@@ -307,7 +310,8 @@ def _write_report(out: Path, plan: Plan, report: EvalReport, slab: Slab | None, 
         "missing": report.missing, "failures": report.failures, "metric_definition": definition.name,
         "definitions": definition.description, "definition_source": definition.source,
         "slab": None if slab is None else {"axis": slab[0], "slice_range": list(slab[1])},
-        "montages": montages,
+        "montages": list(montages.values()),
     }  # fmt: skip
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(report.summary, indent=2) + "\n")
+    write_report_page(out, report.summary, report.rows, names, montages)
