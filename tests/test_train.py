@@ -58,6 +58,19 @@ def test_tensorboard_events_are_written(tiny_phantom: Path, tmp_path: Path) -> N
     cfg = load_config("mri2ct", TINY, ["train.tensorboard=true", "data.val_cases=1"])
     train(cfg, tiny_phantom, tmp_path / "run", stop_step=2, progress=False)
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/mae" in events.Tags()["scalars"]
+    previews = sorted((tmp_path / "run" / "previews").glob("step*_*.png"))
+    (tag,) = [t for t in events.Tags()["images"] if t.startswith("val_preview/")]  # preview_count 1: one case
+    image = events.Images(tag)[-1]
+    assert tag == "val_preview/" + previews[-1].stem.split("_", 1)[1] and image.step == 2
+    from PIL import Image
+
+    with Image.open(previews[-1]) as png:
+        assert (image.width, image.height) == png.size  # the preview PNG itself, fixed windows and all
 
 
 def test_existing_run_is_refused_without_resume_or_overwrite(tiny_phantom: Path, tmp_path: Path) -> None:

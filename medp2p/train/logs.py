@@ -48,6 +48,20 @@ class MetricsLog:
                 self.tb.add_scalar(f"{phase}/{name}", value, step)
         self._fh.flush()
 
+    def log_images(self, step: int, images: list[Path]) -> None:
+        """Validation previews as TensorBoard images ``val_preview/<case>`` (the PNGs as written: fixed windows)."""
+        if not self.enabled or self.tb is None:
+            return
+        import numpy as np
+        from PIL import Image
+
+        for path in images:
+            case = path.stem.split("_", 1)[1] if "_" in path.stem else path.stem
+            with Image.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
+            self.tb.add_image(f"val_preview/{case}", rgb, step, dataformats="HWC")
+        self.tb.flush()
+
     def close(self) -> None:
         """Flush and close the CSV and TensorBoard files."""
         if not self.enabled:

@@ -66,6 +66,8 @@ def _validate_and_save(
         if ddp.main:
             metrics = mean_metrics(rows)
             log.log(trainer.step, "val", metrics)
+            if previews is not None:  # the PNGs this validation wrote, also as TensorBoard images
+                log.log_images(trainer.step, sorted(previews.glob(f"step{trainer.step:07d}_*.png")))
             task = plan.task
             value = metrics.get(task.best_metric, float("nan"))
             if _better(value, trainer.best.get("value"), task.higher_is_better):
