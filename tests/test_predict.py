@@ -195,6 +195,32 @@ def test_predict_tta_option_reaches_the_generator_runs(
     assert n > 0 and seen == [False] * n + [True] * n
 
 
+def test_predict_precision_is_chosen_and_recorded(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fp32"
+    result = runner.invoke(
+        app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(out), "--precision", "fp32"]
+    )
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "predict.json").read_text())
+    assert settings["precision"] == "fp32" and settings["task"] == "mri2ct" and settings["device"] == "cpu"
+    assert settings["tta"] is False and settings["model"].endswith(".pt")
+    # the same volume as a float32 predict_volume through the Python API
+    model = load_model(tiny_runs["mri2ct"], precision="fp32")
+    assert model.options.dtype is None
+    mr = read_volume(tiny_phantom / "case_000" / "mr.nii.gz")
+    want = predict_volume(model.generator, mr, model.prep, options=model.options)
+    np.testing.assert_allclose(read_volume(out / "case_000" / "sct.nii.gz").array, want.array, atol=1e-3)
+    assert load_model(tiny_runs["mri2ct"], precision="bf16").options.dtype == torch.bfloat16
+    default = load_model(tiny_runs["mri2ct"]).options.dtype  # the run's train.precision (auto)
+    assert default in (None, torch.bfloat16)
+    for bad, message in (("fp8", "--precision must be one of"), ("fp16", "fp16 needs a CUDA device")):
+        result = runner.invoke(
+            app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(tmp_path / bad), "--precision", bad]
+        )
+        assert result.exit_code == 2 and message in result.output
+        assert not (tmp_path / bad).exists()
+
+
 def test_model_loads_from_run_folder_or_file(tiny_runs: dict) -> None:
     a = load_model(tiny_runs["seg"])
     b = load_model(tiny_runs["seg"] / "last.pt")
@@ -241,7 +267,8 @@ def test_parts_write_each_case_exactly_once(tiny_runs: dict, tiny_phantom: Path,
         seen.append({line.split(":")[0] for line in result.stdout.splitlines() if line.strip()})
     assert seen[0] | seen[1] == {"p1", "p2", "p3", "p4"} and not seen[0] & seen[1]
     assert len(seen[0]) == len(seen[1]) == 2
-    assert sorted(p.name for p in out.iterdir()) == ["p1", "p2", "p3", "p4"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["p1", "p2", "p3", "p4"]
+    assert sorted(p.name for p in out.glob("predict*.json")) == ["predict_part-0-of-2.json", "predict_part-1-of-2.json"]
     assert (
         runner.invoke(
             app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(data), "-o", str(out), "--num-parts", "2", "--part-id", "2"]

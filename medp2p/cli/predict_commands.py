@@ -55,6 +55,14 @@ def predict(
             "--pipeline/--no-pipeline", help="Read the next case and write the last while the model runs on this one (at most 3 in flight)."
         ),
     ] = True,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            metavar="P",
+            help="auto, fp32, tf32, bf16 or fp16 (CUDA); default the run's train.precision (auto: bf16 where the hardware has it). "
+            "Recorded in OUT_DIR/predict.json.",
+        ),
+    ] = None,
 ) -> None:
     """Predict whole volumes with a trained model; outputs sit on each input's own grid.
 
@@ -67,6 +75,10 @@ def predict(
         raise usage_error(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if part_id >= num_parts:
         raise usage_error(f"--part-id must be below --num-parts ({num_parts}), got {part_id}")
+    from medp2p.device.precision import PRECISIONS
+
+    if precision is not None and precision not in PRECISIONS:
+        raise usage_error(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -96,6 +108,7 @@ def predict(
                 on_case=lambda cid: progress.update(bar, case=escape(cid)),
                 compile=compile,
                 tta=tta,
+                precision=precision,
                 read_options=read_options_of(affine_from, series_uid),
                 force=force,
                 pipelined=pipeline,

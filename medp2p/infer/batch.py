@@ -260,8 +260,12 @@ def predict_cases(
     pipelined: bool = True,
     on_written: Callable[[str, int], None] | None = None,
     on_cases: Callable[[int], None] | None = None,
+    precision: str | None = None,
 ) -> PredictReport:
     """Predict every case of ``inputs`` (this part's share of them) into ``out_dir``.
+
+    What ran is recorded in ``out_dir/predict.json`` (``predict_part-K-of-N.json`` when split):
+    the model, the resolved device and precision, batch size, TTA, the medp2p and torch versions.
 
     Args:
         model: a run folder, a checkpoint file, or a loaded :class:`Model`.
@@ -285,6 +289,7 @@ def predict_cases(
         pipelined: read and prepare the next case and write the last one while the generator
             runs on this one (:func:`~medp2p.infer.pipeline.run_pipeline`); False: one case
             after the other.
+        precision: the generator's precision (see :func:`load_model`; None: the run's).
 
     Returns:
         The report; failed cases are also written to ``failures.csv`` (``failures_part-K-of-N.csv``
@@ -297,7 +302,7 @@ def predict_cases(
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile, tta)
+    model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile, tta, precision)
     if fmt != "nifti" and model.task.dicom is None:
         raise ValueError(f"--format {fmt}: the {model.task.name} task has no DICOM output; use --format nifti")
     cases = resolve_inputs(inputs, model.task, model.prep, model.keys)
@@ -307,6 +312,7 @@ def predict_cases(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(total_cases=len(cases))
+    _record_settings(out_dir / ("predict.json" if num_parts == 1 else f"predict_part-{part_id}-of-{num_parts}.json"), model)
     stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written)
     try:
         run_pipeline(mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined)
@@ -327,6 +333,29 @@ def predict_cases(
     else:
         finished.unlink(missing_ok=True)  # an earlier interrupted run's list no longer holds
     return report
+
+
+def _record_settings(path: Path, model: Model) -> None:
+    """What this prediction ran with (written before the first case, atomically)."""
+    import json
+
+    import torch
+
+    from medp2p import __version__
+    from medp2p.device.precision import resolved_settings
+
+    o = model.options
+    settings = {
+        "model": str(model.path),
+        "task": model.task.name,
+        **resolved_settings(o.device, o.dtype, torch.channels_last if o.channels_last else torch.contiguous_format),
+        "batch_size": o.batch_size,
+        "tta": o.flip_tta,
+        "compiled": o.fixed_batch,
+        "medp2p": __version__,
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _write_finished(path: Path, report: PredictReport) -> None:

@@ -57,7 +57,14 @@ class Model:
         return self.plan.keys
 
 
-def load_model(path: str | Path, device: str = "auto", batch_size: int | None = None, compile: bool = False, tta: bool = False) -> Model:
+def load_model(
+    path: str | Path,
+    device: str = "auto",
+    batch_size: int | None = None,
+    compile: bool = False,
+    tta: bool = False,
+    precision: str | None = None,
+) -> Model:
     """Load a generator from a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
 
     The generator runs as :func:`~medp2p.models.inference.optimize_for_inference` rewrites it
@@ -67,6 +74,8 @@ def load_model(path: str | Path, device: str = "auto", batch_size: int | None = 
     one size, the last padded, so nothing is compiled again.
     ``tta``: average each slice's output with that of its left-right mirror image
     (:attr:`RunOptions.flip_tta`; twice the generator time).
+    ``precision``: ``auto``, ``fp32``, ``tf32``, ``bf16`` or ``fp16`` (CUDA only); None: the
+    run's ``train.precision`` (``auto``: bf16 autocast where the CPU or GPU has bf16 units).
 
     Example:
         >>> model = load_model("runs/mri2ct")
@@ -75,7 +84,7 @@ def load_model(path: str | Path, device: str = "auto", batch_size: int | None = 
     ckpt = load_checkpoint(path)
     generator, plan = generator_from_checkpoint(ckpt)
     dev = resolve_device(device)
-    dtype = resolve_precision(dev, plan.config.train.precision)
+    dtype = resolve_precision(dev, precision or plan.config.train.precision)
     layout = memory_format(dev, dtype, plan.config.train.channels_last)
     generator = generator.to(dev).to(memory_format=layout).eval()  # type: ignore[call-overload]  # torch's stub lacks memory_format
     # Inductor folds and fuses on its own; eager prediction gets the same rewrite by hand
