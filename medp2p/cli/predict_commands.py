@@ -224,3 +224,29 @@ def evaluate(
     for failure in report.failures:
         err.print(f"[bold red]failed:[/] {escape(failure['case'])}: {escape(failure['error'])}")
     raise typer.Exit(0 if report.ok else 1)
+
+
+@command
+def export(
+    model: Annotated[Path, typer.Option(metavar="RUN", help="A run folder (its best.pt, else last.pt) or a checkpoint file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.onnx", help="The ONNX file to write.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing FILE.onnx.")] = False,
+) -> None:
+    """Export a run's generator to ONNX (float32, batch norms folded, dynamic batch and slice sizes).
+
+    The preprocessing contract (task, channels, slice axis, spacing, windows, size multiple) and the
+    run's config go into the ONNX metadata; `medp2p predict --model FILE.onnx` runs it with
+    onnxruntime (`pip install 'medp2p[onnx]'`) through the same pipeline.
+    """
+    if out.suffix != ".onnx":
+        raise usage_error(f"{out}: the output must be a .onnx file")
+    if out.exists() and not overwrite:
+        raise usage_error(f"{out}: already exists; pass --overwrite to replace it")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise usage_error("export needs the onnx package: pip install 'medp2p[onnx]'") from None
+    from medp2p.infer.onnx import export_onnx
+
+    path = export_onnx(model, out)
+    err.print(f"wrote [bold]{escape(str(path))}[/]")

@@ -77,10 +77,16 @@ def load_model(
     ``precision``: ``auto``, ``fp32``, ``tf32``, ``bf16`` or ``fp16`` (CUDA only); None: the
     run's ``train.precision`` (``auto``: bf16 autocast where the CPU or GPU has bf16 units).
 
+    A ``.onnx`` file written by ``medp2p export`` runs with onnxruntime on the CPU, float32, with
+    the plan rebuilt from its metadata (the same preparation and decoding as the run); ``compile``
+    and a precision other than ``auto`` / ``fp32`` are refused for it.
+
     Example:
         >>> model = load_model("runs/mri2ct")
         >>> sct = predict_volume(model.generator, read_volume("mr.nii.gz"), model.prep, options=model.options)
     """
+    if str(path).endswith(".onnx"):
+        return _load_onnx(Path(path), device, batch_size, compile, tta, precision)
     ckpt = load_checkpoint(path)
     generator, plan = generator_from_checkpoint(ckpt)
     dev = resolve_device(device)
@@ -92,3 +98,23 @@ def load_model(
     options = RunOptions(dev, dtype, batch_size, layout == torch.channels_last, tta, fixed_batch=compile)  # one shape compiled
     profile = ckpt.get("data_profile") or {}
     return Model(generator, plan.for_model(), ckpt["path"], options, profile.get("source_is_ct"))
+
+
+def _load_onnx(path: Path, device: str, batch_size: int | None, compile: bool, tta: bool, precision: str | None) -> Model:
+    """An exported model: onnxruntime on the CPU in float32, the plan from the file's metadata."""
+    from medp2p.infer.checkpoint import plan_from_checkpoint
+    from medp2p.infer.onnx import OnnxGenerator, read_onnx_metadata
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such ONNX file")
+    if compile:
+        raise ValueError(f"{path}: --compile applies to torch models; an ONNX model runs with onnxruntime")
+    if precision not in (None, "auto", "fp32"):
+        raise ValueError(f"{path}: an ONNX model runs in float32 on the CPU; --precision {precision} applies to torch models")
+    if device not in ("auto", "cpu"):
+        raise ValueError(f"{path}: ONNX models run on the CPU here (onnxruntime's CPU provider); got --device {device}")
+    ckpt = read_onnx_metadata(path)
+    plan = plan_from_checkpoint(ckpt)
+    options = RunOptions(torch.device("cpu"), None, batch_size, False, tta)
+    profile = ckpt.get("data_profile") or {}
+    return Model(OnnxGenerator(path), plan.for_model(), str(path), options, profile.get("source_is_ct"))
