@@ -33,7 +33,7 @@ def test_demo_writes_everything_and_says_where(demo_out: Path) -> None:
         "demo.json",
     ):
         assert (demo_out / path).is_file(), path
-    assert sorted(p.name for p in (demo_out / "pred").iterdir()) == ["case_000", "case_001"]
+    assert sorted(p.name for p in (demo_out / "pred").iterdir()) == ["case_000", "case_001", "predict.json"]
     assert list((demo_out / "pred" / "case_000" / "sct_dicom").glob("*.dcm"))
     assert list((demo_out / "report").glob("case_*.png"))
     info = json.loads((demo_out / "demo.json").read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -336,26 +337,9 @@ def predict_cases(
 
 
 def _record_settings(path: Path, model: Model) -> None:
-    """What this prediction ran with (written before the first case, atomically)."""
-    import json
-
-    import torch
-
-    from medp2p import __version__
-    from medp2p.device.precision import resolved_settings
-
-    o = model.options
-    settings = {
-        "model": str(model.path),
-        "task": model.task.name,
-        **resolved_settings(o.device, o.dtype, torch.channels_last if o.channels_last else torch.contiguous_format),
-        "batch_size": o.batch_size,
-        "tta": o.flip_tta,
-        "compiled": o.fixed_batch,
-        "medp2p": __version__,
-    }
+    """What this prediction ran with (:meth:`Model.settings`), written before the first case, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        tmp.write_text(json.dumps(model.settings(), indent=2) + "\n")
 
 
 def _write_finished(path: Path, report: PredictReport) -> None:

@@ -36,6 +36,23 @@ class Model:
     options: RunOptions
     source_is_ct: bool | None = None
 
+    def settings(self) -> dict[str, object]:
+        """What predictions run with: the model, task, resolved device and precision, batch, TTA, versions (``predict.json``)."""
+        from medp2p import __version__
+        from medp2p.device.precision import resolved_settings
+
+        o = self.options
+        layout = torch.channels_last if o.channels_last else torch.contiguous_format
+        return {
+            "model": str(self.path),
+            "task": self.task.name,
+            **resolved_settings(o.device, o.dtype, layout),
+            "batch_size": o.batch_size,
+            "tta": o.flip_tta,
+            "compiled": o.fixed_batch,
+            "medp2p": __version__,
+        }
+
     @property
     def prep(self) -> Prep:
         """The preparation of whole slices the generator was trained for."""
