@@ -54,7 +54,7 @@ def main() -> None:
     torch.manual_seed(0)
     plan = build_plan(load_config(args.task, args.config))
     generator = plan.build_generator().eval()
-    channels = next(m for m in generator.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    channels = int(plan.generator.kwargs["in_channels"])
     x = torch.rand(args.batch, channels, args.size, args.size) * 2 - 1
     with tempfile.TemporaryDirectory() as tmp:
         path = export_generator(generator, plan, {"config": plan.config.to_dict()}, Path(tmp) / "g.onnx")

@@ -7,7 +7,6 @@ thread, so the figures depend only on the code and the CPU's kernels.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import tempfile
@@ -100,13 +99,8 @@ def cpu_kind() -> str:
     """
     import torch
 
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    units = " ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+    found = {"avx512_bf16": torch.cpu._is_avx512_bf16_supported(), "amx_bf16": torch.cpu._is_amx_tile_supported()}
+    units = " ".join(name for name, present in found.items() if present)
     return f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()} {units}".strip()
 
 

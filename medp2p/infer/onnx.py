@@ -21,6 +21,7 @@ onnxruntime is an optional extra (``pip install medp2p[onnx]``).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,6 @@ from medp2p.models.inference import fold_batch_norm
 CHECKPOINT_KEYS = ("version", "step", "config", "best", "data_profile")
 INPUT_NAME, OUTPUT_NAME = "slices", "output"
 OPSET = 17
-
-
-def _input_channels(generator: nn.Module) -> int:
-    first = next(m for m in generator.modules() if isinstance(m, nn.Conv2d))
-    return int(first.in_channels)
 
 
 def onnx_contract(plan: Any, channels: int) -> dict[str, Any]:
@@ -85,29 +81,26 @@ def export_generator(generator: nn.Module, plan: Any, checkpoint: dict[str, Any]
 
     generator = generator.float().eval()
     fold_batch_norm(generator)  # the exporter folds only norms right after a convolution node
-    channels = _input_channels(generator)
+    channels = int(plan.generator.kwargs["in_channels"])  # what the generator was built with
     m = plan.inference_prep.size_multiple
     side = max(m * 2, *plan.inference_prep.min_size)
     example = torch.zeros(2, channels, side, side)
     out = Path(out)
     dynamic = {0: "batch", 2: "height", 3: "width"}
     with atomic_path(out) as tmp:
-        with torch.inference_mode(False), torch.no_grad():
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-                torch.onnx.export(
-                    generator,
-                    (example,),
-                    str(tmp),
-                    dynamo=False,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
-                    opset_version=OPSET,
-                    do_constant_folding=True,
-                )
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(
+                generator,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
         proto = onnx.load(str(tmp))
         meta = {
             "medp2p.contract": json.dumps(onnx_contract(plan, channels)),

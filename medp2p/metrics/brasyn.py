@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medp2p.metrics.ssim import SLAB, Rows, Window, inner_box, masked_ssim_mean, rows_ptp
+from medp2p.metrics.ssim import SLAB, TORCHMETRICS_WINDOW, Rows, Window, inner_box, masked_ssim_mean, rows_ptp
 
 #: The percentiles each image is clipped to before scaling to [0, 1].
 BRASYN_PERCENTILES = (0.5, 99.5)
@@ -57,7 +57,7 @@ def brasyn_metrics(reference: np.ndarray, prediction: np.ndarray, tumor: np.ndar
     m = np.asarray(tumor) > 0
     depth = reference.shape[0]
     ref_b, pred_b = _own_bounds(reference), _own_bounds(prediction)
-    window = Window(sigma=1.5, sample_covariance=False, mode="mirror")
+    window = TORCHMETRICS_WINDOW
     radius = len(window.weights) // 2
     out = {}
     for name, inside in (("ssim_tumor", True), ("ssim_non_tumor", False)):

@@ -66,6 +66,12 @@ class Window:
         return int(len(self.weights) ** len(self.axes))
 
 
+#: torchmetrics' default SSIM window: Gaussian 11 taps (sigma 1.5), population variances, borders
+#: mirrored without repeating the edge voxel (torch's ``reflect`` padding). BraTS-Inpainting's
+#: deployed scorer and BraSyn use it.
+TORCHMETRICS_WINDOW = Window(sigma=1.5, sample_covariance=False, mode="mirror")
+
+
 def window_filter(image: np.ndarray, window: Window) -> np.ndarray:
     """``image`` filtered with the window along its axes (direct weighted sums, ``window.mode`` borders)."""
     w = window.weights

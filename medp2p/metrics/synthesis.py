@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
-from medp2p.metrics.ssim import SLAB, Rows, Window, inner_box, masked_ssim_mean, rows_ptp
+from medp2p.metrics.ssim import SLAB, TORCHMETRICS_WINDOW, Rows, Window, inner_box, masked_ssim_mean, rows_ptp
 
 #: SynthRAD2023's HU range for PSNR and SSIM.
 SYNTHRAD_HU_RANGE = (-1024.0, 3000.0)
@@ -204,7 +204,7 @@ def brats_inpainting_metrics(reference: np.ndarray, prediction: np.ndarray, mask
     ref, pred = image(reference), image(prediction)
     depth = reference.shape[0]
     data_range = max(rows_ptp(ref, depth), rows_ptp(pred, depth)) or 1.0
-    window = Window(sigma=1.5, sample_covariance=False, mode="mirror")
+    window = TORCHMETRICS_WINDOW
     ssim = masked_ssim_mean(ref, pred, lambda a, b: m[a:b], depth, data_range, window)
     ref_m, pred_m = _masked_values(ref, m), _masked_values(pred, m)
     mse = float(mean_squared_error(ref_m, pred_m))

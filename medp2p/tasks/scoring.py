@@ -57,8 +57,9 @@ def label_scoring(case: CaseVolumes, prediction: Volume, ctx: ScoreContext) -> S
     ref = _reference(case)
     reference = _kept(ref.array > 0, ctx)
     predicted = _kept(prediction.array > 0, ctx)
-    keep = ctx.keep > 0 if ctx.keep is not None else True
-    labels = (np.where(keep, ref.array, 0), np.where(keep, prediction.array, 0))
+    labels = (ref.array, prediction.array)
+    if ctx.keep is not None:
+        labels = (np.where(ctx.keep > 0, ref.array, 0), np.where(ctx.keep > 0, prediction.array, 0))
     return Scored(
         reference.astype(np.float32),
         predicted.astype(np.float32),
