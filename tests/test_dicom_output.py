@@ -139,7 +139,7 @@ def test_seg_dicom_from_nifti_fails_clearly(tiny_runs: dict, tiny_phantom: Path,
     result = runner.invoke(
         app, ["predict", "--model", str(tiny_runs["inpaint"]), "-i", str(tiny_phantom), "-o", str(tmp_path), "--format", "dicom"]
     )
-    assert result.exit_code == 2 and "use --format nifti" in result.output
+    assert result.exit_code == 2 and "the inpaint task has no dicom output" in result.output
 
 
 @pytest.mark.realdata

@@ -107,6 +107,6 @@ def tasks() -> None:
     for col in ("task", "what", "sources", "target", "writes", "metrics"):
         table.add_column(col)
     for t in TASKS.values():
-        writes = t.output_name + (f", {t.dicom.name}" if t.dicom is not None else "")
+        writes = ", ".join([t.output_name, *(o.name for o in t.dicom_outputs)])
         table.add_row(t.name, t.description, ", ".join(t.source_keys), t.target_key, writes, ", ".join(d.name for d in t.metrics))
     Console().print(table)

@@ -23,7 +23,12 @@ def predict(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT_DIR", help="Output folder: one <case>/ folder per case.")],
     fmt: Annotated[
-        str, typer.Option("--format", metavar="FORMAT", help="nifti, dicom (mri2ct: CT series; seg: DICOM SEG) or both.")
+        str,
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            help="nifti, dicom (mri2ct: CT series; seg: DICOM SEG), rtstruct (seg), both (nifti + dicom) or all.",
+        ),
     ] = "nifti",
     num_parts: Annotated[int, typer.Option(min=1, metavar="N", help="Split the cases into this many parts...")] = 1,
     part_id: Annotated[int, typer.Option(min=0, metavar="K", help="...and predict this one (0-based).")] = 0,

@@ -1,9 +1,9 @@
 """``medp2p predict``: a trained model over many inputs, each written beside nothing it should not touch.
 
 Per case: ``OUT_DIR/<case>/<the task's output name>`` (``sct.nii.gz``, ``mask.nii.gz``,
-``inpainted.nii.gz``, ``synth.nii.gz``) with the source's header; with ``--format dicom|both``
-also the task's DICOM output (``sct_dicom/``: a CT series; ``mask_seg.dcm``: a DICOM SEG). A case
-that fails is reported and the others go on.
+``inpainted.nii.gz``, ``synth.nii.gz``) with the source's header; with ``--format dicom|rtstruct|both|all``
+also the task's DICOM outputs (``sct_dicom/``: a CT series; ``mask_seg.dcm``: a DICOM SEG;
+``mask_rtstruct.dcm``: an RT Structure Set). A case that fails is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from medp2p.infer.volume import ModelInput, finish_prediction, prepare_input, ru
 from medp2p.io import VolumeWriteError, is_volume_file, write_nifti
 from medp2p.io.atomic import atomic_path, full_suffix
 from medp2p.tasks import Task
+from medp2p.tasks.task import FORMAT_KINDS, DicomOutput
 from medp2p.types import Volume
 
-FORMATS = ("nifti", "dicom", "both")
+FORMATS = tuple(FORMAT_KINDS)
 
 
 class OutputExistsError(FileExistsError):
@@ -147,8 +148,8 @@ class PreparedCase:
 
     case: dict[str, Any]
     case_dir: Path
-    nifti_path: Path
-    dicom_path: Path | None
+    nifti_path: Path | None
+    dicom: list[tuple[DicomOutput, Path]]
     planned: list[Path]
     inp: ModelInput
     dicom_source: Volume
@@ -165,9 +166,10 @@ def prepare_case(
     """
     task, prep = model.task, model.prep
     case_dir = _inside(out_dir, out_dir / safe_case_id(case["id"]))
-    nifti_path = case_dir / task.output_name
-    dicom_path = case_dir / task.dicom.name if task.dicom is not None and fmt in ("dicom", "both") else None
-    planned = ([nifti_path] if fmt in ("nifti", "both") else []) + ([dicom_path] if dicom_path else [])
+    with_nifti, outputs = task.outputs_for(fmt)
+    nifti_path = case_dir / task.output_name if with_nifti else None
+    dicom = [(o, case_dir / o.name) for o in outputs]
+    planned = ([nifti_path] if nifti_path else []) + [path for _, path in dicom]
     existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]}: already exists; pass --overwrite to replace it")
@@ -185,7 +187,7 @@ def prepare_case(
         sources = [voided, *sources[1:]] if sources else [voided]
         extras = [("voided.nii.gz", voided, np.float32), ("region.nii.gz", region, np.uint8)]
     inp = prepare_input(sources, prep, region)
-    return PreparedCase(case, case_dir, nifti_path, dicom_path, planned, inp, sources[0], extras)
+    return PreparedCase(case, case_dir, nifti_path, dicom, planned, inp, sources[0], extras)
 
 
 def write_case(model: Model, p: PreparedCase, out: torch.Tensor, fmt: str = "nifti", overwrite: bool = False) -> list[Path]:
@@ -201,19 +203,18 @@ def write_case(model: Model, p: PreparedCase, out: torch.Tensor, fmt: str = "nif
             f"{model.path}: the model produced {bad} NaN/Inf voxel(s) for case {p.case['id']!r} (its input had none); "
             "nothing was written: the checkpoint may have diverged (check its training losses)"
         )
-    task, case_dir = model.task, p.case_dir
+    case_dir = p.case_dir
     new_dir = not case_dir.exists()
     created_before = {q for q in p.planned + [case_dir / name for name, _, _ in p.extras] if q.exists()}
     written: list[Path] = []
     try:
         for name, vol, dtype in p.extras:
             written.append(write_nifti(vol, case_dir / name, dtype=dtype))
-        if fmt in ("nifti", "both"):
+        if p.nifti_path is not None:
             written.append(write_nifti(prediction, p.nifti_path, dtype=model.prep.codec.output_dtype))
-        if p.dicom_path is not None:
-            assert task.dicom is not None
-            task.dicom.write(prediction, p.dicom_path, p.dicom_source, f"medp2p {__version__}", overwrite)
-            written.append(p.dicom_path)
+        for output, path in p.dicom:
+            output.write(prediction, path, p.dicom_source, f"medp2p {__version__}", overwrite)
+            written.append(path)
     except BaseException:
         for path in written:
             if path not in created_before:
@@ -272,7 +273,9 @@ def predict_cases(
         model: a run folder, a checkpoint file, or a loaded :class:`Model`.
         inputs: volume files, DICOM series folders, or datasets.
         out_dir: where ``<case>/`` folders go.
-        fmt: ``nifti``, ``dicom`` or ``both`` (DICOM: mri2ct CT series, seg DICOM SEG).
+        fmt: ``nifti``, ``dicom``, ``rtstruct``, ``both`` (NIfTI and DICOM) or ``all`` (every
+            output the task has). DICOM: mri2ct a CT series, seg a DICOM SEG; ``rtstruct``: seg
+            an RT Structure Set.
         num_parts: split the sorted cases into this many parts...
         part_id: ...and predict this one (0-based).
         overwrite: replace existing outputs (refused otherwise, per case).
@@ -304,8 +307,7 @@ def predict_cases(
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile, tta, precision)
-    if fmt != "nifti" and model.task.dicom is None:
-        raise ValueError(f"--format {fmt}: the {model.task.name} task has no DICOM output; use --format nifti")
+    model.task.outputs_for(fmt)  # refuses a DICOM kind the task lacks before any case is read
     cases = resolve_inputs(inputs, model.task, model.prep, model.keys)
     mine = partition(cases, num_parts, part_id)
     if on_cases is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from medp2p.data.codecs import HU, MASK, MR_SOURCE, MR_TARGET
 from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
+from medp2p.io.rtstruct import write_rtstruct
 from medp2p.tasks.scoring import (
     BRASYN,
     BRASYN_BRAIN,
@@ -44,6 +45,10 @@ def _seg(prediction: Volume, path: Path, source: Volume, version: str, overwrite
     return write_dicom_seg(prediction, path, source, software_version=version)
 
 
+def _rtstruct(prediction: Volume, path: Path, source: Volume, version: str, overwrite: bool) -> Any:
+    return write_rtstruct(prediction, path, source, names={1: "Tumour"}, software_version=version)
+
+
 MRI2CT = Task(
     name="mri2ct",
     description="MRI -> synthetic CT in HU",
@@ -63,7 +68,7 @@ MRI2CT = Task(
         PanelSpec("CT (HU)", "reference", "hu"),
         PanelSpec("sCT - CT (HU)", "difference", "hu_diff", "coolwarm"),
     ),
-    dicom=DicomOutput("sct_dicom", _ct_series),
+    dicom_outputs=(DicomOutput("dicom", "sct_dicom", _ct_series),),
     mask_required=False,
 )
 SEG = Task(
@@ -85,7 +90,7 @@ SEG = Task(
         PanelSpec("reference mask", "reference", "unit"),
         PanelSpec("pred - ref", "difference", "signed_unit", "coolwarm"),
     ),
-    dicom=DicomOutput("mask_seg.dcm", _seg),
+    dicom_outputs=(DicomOutput("dicom", "mask_seg.dcm", _seg), DicomOutput("rtstruct", "mask_rtstruct.dcm", _rtstruct)),
 )
 INPAINT = Task(
     name="inpaint",

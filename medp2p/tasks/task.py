@@ -102,10 +102,24 @@ class MetricDefinition:
 
 @dataclass(frozen=True)
 class DicomOutput:
-    """A DICOM output: its name in the case folder and the writer ``(prediction, path, source, version) -> None``."""
+    """A DICOM output: the ``--format`` kind that asks for it, its name in the case folder, and the writer.
 
+    The writer is ``(prediction, path, source, version, overwrite) -> Any``.
+    """
+
+    kind: str
     name: str
     write: Callable[[Volume, Path, Volume, str, bool], Any]
+
+
+#: ``--format`` values and the output kinds each asks for (``all``: every kind the task has).
+FORMAT_KINDS: dict[str, frozenset[str]] = {
+    "nifti": frozenset({"nifti"}),
+    "dicom": frozenset({"dicom"}),
+    "rtstruct": frozenset({"rtstruct"}),
+    "both": frozenset({"nifti", "dicom"}),
+    "all": frozenset({"nifti", "dicom", "rtstruct"}),
+}
 
 
 @dataclass(frozen=True)
@@ -127,7 +141,7 @@ class Task:
         output_name: file name of a prediction, per case.
         scoring: ``(case, prediction, context) -> Scored``: what the metrics see.
         panels: the montage, as data (:class:`~medp2p.viz.PanelSpec`).
-        dicom: the DICOM output of ``--format dicom``, or None.
+        dicom_outputs: the DICOM outputs, one per ``--format`` kind (``dicom``, ``rtstruct``).
         region_key: inpainting: the case key of the region to fill at inference; a task with one
             gets the region as input channels, regions voided in training, and only the region
             replaced in its outputs.
@@ -159,7 +173,7 @@ class Task:
     output_name: str
     scoring: Callable[[CaseVolumes, Volume, ScoreContext], Scored]
     panels: tuple[PanelSpec, ...]
-    dicom: DicomOutput | None = None
+    dicom_outputs: tuple[DicomOutput, ...] = ()
     region_key: str | None = None
     voided_key: str | None = None
     mask_required: bool = True
@@ -167,6 +181,23 @@ class Task:
     target_is_source: bool = False
     validation_metrics: str | None = None
     scored_label_keys: tuple[str, ...] = ()
+
+    def outputs_for(self, fmt: str) -> tuple[bool, tuple[DicomOutput, ...]]:
+        """What ``--format fmt`` writes: (the NIfTI?, the DICOM outputs).
+
+        Raises:
+            ValueError: an unknown format, or one asking for a DICOM kind this task lacks
+                (``all`` asks only for what the task has).
+        """
+        if fmt not in FORMAT_KINDS:
+            raise ValueError(f"--format must be one of {', '.join(FORMAT_KINDS)}, got {fmt!r}")
+        kinds = FORMAT_KINDS[fmt]
+        has = {o.kind for o in self.dicom_outputs}
+        missing = sorted(kinds - has - {"nifti"}) if fmt != "all" else []
+        if missing:
+            offered = ", ".join(["nifti", *(o.kind for o in self.dicom_outputs)])
+            raise ValueError(f"--format {fmt}: the {self.name} task has no {missing[0]} output (it writes: {offered})")
+        return "nifti" in kinds, tuple(o for o in self.dicom_outputs if o.kind in kinds)
 
     @property
     def required_keys(self) -> tuple[str, ...]:
