@@ -97,16 +97,17 @@ def _slice_geometry(volume: Volume) -> list[dict[str, Any]]:
     return geo
 
 
-def _base_dataset(sop_uid: str) -> Dataset:
+def _base_dataset(sop_uid: str, sop_class: str = CTImageStorage, transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    """A new instance: its file meta, character set (UTF-8) and SOP class and instance UIDs."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = CTImageStorage
+    ds.SOPClassUID = UID(sop_class)
     ds.SOPInstanceUID = sop_uid
     return ds
 

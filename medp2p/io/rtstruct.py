@@ -27,12 +27,12 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from medp2p.io.atomic import atomic_path
-from medp2p.io.dicom_write import _PATIENT_STUDY, _TYPE2, _fmt_ds
+from medp2p.io.dicom_write import _PATIENT_STUDY, _TYPE2, _base_dataset, _fmt_ds
 from medp2p.io.errors import disk_full_cause, disk_full_error
 from medp2p.types import Volume
 
@@ -112,17 +112,8 @@ def write_rtstruct(
     now = datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTStructureSetStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
     # implicit VR: a long contour's ContourData passes 64 KiB, more than an explicit-VR DS element holds
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = RTStructureSetStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = _base_dataset(generate_uid(), RTStructureSetStorage, ImplicitVRLittleEndian)
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     for key in _PATIENT_STUDY:
         if key in ref:
