@@ -190,7 +190,7 @@ def prepare_case(
     return PreparedCase(case, case_dir, nifti_path, dicom, planned, inp, sources[0], extras)
 
 
-def write_case(model: Model, p: PreparedCase, out: torch.Tensor, fmt: str = "nifti", overwrite: bool = False) -> list[Path]:
+def write_case(model: Model, p: PreparedCase, out: torch.Tensor, overwrite: bool = False) -> list[Path]:
     """Take the generator's output back to the input's grid and write the case's outputs; returns the paths.
 
     An output with NaN/Inf voxels is never written. A failed (or interrupted) write removes what
@@ -241,7 +241,7 @@ def predict_case(
     p = prepare_case(model, case, out_dir, fmt, overwrite, options, force)
     out = run_slices(model.generator, p.inp.stack, p.inp.extra, model.prep, model.options)
     p.inp.release()
-    return write_case(model, p, out, fmt, overwrite)
+    return write_case(model, p, out, overwrite)
 
 
 def predict_cases(
@@ -375,7 +375,7 @@ class _CaseStages:
 
     def write(self, case: dict[str, Any], p: PreparedCase, out: torch.Tensor) -> list[Path]:
         with collected_warnings(str(case["id"])):
-            return write_case(self.model, p, out, self.fmt, self.overwrite)
+            return write_case(self.model, p, out, self.overwrite)
 
     def done(self, case: dict[str, Any], paths: list[Path]) -> None:
         cid = str(case["id"])

@@ -79,6 +79,24 @@ def _fmt_ds(values: np.ndarray | list[float]) -> list[str]:
     return out
 
 
+def _copy_patient_study(ds: Dataset, ref: Dataset | None) -> None:
+    """Copy the patient and study attributes of ``ref`` (the source slice) into ``ds``; absent type 2 ones empty."""
+    for key in _PATIENT_STUDY:
+        if ref is not None and key in ref:
+            setattr(ds, key, ref[key].value)
+    for key in _TYPE2:
+        if key not in ds:
+            setattr(ds, key, "")
+
+
+def _instance_ref(ref: Dataset) -> Dataset:
+    """An item referencing the instance ``ref`` (ReferencedSOPClassUID and ReferencedSOPInstanceUID)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = ref.SOPClassUID
+    item.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+    return item
+
+
 def _slice_geometry(volume: Volume) -> list[dict[str, Any]]:
     """Per slice k: ImagePositionPatient, ImageOrientationPatient, PixelSpacing (LPS, from the affine)."""
     origin, spacing, direction = itk_from_affine(volume.affine)
@@ -170,12 +188,7 @@ def write_ct_series(
         for k in range(sct.shape[2]):
             ds = _base_dataset(generate_uid())
             ref = src_ds[k] if src_ds is not None else None
-            for key in _PATIENT_STUDY:
-                if ref is not None and key in ref:
-                    setattr(ds, key, ref.data_element(key).value)
-            for key in _TYPE2:
-                if key not in ds:
-                    setattr(ds, key, "")
+            _copy_patient_study(ds, ref)
             if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
                 ds.StudyInstanceUID = study_uid
             if not ds.StudyDate:
@@ -203,18 +216,12 @@ def write_ct_series(
             if ref is not None:
                 for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
                     if key in ref:
-                        setattr(ds, key, ref.data_element(key).value)
-                src_item = Dataset()
-                src_item.ReferencedSOPClassUID = ref.SOPClassUID
-                src_item.ReferencedSOPInstanceUID = ref.SOPInstanceUID
-                ds.SourceImageSequence = Sequence([src_item])
+                        setattr(ds, key, ref[key].value)
+                ds.SourceImageSequence = Sequence([_instance_ref(ref)])
                 # Common Instance Reference: the MR series (same study) and the slice this came from
-                instance_item = Dataset()
-                instance_item.ReferencedSOPClassUID = ref.SOPClassUID
-                instance_item.ReferencedSOPInstanceUID = ref.SOPInstanceUID
                 series_item = Dataset()
                 series_item.SeriesInstanceUID = src_series_uid
-                series_item.ReferencedInstanceSequence = Sequence([instance_item])
+                series_item.ReferencedInstanceSequence = Sequence([_instance_ref(ref)])
                 ds.ReferencedSeriesSequence = Sequence([series_item])
             ds.PatientPosition = ref.get("PatientPosition", "") if ref is not None else ""
             ds.Laterality = ""

@@ -32,7 +32,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from medp2p.io.atomic import atomic_path
-from medp2p.io.dicom_write import _PATIENT_STUDY, _TYPE2, _base_dataset, _fmt_ds
+from medp2p.io.dicom_write import _base_dataset, _copy_patient_study, _fmt_ds, _instance_ref
 from medp2p.io.errors import disk_full_cause, disk_full_error
 from medp2p.types import Volume
 
@@ -103,8 +103,7 @@ def write_rtstruct(
     if len(src_ds) != labels.shape[2] or labels.shape != source.shape:
         raise ValueError(f"{path}: the label map's grid {labels.shape} is not the source series' {source.shape}")
     values = np.rint(labels.array).astype(np.int64)
-    present = sorted(int(v) for v in np.unique(values) if v > 0)
-    rois = sorted(set(present) | set(names or {}))
+    rois = sorted({int(v) for v in np.unique(values) if v > 0} | set(names or {}))
     ref = src_ds[0]
     frame_uid = str(ref.get("FrameOfReferenceUID") or "")
     if not frame_uid:
@@ -115,12 +114,7 @@ def write_rtstruct(
     # implicit VR: a long contour's ContourData passes 64 KiB, more than an explicit-VR DS element holds
     ds = _base_dataset(generate_uid(), RTStructureSetStorage, ImplicitVRLittleEndian)
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    for key in _PATIENT_STUDY:
-        if key in ref:
-            setattr(ds, key, ref.data_element(key).value)
-    for key in _TYPE2:
-        if key not in ds:
-            setattr(ds, key, "")
+    _copy_patient_study(ds, ref)
     # RT Series, General Equipment, Frame of Reference
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = generate_uid()
@@ -138,14 +132,9 @@ def write_rtstruct(
     ds.StructureSetName = "predicted"
     ds.StructureSetDate, ds.StructureSetTime = date, time
     ds.InstanceNumber = 1
-    images = []
-    for s in src_ds:
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = s.SOPClassUID, s.SOPInstanceUID
-        images.append(item)
     series_item = Dataset()
     series_item.SeriesInstanceUID = ref.SeriesInstanceUID
-    series_item.ContourImageSequence = Sequence(images)
+    series_item.ContourImageSequence = Sequence([_instance_ref(s) for s in src_ds])
     study_item = Dataset()
     study_item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, as the standard keeps it here)
     study_item.ReferencedSOPInstanceUID = ref.StudyInstanceUID
@@ -173,9 +162,7 @@ def write_rtstruct(
                 continue
             for ij in slice_contours(plane):
                 contour = Dataset()
-                image = Dataset()
-                image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = src_ds[k].SOPClassUID, src_ds[k].SOPInstanceUID
-                contour.ContourImageSequence = Sequence([image])
+                contour.ContourImageSequence = Sequence([_instance_ref(src_ds[k])])
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 contour.NumberOfContourPoints = len(ij)
                 contour.ContourNumber = len(contours) + 1
