@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from medp2p.data import PhantomSpec, write_phantom
+from medp2p.io import read_volume, write_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDP2P_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
@@ -62,6 +64,28 @@ def tiny_runs(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         cfg = load_config(task, ROOT / "configs" / "tiny.yaml", ["data.val_cases=1"])
         runs[task] = train(cfg, tiny_phantom, root / task, stop_step=2, progress=False).run_dir
     return runs
+
+
+@pytest.fixture(scope="session")
+def contrasts(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mr2mr data: the phantom's MR as the source and an inverted, rescaled contrast of it as the target (a T2 to its T1)."""
+    root = tmp_path_factory.mktemp("mr2mr")
+    cases = []
+    for cid in ("case_000", "case_001", "case_002"):
+        mr = read_volume(tiny_phantom / cid / "mr.nii.gz")
+        body = read_volume(tiny_phantom / cid / "mask.nii.gz").array > 0
+        target = np.where(body, 3000.0 - 2.5 * mr.array, 0.0).astype(np.float32)
+        write_nifti(mr.with_array(target), root / cid / "t2.nii.gz")
+        cases.append(
+            {
+                "id": cid,
+                "mr": str(tiny_phantom / cid / "mr.nii.gz"),
+                "target": str(root / cid / "t2.nii.gz"),
+                "mask": str(tiny_phantom / cid / "mask.nii.gz"),
+            }
+        )
+    (root / "list.json").write_text(json.dumps({"training": cases[:2], "validation": cases[2:]}))
+    return root
 
 
 def torchrun(*args: str, cwd: Path, entry: str | Path | None = None) -> subprocess.CompletedProcess:

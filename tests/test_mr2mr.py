@@ -29,28 +29,6 @@ runner = CliRunner()
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
-@pytest.fixture(scope="module")
-def contrasts(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The phantom's MR as the source and an inverted, rescaled contrast of it as the target (a T2 to its T1)."""
-    root = tmp_path_factory.mktemp("mr2mr")
-    cases = []
-    for cid in ("case_000", "case_001", "case_002"):
-        mr = read_volume(tiny_phantom / cid / "mr.nii.gz")
-        body = read_volume(tiny_phantom / cid / "mask.nii.gz").array > 0
-        target = np.where(body, 3000.0 - 2.5 * mr.array, 0.0).astype(np.float32)
-        write_nifti(mr.with_array(target), root / cid / "t2.nii.gz")
-        cases.append(
-            {
-                "id": cid,
-                "mr": str(tiny_phantom / cid / "mr.nii.gz"),
-                "target": str(root / cid / "t2.nii.gz"),
-                "mask": str(tiny_phantom / cid / "mask.nii.gz"),
-            }
-        )
-    (root / "list.json").write_text(json.dumps({"training": cases[:2], "validation": cases[2:]}))
-    return root
-
-
 def test_mr2mr_is_a_registered_value_with_its_own_codec_and_metric() -> None:
     assert TASKS["mr2mr"] is MR2MR and MR2MR.output_name == "synth.nii.gz"
     assert MR2MR.codec.fits_window and MR2MR.definition().name == "brasyn" and MR2MR.metric_names == ("ssim_tumor", "ssim_non_tumor")

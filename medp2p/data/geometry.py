@@ -53,6 +53,18 @@ def canonical_orientation(affine: np.ndarray) -> tuple[tuple[int, int, int], tup
     return tuple(perm), flips  # type: ignore[return-value]
 
 
+def to_canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``array`` with its axes permuted and flipped to RAS+ order (no resampling), for pictures.
+
+    Example:
+        >>> to_canonical(np.arange(6).reshape(1, 2, 3), np.diag([1.0, -1.0, 1.0, 1.0]))[0, :, 0]
+        array([3, 0])
+    """
+    perm, flips = canonical_orientation(affine)
+    out = np.transpose(array, perm)
+    return np.flip(out, axis=tuple(w for w in range(3) if flips[w])) if any(flips) else out
+
+
 def _index_map(perm: tuple[int, ...], flips: tuple[bool, ...], shape: tuple[int, ...]) -> np.ndarray:
     """4x4 matrix taking a canonical voxel index to the original voxel index."""
     t = np.zeros((4, 4))

@@ -224,7 +224,7 @@ def evaluate(
         report.rows.append({"case": cid, **values})
         if montage is not None:
             written[cid] = montage
-    _write_report(out, plan, report, slab, written, definition.name)
+    _write_report(out, plan, report, slab, written, definition.name, seed)
     return report
 
 
@@ -294,7 +294,7 @@ def _one_thread() -> None:
 
 
 def _write_report(
-    out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: dict[str, str], metrics: str | None = None
+    out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: dict[str, str], metrics: str | None = None, seed: int = 1234
 ) -> None:
     definition = plan.task.definition(metrics)
     names = list(definition.columns)
@@ -306,7 +306,8 @@ def _write_report(
         for row in report.rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in ("case", *names)})
     report.summary = {
-        "task": plan.task.name, "cases": len(report.rows), "metrics": _summary(report.rows, names),
+        "task": plan.task.name, "target_key": plan.keys.target, "seed": seed,
+        "cases": len(report.rows), "metrics": _summary(report.rows, names),
         "missing": report.missing, "failures": report.failures, "metric_definition": definition.name,
         "definitions": definition.description, "definition_source": definition.source,
         "slab": None if slab is None else {"axis": slab[0], "slice_range": list(slab[1])},

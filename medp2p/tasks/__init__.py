@@ -34,7 +34,7 @@ from medp2p.tasks.scoring import (
 )
 from medp2p.tasks.task import DicomOutput, LossWeights, MetricDefinition, ScoreContext, Scored, Task
 from medp2p.types import Volume
-from medp2p.viz import PanelSpec
+from medp2p.viz import PanelSpec, ReviewSpec
 
 
 def _ct_series(prediction: Volume, path: Path, source: Volume, version: str, overwrite: bool) -> Any:
@@ -68,6 +68,7 @@ MRI2CT = Task(
         PanelSpec("CT (HU)", "reference", "hu"),
         PanelSpec("sCT - CT (HU)", "difference", "hu_diff", "coolwarm"),
     ),
+    review=ReviewSpec("body", "hu"),
     dicom_outputs=(DicomOutput("dicom", "sct_dicom", _ct_series),),
     mask_required=False,
 )
@@ -90,6 +91,7 @@ SEG = Task(
         PanelSpec("reference mask", "reference", "unit"),
         PanelSpec("pred - ref", "difference", "signed_unit", "coolwarm"),
     ),
+    review=ReviewSpec("reference mask", "area", contours=True),
     dicom_outputs=(DicomOutput("dicom", "mask_seg.dcm", _seg), DicomOutput("rtstruct", "mask_rtstruct.dcm", _rtstruct)),
 )
 INPAINT = Task(
@@ -111,6 +113,7 @@ INPAINT = Task(
         PanelSpec("reference", "reference", "reference"),
         PanelSpec("inpainted - reference", "difference", "reference_diff", "coolwarm"),
     ),
+    review=ReviewSpec("inpainting region", "intensity"),
     region_key="region",
     voided_key="voided",
     scored_region_keys=("region_healthy",),
@@ -137,6 +140,7 @@ MR2MR = Task(
         PanelSpec("reference", "reference", "own"),
         PanelSpec("synthetic - reference (each 0.5..99.5 %ile -> [0, 1])", "scaled_difference", "signed_half", "coolwarm"),
     ),
+    review=ReviewSpec("brain mask", "intensity"),
     mask_required=False,
 )
 

@@ -45,7 +45,7 @@ def body_scoring(case: CaseVolumes, prediction: Volume, ctx: ScoreContext) -> Sc
     """Synthetic CT: inside the case's body mask, or (without one) reference CT > -500 HU."""
     ref = _reference(case)
     mask = case.mask.array > 0 if case.mask is not None else ct_body(ref.array)
-    return Scored(ref.array, prediction.array, _source(case, ref), _kept(mask, ctx), spacing_mm=ref.spacing_mm)
+    return Scored(ref.array, prediction.array, _source(case, ref), _kept(mask, ctx), spacing_mm=ref.spacing_mm, affine=ref.affine)
 
 
 def label_scoring(case: CaseVolumes, prediction: Volume, ctx: ScoreContext) -> Scored:
@@ -66,6 +66,7 @@ def label_scoring(case: CaseVolumes, prediction: Volume, ctx: ScoreContext) -> S
         _source(case, ref),
         reference,
         spacing_mm=ref.spacing_mm,
+        affine=ref.affine,
         labels=labels,
         regions=ctx.regions,
     )
@@ -92,7 +93,7 @@ def region_scoring(case: CaseVolumes, prediction: Volume, ctx: ScoreContext) -> 
             raise ValueError(
                 f"{used}: the prediction was made with another region than seed {ctx.seed} gives; pass the seed it used (--seed)"
             )
-    return Scored(ref.array, prediction.array, voided, _kept(region > 0, ctx), voided=voided, spacing_mm=ref.spacing_mm)
+    return Scored(ref.array, prediction.array, voided, _kept(region > 0, ctx), voided=voided, spacing_mm=ref.spacing_mm, affine=ref.affine)
 
 
 def brain_scoring(case: CaseVolumes, prediction: Volume, ctx: ScoreContext) -> Scored:
@@ -109,6 +110,7 @@ def brain_scoring(case: CaseVolumes, prediction: Volume, ctx: ScoreContext) -> S
         _source(case, ref),
         _kept(mask, ctx),
         spacing_mm=ref.spacing_mm,
+        affine=ref.affine,
         tumor=None if tumor is None else _kept(tumor.array > 0, ctx),
     )
 

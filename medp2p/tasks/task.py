@@ -16,7 +16,7 @@ import numpy as np
 from medp2p.data.case_reader import CaseKeys, CaseVolumes
 from medp2p.data.codecs import TargetCodec
 from medp2p.types import Volume
-from medp2p.viz import PanelSpec
+from medp2p.viz import PanelSpec, ReviewSpec
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class Scored:
         regions: masks: the label regions declared with the data (``{"WT": (1, 2, 3), ...}``).
         tumor: mr2mr: the case's tumour segmentation (labels > 0), when it has one (BraSyn
             splits its SSIM by it).
+        affine: the reference's voxel-to-world (RAS+) matrix, for pictures in a canonical
+            orientation (None: the arrays' own axes).
     """
 
     reference: np.ndarray
@@ -57,6 +59,7 @@ class Scored:
     labels: tuple[np.ndarray, np.ndarray] | None = None
     regions: dict[str, tuple[int, ...]] | None = None
     tumor: np.ndarray | None = None
+    affine: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class Task:
         output_name: file name of a prediction, per case.
         scoring: ``(case, prediction, context) -> Scored``: what the metrics see.
         panels: the montage, as data (:class:`~medp2p.viz.PanelSpec`).
+        review: what the review notebook adds to the panels (:class:`~medp2p.viz.ReviewSpec`:
+            the outline's name, contours, which histogram).
         dicom_outputs: the DICOM outputs, one per ``--format`` kind (``dicom``, ``rtstruct``).
         region_key: inpainting: the case key of the region to fill at inference; a task with one
             gets the region as input channels, regions voided in training, and only the region
@@ -173,6 +178,7 @@ class Task:
     output_name: str
     scoring: Callable[[CaseVolumes, Volume, ScoreContext], Scored]
     panels: tuple[PanelSpec, ...]
+    review: ReviewSpec = ReviewSpec("scored mask", "intensity")
     dicom_outputs: tuple[DicomOutput, ...] = ()
     region_key: str | None = None
     voided_key: str | None = None

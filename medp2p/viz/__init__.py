@@ -2,6 +2,8 @@
 
 A task describes its montage as :class:`PanelSpec` values (what to show, in which window);
 :func:`draw_panels` turns them into images, for training previews and evaluation montages alike.
+A :class:`ReviewSpec` says what the review notebook adds (:mod:`medp2p.viz.review`: three planes
+at true aspect, a strip of slices, a slice browser, histograms).
 
 Example:
     >>> from medp2p.viz import PanelSpec, draw_panels
@@ -20,12 +22,15 @@ from medp2p.viz.panels import (
     panel_images,
     save_preview,
 )
+from medp2p.viz.review import ReviewSpec, ReviewVolumes
 
 __all__ = [
     "HU_DIFF_DISPLAY",
     "HU_DISPLAY",
     "Panel",
     "PanelSpec",
+    "ReviewSpec",
+    "ReviewVolumes",
     "display_window",
     "draw_panels",
     "middle_slice",

@@ -96,27 +96,28 @@ def _own_scale(volume: np.ndarray, image: np.ndarray) -> np.ndarray:
     return scaled
 
 
-def panel_images(arrays: dict[str, np.ndarray], z: int) -> dict[str, np.ndarray]:
-    """Slice ``z`` (last axis) of each volume in ``arrays``, plus the two differences of ``IMAGES``."""
-    out = {k: v[:, :, z] for k, v in arrays.items()}
+def panel_images(arrays: dict[str, np.ndarray], z: int, axis: int = 2) -> dict[str, np.ndarray]:
+    """Slice ``z`` along ``axis`` (default the last) of each volume in ``arrays``, plus the two differences of ``IMAGES``."""
+    out = {k: np.take(v, z, axis=axis) for k, v in arrays.items()}
     if "prediction" in out and "reference" in out:
         out["difference"] = out["prediction"] - out["reference"]
         out["scaled_difference"] = _own_scale(arrays["prediction"], out["prediction"]) - _own_scale(arrays["reference"], out["reference"])
     return out
 
 
-def draw_panels(specs: tuple[PanelSpec, ...] | list[PanelSpec], arrays: dict[str, np.ndarray], z: int) -> list[Panel]:
+def draw_panels(specs: tuple[PanelSpec, ...] | list[PanelSpec], arrays: dict[str, np.ndarray], z: int, axis: int = 2) -> list[Panel]:
     """The panels ``specs`` describe, at slice ``z`` of the ``(X, Y, Z)`` volumes in ``arrays``.
 
     Args:
         specs: a task's montage.
         arrays: ``source``, ``prediction``, ``reference`` volumes (those the specs name).
         z: the slice shown.
+        axis: the axis ``z`` runs along (2: axial slices of a canonical volume).
 
     Example:
         >>> panels = draw_panels(task.panels, {"source": mr, "prediction": sct, "reference": ct}, z=40)
     """
-    images = panel_images(arrays, z)
+    images = panel_images(arrays, z, axis)
     reference = arrays.get("reference")
     return [(s.label, images[s.image], _window(s.window, images[s.image], reference), s.cmap) for s in specs]
 
