@@ -221,7 +221,9 @@ def histograms(vols: ReviewVolumes, spec: ReviewSpec, title: str = "") -> Any:
         axes[0, 0].set_title(f"values inside the {spec.outline}", fontsize=9)
         error = pred - ref
         span = float(np.percentile(np.abs(error), 99.5)) if error.size else 1.0
-        _hist_pair(axes[0, 1], {"prediction - reference": error}, np.linspace(-span, span, 100) if span > 0 else np.linspace(-1, 1, 3), unit)
+        _hist_pair(
+            axes[0, 1], {"prediction - reference": error}, np.linspace(-span, span, 100) if span > 0 else np.linspace(-1, 1, 3), unit
+        )
         axes[0, 1].axvline(0.0, color="k", linewidth=0.6)
         mae = float(np.abs(error).mean()) if error.size else float("nan")
         axes[0, 1].set_title(f"error inside the {spec.outline}: mean |error| {mae:.4g}", fontsize=9)
