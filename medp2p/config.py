@@ -47,6 +47,11 @@ class DataConfig(_Section):
     empty_slice_weight: float = Field(0.05, ge=0, le=1)  # sampling weight of slices without body
     slice_range: tuple[float, float] | None = None  # train on this fraction of the slicing axis
     val_cases: int = Field(0, ge=0)  # hold out this many training cases when no validation data
+    # K-fold cross-validation by case (nnU-Net's splits): train fold `fold` of `folds`, validate on
+    # the held-out fold unless validation data is given; RUN/splits.json lists every fold
+    folds: int | None = Field(None, ge=2)
+    fold: int = Field(0, ge=0)
+    fold_seed: int = 12345
     # processes building the case store, and DataLoader workers drawing (and, on a CPU, augmenting)
     # batches ahead of the step; 0: both in the training process (the same batches either way)
     num_workers: int = Field(0, ge=0)
@@ -67,6 +72,8 @@ class DataConfig(_Section):
             raise ValueError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {self.mr_percentiles}")
         if self.slice_range is not None:
             check_slice_range(self.slice_range)
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"fold must be below folds ({self.folds}), got {self.fold}")
         if self.source_channels is not None:
             if any(n < 1 for n in self.source_channels):
                 raise ValueError(f"source_channels must be positive counts, got {self.source_channels}")

@@ -16,7 +16,13 @@ from medp2p.cli.app import AffineFrom, SeriesUid, command, err, read_options_of,
 @command
 def predict(
     model: Annotated[
-        Path, typer.Option("--model", metavar="RUN_DIR", help="A run folder (uses best.pt, else last.pt) or a checkpoint file.")
+        list[Path],
+        typer.Option(
+            "--model",
+            metavar="RUN_DIR",
+            help="A run folder (uses best.pt, else last.pt), a checkpoint or an exported .onnx file; repeat for an ensemble "
+            "(outputs averaged after each member's own decoding; members must share task, target and input rules).",
+        ),
     ],
     inputs: Annotated[
         list[Path], typer.Option("--input", "-i", metavar="INPUT", help="A volume file, a DICOM series folder, or a dataset (repeatable).")
@@ -60,6 +66,23 @@ def predict(
             "--pipeline/--no-pipeline", help="Read the next case and write the last while the model runs on this one (at most 3 in flight)."
         ),
     ] = True,
+    uncertainty: Annotated[
+        bool,
+        typer.Option(
+            "--uncertainty",
+            help="Also write voxelwise uncertainty beside each output (<output>_std.nii.gz; seg: mask_prob, mask_entropy) and "
+            "uncertainty.json: the spread across ensemble members x test-time passes (mirror, 4 shifts, MC dropout).",
+        ),
+    ] = False,
+    tta_shift: Annotated[
+        int | None,
+        typer.Option(
+            min=0, metavar="V", help="In-plane shift of the shifted passes, whole voxels (default 2 with --uncertainty; 0: none)."
+        ),
+    ] = None,
+    mc_samples: Annotated[
+        int, typer.Option(min=0, metavar="N", help="MC-dropout passes per member (the generator needs dropout layers).")
+    ] = 0,
     precision: Annotated[
         str | None,
         typer.Option(
@@ -117,6 +140,9 @@ def predict(
                 read_options=read_options_of(affine_from, series_uid),
                 force=force,
                 pipelined=pipeline,
+                uncertainty=uncertainty,
+                tta_shift=tta_shift,
+                mc_samples=mc_samples,
                 on_written=written,
                 on_cases=lambda n: progress.update(bar, total=n),
             )

@@ -47,6 +47,13 @@ def train(
     cache_dir: Annotated[
         Path | None, typer.Option(metavar="DIR", help="Where the case store goes (default $MEDP2P_CACHE, else RUN_DIR/../cache).")
     ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(min=2, metavar="K", help="K-fold cross-validation by case (nnU-Net's splits, RUN/splits.json): train one fold..."),
+    ] = None,
+    fold: Annotated[
+        int | None, typer.Option(min=0, metavar="I", help="...this one (0-based; default 0); --val-data defaults to its held-out cases.")
+    ] = None,
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
 ) -> None:
@@ -62,12 +69,17 @@ def train(
         raise usage_error(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     cfg = None
     if resume:
-        if config is not None or set_ or task is not None or seed is not None:
-            raise usage_error("--resume continues with the run's own config; drop --config, --set, --task and --seed")
+        if config is not None or set_ or task is not None or seed is not None or folds is not None or fold is not None:
+            raise usage_error("--resume continues with the run's own config; drop --config, --set, --task, --seed, --folds and --fold")
     else:
         if data is None:
             raise usage_error("--data is required (unless --resume)")
+        if fold is not None and folds is None:
+            raise usage_error("--fold needs --folds K")
+        if folds is not None and fold is not None and fold >= folds:
+            raise usage_error(f"--fold must be below --folds ({folds}), got {fold}")
         overrides = list(set_ or []) + ([f"train.seed={seed}"] if seed is not None else [])
+        overrides += [f"data.folds={folds}", f"data.fold={fold or 0}"] if folds is not None else []
         cfg = load_config(task, config, overrides)
 
     def on_timing(step_s: float, total: int) -> None:

@@ -40,6 +40,7 @@ class TargetCodec:
         output_dtype: the dtype predictions are written in.
         labels: the target is a label map (its values are checked as labels, kept by nearest
             neighbour, averaged as probabilities).
+        units: what decoded values are in (uncertainty maps are in the same units).
     """
 
     name: str
@@ -49,6 +50,7 @@ class TargetCodec:
     logits: bool = False
     output_dtype: type = np.float32
     labels: bool = False
+    units: str = "intensity (the output's scale)"
 
     @property
     def fits_window(self) -> bool:
@@ -66,6 +68,16 @@ class TargetCodec:
     ) -> np.ndarray:
         """A ``(D, H, W)`` model-space output back on the input's grid, in the target's units."""
         raise NotImplementedError
+
+    def decode_soft(
+        self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None
+    ) -> np.ndarray:
+        """:meth:`decode` before its last rounding: what ensembles and TTA passes average (masks: probabilities)."""
+        return self.decode(out, grid, source_windows, target_window)
+
+    def harden(self, soft: np.ndarray) -> np.ndarray:
+        """The output :meth:`decode` gives from an (averaged) :meth:`decode_soft` value (masks: probability > 0.5)."""
+        return soft
 
     def body_from_target(self, target: np.ndarray) -> np.ndarray | None:
         """The loss/metric mask of a case that has none, from its target (a CT's body); None if no rule."""
@@ -103,8 +115,15 @@ class _Mask(TargetCodec):
     def decode(
         self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None
     ) -> np.ndarray:
-        prob = from_model_space(torch.sigmoid(out), grid)
-        return (prob > 0.5).astype(np.float32)
+        return self.harden(self.decode_soft(out, grid, source_windows, target_window))
+
+    def decode_soft(
+        self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None
+    ) -> np.ndarray:
+        return from_model_space(torch.sigmoid(out), grid)
+
+    def harden(self, soft: np.ndarray) -> np.ndarray:
+        return (soft > 0.5).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -136,10 +155,17 @@ class _MR(TargetCodec):
 
 
 #: A CT in HU: [-1024, 3000] HU <-> [-1, 1]; a case without a body mask gets CT > -500 HU.
-HU: TargetCodec = _HU("hu")
+HU: TargetCodec = _HU("hu", units="HU")
 #: 0/1 labels (values > 0), nearest-neighbour resampling, logits out, uint8 on disk.
 MASK: TargetCodec = _Mask(
-    "mask", interpolation="nearest", pad_value=0.0, final_activation="none", logits=True, output_dtype=np.uint8, labels=True
+    "mask",
+    interpolation="nearest",
+    pad_value=0.0,
+    final_activation="none",
+    logits=True,
+    output_dtype=np.uint8,
+    labels=True,
+    units="foreground probability",
 )
 #: The source image itself (inpainting): the first source's percentile window.
 MR_SOURCE: TargetCodec = _MR("mr", window="source")

@@ -12,7 +12,7 @@ import contextlib
 import csv
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,11 @@ from medp2p.eval.html import HTML_NAME, write_report_page
 from medp2p.eval.montage import case_montage
 from medp2p.io import read_volume
 from medp2p.io.atomic import atomic_path, remove_outputs
+from medp2p.metrics.uncertainty import calibration_metrics
 from medp2p.plan import Plan, build_plan
 from medp2p.tasks import ScoreContext, Scored
 from medp2p.types import Volume
+from medp2p.viz.calibration import save_calibration_plot
 
 
 @dataclass
@@ -73,6 +75,17 @@ class ReportExistsError(FileExistsError):
 
 #: What a report folder holds besides one montage PNG per case (listed in ``summary.json``).
 REPORT_FILES = ("metrics.csv", "summary.json", HTML_NAME)
+#: A case's calibration plot: ``<case>_uncertainty.png``.
+UNCERTAINTY_PLOT = "_uncertainty.png"
+#: What the calibration columns mean (``summary.json``'s ``calibration``, the HTML report).
+CALIBRATION = (
+    "Where the prediction folder holds an uncertainty map (predict --uncertainty: <output>_std.nii.gz; masks: "
+    "mask_entropy.nii.gz), inside the scored mask (masks: reference, prediction and voxels with entropy > 0.01 bit): "
+    "spearman = Spearman rank correlation of uncertainty and |prediction - reference|; top10_error_ratio = mean "
+    "error of the 10% most uncertain voxels / mean error; ause = area under the sparsification error curve "
+    "(Ilg et al. 2018): mean error left after removing the most uncertain fraction f minus that after removing "
+    "the largest errors first, both over the mean error, integrated over f = 0..0.99 (0: a perfect ranking)."
+)
 
 
 def _prepare_report_dir(out: Path, overwrite: bool) -> None:
@@ -82,8 +95,9 @@ def _prepare_report_dir(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise ReportExistsError(f"{out}: already holds files; pass --overwrite to replace the report (only its own files are removed)")
     montages: list[str] = []
-    with contextlib.suppress(OSError, ValueError):
-        montages = [str(m) for m in json.loads((out / "summary.json").read_text()).get("montages", [])]
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        old = json.loads((out / "summary.json").read_text())
+        montages = [str(m) for m in (*old.get("montages", []), *(old.get("uncertainty_plots") or {}).values())]
     remove_outputs(out, (*REPORT_FILES, *(Path(m).name for m in montages)))
 
 
@@ -127,7 +141,30 @@ def evaluate_case(
     definition = task.definition(metrics)
     regions = declared_regions(datalist)
     scored = task.scoring(volumes, pred, ScoreContext(keep=keep, regions=regions, seed=seed, prediction_dir=pred_dir))
-    return definition.compute(scored), scored
+    values = definition.compute(scored)
+    uncertainty = pred_dir / task.uncertainty_names[-1]
+    if uncertainty.exists():
+        u = _read_prediction(uncertainty, reference, options).array
+        domain = calibration_domain(scored, u, keep)
+        values.update(calibration_metrics(u, np.abs(scored.prediction - scored.reference), domain))
+        scored = replace(scored, uncertainty=u, calibration_mask=domain)
+    return values, scored
+
+
+#: Masks: an uncertainty (entropy, bits) above this marks a voxel the models were unsure of.
+UNSURE_BITS = 0.01
+
+
+def calibration_domain(scored: Scored, uncertainty: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """Where an uncertainty map is checked against the error: the scored mask (body, region, brain).
+
+    Masks (their scored mask is the reference): the reference, the prediction, and every voxel
+    whose entropy exceeds :data:`UNSURE_BITS`, within the scored slab.
+    """
+    if scored.labels is None:
+        return np.ones(scored.reference.shape, bool) if scored.mask is None else scored.mask > 0
+    domain = (scored.reference > 0) | (scored.prediction > 0) | (uncertainty > UNSURE_BITS)
+    return domain & (keep > 0) if keep is not None else domain
 
 
 def declared_regions(datalist: dict[str, Any] | None) -> dict[str, tuple[int, ...]] | None:
@@ -217,14 +254,17 @@ def evaluate(
     if not matched:
         raise DataLayoutError(f"{pred}: no prediction matches a case of {ref} (expected <case>/{spec.output_name})")
     jobs = [_CaseJob(plan, case, pred, out, seed, slab, datalist, read_options, montages, definition.name) for case in matched]
-    for cid, values, montage, error in _score_all(jobs, workers, on_case):
+    plots: dict[str, str] = {}
+    for cid, values, (montage, plot), error in _score_all(jobs, workers, on_case):
         if error is not None:
             report.failures.append({"case": cid, "error": error})
             continue
         report.rows.append({"case": cid, **values})
         if montage is not None:
             written[cid] = montage
-    _write_report(out, plan, report, slab, written, definition.name, seed)
+        if plot is not None:
+            plots[cid] = plot
+    _write_report(out, plan, report, slab, written, definition.name, seed, plots)
     return report
 
 
@@ -248,8 +288,8 @@ class _CaseJob:
         return str(self.case["id"])
 
 
-#: ``(case id, metrics, montage file name or None, error text or None)``.
-_CaseResult = tuple[str, dict[str, float], str | None, str | None]
+#: ``(case id, metrics, [montage, uncertainty plot] file names (None: not drawn), error text or None)``.
+_CaseResult = tuple[str, dict[str, float], list[str | None], str | None]
 
 
 def _score(job: _CaseJob) -> _CaseResult:
@@ -262,9 +302,14 @@ def _score(job: _CaseJob) -> _CaseResult:
         definition = job.plan.task.definition(job.metrics)
         path = job.out / f"{safe_case_id(cid)}.png"
         montage = case_montage(path, job.plan.task, cid, scored, metrics, definition).name if job.montage else None
-        return cid, metrics, montage, None
+        plot = None
+        if job.montage and scored.uncertainty is not None and scored.calibration_mask is not None:
+            error = np.abs(scored.prediction - scored.reference)
+            where = job.out / f"{safe_case_id(cid)}{UNCERTAINTY_PLOT}"
+            plot = save_calibration_plot(where, scored.uncertainty, error, scored.calibration_mask, f"{cid}: {job.plan.task.name}").name
+        return cid, metrics, [montage, plot], None
     except Exception as exc:
-        return cid, {}, None, error_text(exc)
+        return cid, {}, [None, None], error_text(exc)
 
 
 def _score_all(jobs: list[_CaseJob], workers: int, on_case: Callable[[str], None] | None) -> Iterator[_CaseResult]:
@@ -294,8 +339,9 @@ def _one_thread() -> None:
 
 
 def _write_report(
-    out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: dict[str, str], metrics: str | None = None, seed: int = 1234
-) -> None:
+    out: Path, plan: Plan, report: EvalReport, slab: Slab | None, montages: dict[str, str], metrics: str | None = None, seed: int = 1234,
+    plots: dict[str, str] | None = None,
+) -> None:  # fmt: skip
     definition = plan.task.definition(metrics)
     names = list(definition.columns)
     for row in report.rows:  # per-region columns (dice_WT...) after the definition's own
@@ -312,6 +358,8 @@ def _write_report(
         "definitions": definition.description, "definition_source": definition.source,
         "slab": None if slab is None else {"axis": slab[0], "slice_range": list(slab[1])},
         "montages": list(montages.values()),
+        "uncertainty_plots": plots or {},
+        "calibration": CALIBRATION if any("spearman" in r for r in report.rows) else None,
     }  # fmt: skip
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(report.summary, indent=2) + "\n")

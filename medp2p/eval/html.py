@@ -4,7 +4,8 @@ No CDN and no external script: the CSS and the sorting script are inline, and th
 the PNG files beside the page. The page holds the metric definition used (name, source,
 text), the summary table, the per-case table (sortable by any column: click a header, or open
 ``index.html#sort=COLUMN`` / ``#sort=-COLUMN`` for descending), the missing and failed cases,
-and each case's montage.
+each case's montage, and, when the predictions came with uncertainty maps, each case's
+calibration plot.
 """
 
 from __future__ import annotations
@@ -142,6 +143,15 @@ def render_report(summary: dict[str, Any], rows: list[dict[str, Any]], columns: 
             parts.append(
                 f'<figure id="montage-{esc(cid)}"><img src="{esc(name)}" alt="montage of {esc(cid)}">'
                 f"<figcaption>{esc(cid)}</figcaption></figure>"
+            )
+    plots = summary.get("uncertainty_plots") or {}
+    if plots:
+        parts.append("<h2>Uncertainty</h2>")
+        parts.append(f'<div class="definition"><p>{esc(str(summary.get("calibration") or ""))}</p></div>')
+        for cid, name in plots.items():
+            parts.append(
+                f'<figure id="uncertainty-{esc(cid)}"><img src="{esc(name)}" alt="uncertainty calibration of {esc(cid)}">'
+                f"<figcaption>{esc(cid)}: sparsification and error by uncertainty decile</figcaption></figure>"
             )
     parts.append(f"<script>{_JS}</script></body></html>")
     return "\n".join(parts) + "\n"

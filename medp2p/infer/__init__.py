@@ -11,10 +11,8 @@ from medp2p.infer.batch import (
     ModalityMismatchError,
     OutputExistsError,
     PredictReport,
-    partition,
     predict_case,
     predict_cases,
-    resolve_inputs,
 )
 from medp2p.infer.checkpoint import (
     CHECKPOINT_VERSION,
@@ -24,6 +22,7 @@ from medp2p.infer.checkpoint import (
     plan_from_checkpoint,
     save_checkpoint,
 )
+from medp2p.infer.inputs import partition, resolve_inputs
 from medp2p.infer.model import Model, load_model
 from medp2p.infer.volume import AUTO_BATCH, AUTO_BATCH_PIXELS, RunOptions, predict_volume, run_slices
 

@@ -21,23 +21,25 @@ import numpy as np
 import torch
 
 from medp2p import __version__
-from medp2p.data import DataLayoutError, load_datalist, safe_case_id
-from medp2p.data.case_reader import CaseKeys, CaseVolumes, as_single_source, collected_warnings, error_text, read_case
-from medp2p.data.cases import is_dicom_folder
+from medp2p.data import safe_case_id
+from medp2p.data.case_reader import CaseVolumes, collected_warnings, error_text, read_case
 from medp2p.data.checks import ReadOptions, count_non_finite
 from medp2p.data.corruption import seeded_corruption
+from medp2p.data.geometry import MIRROR_DIMS
 from medp2p.data.intensity import looks_like_ct
-from medp2p.data.prepare import Prep
+from medp2p.infer.ensemble import DEFAULT_SHIFT, Combined, Pass, check_members, finish_combined, run_members, tta_passes
+from medp2p.infer.inputs import partition, resolve_inputs
 from medp2p.infer.model import Model, load_model
 from medp2p.infer.pipeline import run_pipeline
 from medp2p.infer.volume import ModelInput, finish_prediction, prepare_input, run_slices
-from medp2p.io import VolumeWriteError, is_volume_file, write_nifti
-from medp2p.io.atomic import atomic_path, full_suffix
-from medp2p.tasks import Task
+from medp2p.io import VolumeWriteError, write_nifti
+from medp2p.io.atomic import atomic_path
 from medp2p.tasks.task import FORMAT_KINDS, DicomOutput
 from medp2p.types import Volume
 
 FORMATS = tuple(FORMAT_KINDS)
+#: Beside each case's uncertainty maps: the members, passes and their kinds.
+UNCERTAINTY_JSON = "uncertainty.json"
 
 
 class OutputExistsError(FileExistsError):
@@ -46,65 +48,6 @@ class OutputExistsError(FileExistsError):
 
 class ModalityMismatchError(ValueError):
     """The input is not the kind of image the model was trained on (a CT given to an MR model)."""
-
-
-def _single_input_case(path: Path, key: str, generic: set[str]) -> dict[str, Any]:
-    stem = path.name[: len(path.name) - len(full_suffix(path))] if path.is_file() else path.name
-    # "case_001/mr.nii.gz" is case_001, not "mr"
-    case_id = path.parent.name if stem.lower() in generic else stem
-    return {"id": case_id, key: str(path.resolve())}
-
-
-def resolve_inputs(inputs: Sequence[str | Path], task: Task, prep: Prep, keys: CaseKeys | None = None) -> list[dict[str, Any]]:
-    """Cases to predict from ``inputs``: volume files, DICOM series folders, or datasets.
-
-    A single volume (file or DICOM folder) is one case of a one-source model; its id is the file
-    name without suffix, or its folder's name when the file is named after a key
-    (``case_001/mr.nii.gz`` -> ``case_001``). A dataset (any layout ``medp2p validate`` reads)
-    gives all its cases; a case holding one image under another key (a flat folder of volumes
-    gives ``image``) is that model's source.
-
-    Raises:
-        DataLayoutError: an input is missing or unreadable as a layout, a one-file input for a
-            multi-source model, or two cases with the same (sanitised) id.
-    """
-    generic = {k.lower() for k in (*prep.source_keys, "image", "img", "input", "mr", "t1", "t2", "flair", "voided")}
-    one_source = prep.n_sources == 1
-    keys = keys or task.case_keys(prep.source_keys, prep.target_key, prep.mask_key, prep.source_channels)
-    cases: list[dict[str, Any]] = []
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise DataLayoutError(f"{path}: no such file or folder")
-        single = (path.is_file() and (is_volume_file(path) or path.suffix.lower() in (".dcm", ".ima"))) or (
-            path.is_dir() and is_dicom_folder(path)
-        )
-        if single:
-            if not one_source:
-                raise DataLayoutError(
-                    f"{path}: this model takes {prep.n_sources} images per case {list(prep.source_keys)}; "
-                    "give a dataset folder or datalist .json instead of one volume"
-                )
-            cases.append(_single_input_case(path, prep.source_keys[0], generic))
-        else:
-            datalist = load_datalist(path)
-            for section in ("training", "validation", "test"):
-                cases += [as_single_source(case, keys) for case in datalist.get(section, [])]
-    seen: dict[str, str] = {}
-    for case in cases:
-        sid = safe_case_id(case["id"])
-        if sid in seen:
-            raise DataLayoutError(f"two inputs map to the case id {sid!r} ({seen[sid]} and {case['id']!r}); give them distinct names")
-        seen[sid] = str(case["id"])
-    return cases
-
-
-def partition(cases: list[dict[str, Any]], num_parts: int, part_id: int) -> list[dict[str, Any]]:
-    """The cases of part ``part_id`` of ``num_parts``: every ``num_parts``-th case by sorted id."""
-    if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise ValueError(f"--part-id must be in [0, {num_parts - 1}] for --num-parts {num_parts}, got {part_id}")
-    ordered = sorted(cases, key=lambda c: safe_case_id(c["id"]))
-    return ordered[part_id::num_parts]
 
 
 @dataclass
@@ -154,15 +97,17 @@ class PreparedCase:
     inp: ModelInput
     dicom_source: Volume
     extras: list[tuple[str, Volume, type]]
+    uncertainty: bool = False
 
 
 def prepare_case(
     model: Model, case: dict[str, Any], out_dir: Path, fmt: str = "nifti", overwrite: bool = False,
-    options: ReadOptions = ReadOptions(), force: bool = False,
+    options: ReadOptions = ReadOptions(), force: bool = False, uncertainty: bool = False,
 ) -> PreparedCase:  # fmt: skip
     """Read and check one case as every command reads it (:func:`read_case`), and prepare its input.
 
-    Refuses existing outputs (without ``overwrite``) before reading anything.
+    Refuses existing outputs (without ``overwrite``) before reading anything; ``uncertainty``:
+    the uncertainty maps and ``uncertainty.json`` are outputs too.
     """
     task, prep = model.task, model.prep
     case_dir = _inside(out_dir, out_dir / safe_case_id(case["id"]))
@@ -170,6 +115,9 @@ def prepare_case(
     nifti_path = case_dir / task.output_name if with_nifti else None
     dicom = [(o, case_dir / o.name) for o in outputs]
     planned = ([nifti_path] if nifti_path else []) + [path for _, path in dicom]
+    if uncertainty:
+        planned += [case_dir / n for n in (*task.uncertainty_names, UNCERTAINTY_JSON)]
+        planned += [case_dir / o.uncertainty_name for o, _ in dicom if o.uncertainty_name]
     existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]}: already exists; pass --overwrite to replace it")
@@ -187,16 +135,21 @@ def prepare_case(
         sources = [voided, *sources[1:]] if sources else [voided]
         extras = [("voided.nii.gz", voided, np.float32), ("region.nii.gz", region, np.uint8)]
     inp = prepare_input(sources, prep, region)
-    return PreparedCase(case, case_dir, nifti_path, dicom, planned, inp, sources[0], extras)
+    return PreparedCase(case, case_dir, nifti_path, dicom, planned, inp, sources[0], extras, uncertainty)
 
 
-def write_case(model: Model, p: PreparedCase, out: torch.Tensor, overwrite: bool = False) -> list[Path]:
+def write_case(model: Model, p: PreparedCase, out: torch.Tensor | Combined, overwrite: bool = False) -> list[Path]:
     """Take the generator's output back to the input's grid and write the case's outputs; returns the paths.
 
+    ``out``: one generator's model-space output, or what an ensemble and its passes gave
+    (:func:`~medp2p.infer.ensemble.run_members`; with ``p.uncertainty`` its maps are written too).
     An output with NaN/Inf voxels is never written. A failed (or interrupted) write removes what
     this call created, the case folder included when it was new.
     """
-    prediction = finish_prediction(out, p.inp, model.prep)
+    if isinstance(out, Combined):
+        prediction, maps = finish_combined(out, p.inp, model.task, model.prep, p.uncertainty)
+    else:
+        prediction, maps = finish_prediction(out, p.inp, model.prep), []
     bad = count_non_finite(prediction.array)
     if bad:
         raise ValueError(
@@ -212,9 +165,20 @@ def write_case(model: Model, p: PreparedCase, out: torch.Tensor, overwrite: bool
             written.append(write_nifti(vol, case_dir / name, dtype=dtype))
         if p.nifti_path is not None:
             written.append(write_nifti(prediction, p.nifti_path, dtype=model.prep.codec.output_dtype))
+        for name, vol in maps:
+            written.append(write_nifti(vol, case_dir / name, dtype=np.float32))
+        if maps and isinstance(out, Combined):
+            with atomic_path(case_dir / UNCERTAINTY_JSON) as tmp:
+                tmp.write_text(json.dumps(out.record(model.prep.codec.units, model.prep.codec.labels), indent=2) + "\n")
+            written.append(case_dir / UNCERTAINTY_JSON)
         for output, path in p.dicom:
             output.write(prediction, path, p.dicom_source, f"medp2p {__version__}", overwrite)
             written.append(path)
+            if maps and output.write_uncertainty is not None and output.uncertainty_name:
+                output.write_uncertainty(
+                    maps[-1][1], case_dir / output.uncertainty_name, p.dicom_source, f"medp2p {__version__}", overwrite, path
+                )
+                written.append(case_dir / output.uncertainty_name)
     except BaseException:
         for path in written:
             if path not in created_before:
@@ -245,7 +209,7 @@ def predict_case(
 
 
 def predict_cases(
-    model: str | Path | Model,
+    model: str | Path | Model | Sequence[str | Path | Model],
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     fmt: str = "nifti",
@@ -263,6 +227,9 @@ def predict_cases(
     on_written: Callable[[str, int], None] | None = None,
     on_cases: Callable[[int], None] | None = None,
     precision: str | None = None,
+    uncertainty: bool = False,
+    tta_shift: int | None = None,
+    mc_samples: int = 0,
 ) -> PredictReport:
     """Predict every case of ``inputs`` (this part's share of them) into ``out_dir``.
 
@@ -270,7 +237,9 @@ def predict_cases(
     the model, the resolved device and precision, batch size, TTA, the medp2p and torch versions.
 
     Args:
-        model: a run folder, a checkpoint file, or a loaded :class:`Model`.
+        model: a run folder, a checkpoint file, or a loaded :class:`Model`; several: an ensemble,
+            their outputs averaged after each member's own decoding (probabilities for masks;
+            members must share the task, target and input rules, :func:`check_members`).
         inputs: volume files, DICOM series folders, or datasets.
         out_dir: where ``<case>/`` folders go.
         fmt: ``nifti``, ``dicom``, ``rtstruct``, ``both`` (NIfTI and DICOM) or ``all`` (every
@@ -294,6 +263,13 @@ def predict_cases(
             runs on this one (:func:`~medp2p.infer.pipeline.run_pipeline`); False: one case
             after the other.
         precision: the generator's precision (see :func:`load_model`; None: the run's).
+        uncertainty: also write each case's uncertainty maps (``task.uncertainty_names``) and
+            ``uncertainty.json``: the spread across members x test-time passes (the input, its
+            left-right mirror where the slices hold one, four shifts by ``tta_shift`` voxels, and
+            ``mc_samples`` MC-dropout samples); the output is then their mean.
+        tta_shift: whole-voxel in-plane shift of the shifted passes (default 2 with
+            ``uncertainty``, none without; 0: no shifted passes).
+        mc_samples: MC-dropout passes per member (the generator needs dropout layers).
 
     Returns:
         The report; failed cases are also written to ``failures.csv`` (``failures_part-K-of-N.csv``
@@ -306,7 +282,11 @@ def predict_cases(
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    model = model if isinstance(model, Model) else load_model(model, device, batch_size, compile, tta, precision)
+    given = [model] if isinstance(model, str | Path | Model) else list(model)
+    members = [m if isinstance(m, Model) else load_model(m, device, batch_size, compile, tta, precision) for m in given]
+    check_members(members)
+    model = members[0]
+    passes = _passes(model, len(members), tta, uncertainty, tta_shift, mc_samples)
     model.task.outputs_for(fmt)  # refuses a DICOM kind the task lacks before any case is read
     cases = resolve_inputs(inputs, model.task, model.prep, model.keys)
     mine = partition(cases, num_parts, part_id)
@@ -315,8 +295,8 @@ def predict_cases(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(total_cases=len(cases))
-    _record_settings(out_dir / ("predict.json" if num_parts == 1 else f"predict_part-{part_id}-of-{num_parts}.json"), model)
-    stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written)
+    _record_settings(out_dir / ("predict.json" if num_parts == 1 else f"predict_part-{part_id}-of-{num_parts}.json"), members, passes)
+    stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written, members, passes, uncertainty)
     try:
         run_pipeline(mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined)
     except KeyboardInterrupt:
@@ -338,10 +318,22 @@ def predict_cases(
     return report
 
 
-def _record_settings(path: Path, model: Model) -> None:
-    """What this prediction ran with (:meth:`Model.settings`), written before the first case, atomically."""
+def _passes(model: Model, n_members: int, tta: bool, uncertainty: bool, shift: int | None, mc_samples: int) -> list[Pass] | None:
+    """The passes each member runs, or None for one model's plain prediction (the generator alone, flip TTA in it)."""
+    if n_members == 1 and not uncertainty and not mc_samples and not shift:
+        return None
+    flip = tta or (uncertainty and MIRROR_DIMS[model.prep.axis] is not None)
+    return tta_passes(model.prep, flip, shift if shift is not None else (DEFAULT_SHIFT if uncertainty else 0), mc_samples)
+
+
+def _record_settings(path: Path, members: list[Model], passes: list[Pass] | None) -> None:
+    """What this prediction ran with (:meth:`Model.settings`, members and passes), written before the first case, atomically."""
+    settings = members[0].settings()
+    if passes is not None:
+        settings["ensemble"] = [m.settings() for m in members]
+        settings["passes"] = [p.to_dict() for p in passes]
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(model.settings(), indent=2) + "\n")
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _write_finished(path: Path, report: PredictReport) -> None:
@@ -355,25 +347,30 @@ class _CaseStages:
 
     def __init__(
         self, model: Model, out_dir: Path, fmt: str, overwrite: bool, options: ReadOptions, force: bool, report: PredictReport,
-        on_written: Callable[[str, int], None] | None = None,
+        on_written: Callable[[str, int], None] | None = None, members: list[Model] | None = None,
+        passes: list[Pass] | None = None, uncertainty: bool = False,
     ) -> None:  # fmt: skip
         self.model, self.out_dir, self.fmt, self.overwrite, self.options, self.force = model, out_dir, fmt, overwrite, options, force
         self.report, self.on_written = report, on_written
+        self.members, self.passes, self.uncertainty = members or [model], passes, uncertainty
         self.slices: dict[str, int] = {}
 
     def read(self, case: dict[str, Any]) -> PreparedCase:
         with collected_warnings(str(case["id"])):
-            return prepare_case(self.model, case, self.out_dir, self.fmt, self.overwrite, self.options, self.force)
+            return prepare_case(self.model, case, self.out_dir, self.fmt, self.overwrite, self.options, self.force, self.uncertainty)
 
-    def generate(self, case: dict[str, Any], p: PreparedCase) -> torch.Tensor:
+    def generate(self, case: dict[str, Any], p: PreparedCase) -> torch.Tensor | Combined:
         m = self.model
         self.slices[str(case["id"])] = int(p.inp.stack.shape[1])
         with collected_warnings(str(case["id"])):
-            out = run_slices(m.generator, p.inp.stack, p.inp.extra, m.prep, m.options)
+            if self.passes is not None:
+                out: torch.Tensor | Combined = run_members(self.members, p.inp, self.passes)
+            else:
+                out = run_slices(m.generator, p.inp.stack, p.inp.extra, m.prep, m.options)
         p.inp.release()
         return out
 
-    def write(self, case: dict[str, Any], p: PreparedCase, out: torch.Tensor) -> list[Path]:
+    def write(self, case: dict[str, Any], p: PreparedCase, out: torch.Tensor | Combined) -> list[Path]:
         with collected_warnings(str(case["id"])):
             return write_case(self.model, p, out, self.overwrite)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -138,6 +139,10 @@ def write_ct_series(
     series_number: int = 9001,
     software_version: str = "",
     overwrite: bool = False,
+    same_study_as: str | Path | None = None,
+    rescale_slope: float = 1.0,
+    derivation: str = "Synthetic CT predicted from MR by a pix2pix generator (medp2p)",
+    window: tuple[float, float] = (40.0, 400.0),
 ) -> list[Path]:
     """Write a synthetic CT in HU as a DICOM CT series into ``folder`` (one file per slice), atomically.
 
@@ -154,6 +159,11 @@ def write_ct_series(
         series_number: SeriesNumber of the new series.
         software_version: SoftwareVersions.
         overwrite: replace a series already in ``folder``.
+        same_study_as: a DICOM file whose study and frame of reference the series joins (an
+            uncertainty series beside its synthetic CT); default: the source's, else new ones.
+        rescale_slope: HU per stored value (0.1: tenths of HU, for a standard deviation map).
+        derivation: DerivationDescription: what the values are.
+        window: the display window (center, width) in HU.
 
     Returns:
         The written files, in slice order.
@@ -178,8 +188,13 @@ def write_ct_series(
         src_series_uid = str(src_ds[0].SeriesInstanceUID)
     else:
         study_uid, frame_uid, src_series_uid = generate_uid(), generate_uid(), None
+    joined = pydicom.dcmread(same_study_as, stop_before_pixels=True) if same_study_as is not None else None
+    study_date, study_time = date, time
+    if joined is not None:
+        study_uid, frame_uid = str(joined.StudyInstanceUID), str(joined.FrameOfReferenceUID)
+        study_date, study_time = str(joined.get("StudyDate") or date), str(joined.get("StudyTime") or time)
     geometry = _slice_geometry(sct)
-    hu = np.clip(np.round(sct.array), *HU_STORED_RANGE).astype(np.int16)
+    hu = np.clip(np.round(sct.array / rescale_slope), *HU_STORED_RANGE).astype(np.int16)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -191,8 +206,10 @@ def write_ct_series(
             _copy_patient_study(ds, ref)
             if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
                 ds.StudyInstanceUID = study_uid
-            if not ds.StudyDate:
-                ds.StudyDate, ds.StudyTime = date, time
+            if joined is not None:
+                ds.StudyInstanceUID = study_uid
+            if not ds.StudyDate or joined is not None:
+                ds.StudyDate, ds.StudyTime = study_date, study_time
             if src_ds is None:
                 ds.PatientID, ds.StudyID = "medp2p", "1"
             ds.Modality = "CT"
@@ -209,7 +226,7 @@ def write_ct_series(
                 ds.SoftwareVersions = software_version
             ds.InstanceNumber = k + 1
             ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-            ds.DerivationDescription = "Synthetic CT predicted from MR by a pix2pix generator (medp2p)"
+            ds.DerivationDescription = derivation
             ds.BurnedInAnnotation = "NO"
             for key, value in geometry[k].items():
                 setattr(ds, key, value)
@@ -229,8 +246,8 @@ def write_ct_series(
             ds.PhotometricInterpretation = "MONOCHROME2"
             ds.Rows, ds.Columns = sct.shape[1], sct.shape[0]
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
-            ds.WindowCenter, ds.WindowWidth = "40", "400"
+            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", f"{rescale_slope:g}", "HU"
+            ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
             ds.KVP = ""
             ds.AcquisitionNumber = None
             ds.PixelData = np.ascontiguousarray(hu[:, :, k].T).tobytes()
@@ -325,3 +342,27 @@ def write_dicom_seg(
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)
+
+
+def write_uncertainty_series(
+    std: Volume, folder: str | Path, source: Volume | None, software_version: str, overwrite: bool, ct_series: str | Path
+) -> list[Path]:
+    """The standard deviation map of a synthetic CT as a second derived CT series in the synthetic CT's study and frame of reference.
+
+    Stored in tenths of HU (RescaleSlope 0.1), described as uncertainty in its SeriesDescription
+    and DerivationDescription, beside the synthetic CT series ``ct_series`` it describes.
+
+    Example:
+        >>> write_uncertainty_series(std, "out/p01/sct_std_dicom", mr, "medp2p 0.9", False, "out/p01/sct_dicom")
+    """
+    first = sorted(Path(ct_series).glob("*.dcm"))
+    if not first:
+        raise ValueError(f"{ct_series}: no synthetic CT series to join the uncertainty series to")
+    return write_ct_series(
+        std, folder, source=source,
+        series_description="Uncertainty of the synthetic CT: voxelwise std in HU (medp2p)",
+        series_number=9002, software_version=software_version, overwrite=overwrite, same_study_as=first[0], rescale_slope=0.1,
+        derivation="Uncertainty map (not an image of the patient): standard deviation in HU across ensemble members and "
+        "test-time passes of the synthetic CT series 9001 (medp2p)",
+        window=(50.0, 100.0),
+    )  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medp2p.data.codecs import HU, MASK, MR_SOURCE, MR_TARGET
-from medp2p.io.dicom_write import write_ct_series, write_dicom_seg
+from medp2p.io.dicom_write import write_ct_series, write_dicom_seg, write_uncertainty_series
 from medp2p.io.rtstruct import write_rtstruct
 from medp2p.tasks.scoring import (
     BRASYN,
@@ -39,6 +39,10 @@ from medp2p.viz import PanelSpec, ReviewSpec
 
 def _ct_series(prediction: Volume, path: Path, source: Volume, version: str, overwrite: bool) -> Any:
     return write_ct_series(prediction, path, source=source, software_version=version, overwrite=overwrite)
+
+
+def _std_series(std: Volume, path: Path, source: Volume, version: str, overwrite: bool, ct_series: Path) -> Any:
+    return write_uncertainty_series(std, path, source, version, overwrite, ct_series)
 
 
 def _seg(prediction: Volume, path: Path, source: Volume, version: str, overwrite: bool) -> Any:
@@ -69,7 +73,7 @@ MRI2CT = Task(
         PanelSpec("sCT - CT (HU)", "difference", "hu_diff", "coolwarm"),
     ),
     review=ReviewSpec("body", "hu"),
-    dicom_outputs=(DicomOutput("dicom", "sct_dicom", _ct_series),),
+    dicom_outputs=(DicomOutput("dicom", "sct_dicom", _ct_series, "sct_std_dicom", _std_series),),
     mask_required=False,
 )
 SEG = Task(

@@ -48,6 +48,8 @@ class Scored:
             splits its SSIM by it).
         affine: the reference's voxel-to-world (RAS+) matrix, for pictures in a canonical
             orientation (None: the arrays' own axes).
+        uncertainty: the prediction's uncertainty map (``predict --uncertainty``), when present.
+        calibration_mask: where the uncertainty was checked against the error.
     """
 
     reference: np.ndarray
@@ -60,6 +62,8 @@ class Scored:
     regions: dict[str, tuple[int, ...]] | None = None
     tumor: np.ndarray | None = None
     affine: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    calibration_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,17 @@ class MetricDefinition:
 class DicomOutput:
     """A DICOM output: the ``--format`` kind that asks for it, its name in the case folder, and the writer.
 
-    The writer is ``(prediction, path, source, version, overwrite) -> Any``.
+    The writer is ``(prediction, path, source, version, overwrite) -> Any``. With
+    ``--uncertainty``, an output with ``uncertainty_name`` also writes the uncertainty map there:
+    ``write_uncertainty(map, path, source, version, overwrite, prediction_path)``, in the
+    prediction's study and frame of reference.
     """
 
     kind: str
     name: str
     write: Callable[[Volume, Path, Volume, str, bool], Any]
+    uncertainty_name: str | None = None
+    write_uncertainty: Callable[[Volume, Path, Volume, str, bool, Path], Any] | None = None
 
 
 #: ``--format`` values and the output kinds each asks for (``all``: every kind the task has).
@@ -210,6 +219,21 @@ class Task:
         """Keys every training case needs, in order, without repeats."""
         keys = [*self.source_keys, self.target_key] + ([self.mask_key] if self.mask_key and self.mask_required else [])
         return tuple(dict.fromkeys(keys))
+
+    @property
+    def uncertainty_names(self) -> tuple[str, ...]:
+        """What ``predict --uncertainty`` writes beside the output; evaluate reads the last.
+
+        Masks: ``<stem>_prob.nii.gz`` (mean foreground probability) and ``<stem>_entropy.nii.gz``
+        (its binary entropy, bits); images: ``<stem>_std.nii.gz`` (standard deviation, the
+        output's units).
+
+        Example:
+            >>> MRI2CT.uncertainty_names, SEG.uncertainty_names
+            (('sct_std.nii.gz',), ('mask_prob.nii.gz', 'mask_entropy.nii.gz'))
+        """
+        stem = self.output_name.removesuffix(".nii.gz")
+        return (f"{stem}_prob.nii.gz", f"{stem}_entropy.nii.gz") if self.codec.labels else (f"{stem}_std.nii.gz",)
 
     @property
     def metric_names(self) -> tuple[str, ...]:

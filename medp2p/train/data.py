@@ -17,6 +17,7 @@ from medp2p.config import Config
 from medp2p.data import load_datalist
 from medp2p.data.checks import ReadOptions
 from medp2p.data.codecs import fitted_window
+from medp2p.data.folds import kfold_splits
 from medp2p.data.store import StoredCase, build_store
 from medp2p.device import Dist
 from medp2p.plan import Plan, build_plan
@@ -30,13 +31,15 @@ class TrainingData:
     """A run's prepared training cases and decoded validation cases, under the plan they fixed.
 
     ``profile``: what the sources looked like (``source_is_ct``), recorded so that ``predict``
-    can refuse a CT given to an MR model.
+    can refuse a CT given to an MR model. ``splits``: with ``data.folds``, every fold of the
+    datalist's training cases (``RUN/splits.json``).
     """
 
     plan: Plan
     cases: list[StoredCase]
     val_cases: list[ValCase] = field(default_factory=list)
     profile: dict[str, Any] = field(default_factory=dict)
+    splits: list[dict[str, list[str]]] | None = None
 
 
 def split_cases(
@@ -44,11 +47,17 @@ def split_cases(
 ) -> tuple[list[Case], list[Case], dict[str, Any], dict[str, Any]]:
     """Training and validation cases, and the datalists they come from (their declared label values).
 
-    Validation: ``val_data``, else the datalist's ``validation`` section, else the last
-    ``data.val_cases`` training cases, else none.
+    Validation: ``val_data``, else (with ``data.folds``) the held-out fold of the training cases,
+    else the datalist's ``validation`` section, else the last ``data.val_cases`` training cases,
+    else none. With ``data.folds`` only fold ``data.fold``'s training cases train
+    (:func:`fold_of`).
     """
     datalist = load_datalist(data)
     training = datalist.get("training", [])
+    if cfg.data.folds is not None:
+        training, held = fold_of(cfg, training)
+        if val_data is None:
+            return training, held, datalist, datalist
     if val_data is not None:
         vl = load_datalist(val_data)
         return training, vl.get("validation") or vl.get("training", []), datalist, vl
@@ -58,6 +67,19 @@ def split_cases(
     if n and n >= len(training):
         raise ValueError(f"{data}: data.val_cases={n} leaves no training case out of {len(training)}")
     return (training[:-n], training[-n:], datalist, datalist) if n else (training, [], datalist, datalist)
+
+
+def fold_of(cfg: Config, training: list[Case]) -> tuple[list[Case], list[Case]]:
+    """The training cases of fold ``data.fold`` of ``data.folds`` and its held-out cases (:func:`kfold_splits`)."""
+    split = run_splits(cfg, training)[cfg.data.fold]
+    by_id = {str(c["id"]): c for c in training}
+    return [by_id[i] for i in split["train"]], [by_id[i] for i in split["val"]]
+
+
+def run_splits(cfg: Config, training: list[Case]) -> list[dict[str, list[str]]]:
+    """Every fold of the run's training cases, as ``RUN/splits.json`` lists them (nnU-Net's form)."""
+    assert cfg.data.folds is not None
+    return kfold_splits([str(c["id"]) for c in training], cfg.data.folds, cfg.data.fold_seed)
 
 
 def source_channels_of(cfg: Config, cases: list[Case]) -> Config:
@@ -152,4 +174,5 @@ def load_training_data(
     plan = with_target_window(plan, cases)
     val_cases = load_val_cases(val_raw, plan.inference_prep, plan.task, cfg.inpaint.eval_seed, plan.keys, val_datalist, options)
     profile = {"source_is_ct": sum(c.source_is_ct for c in cases) * 2 >= len(cases)}
-    return TrainingData(plan, cases, val_cases, profile)
+    splits = run_splits(cfg, datalist.get("training", [])) if cfg.data.folds is not None else None
+    return TrainingData(plan, cases, val_cases, profile, splits)

@@ -15,7 +15,9 @@ from medp2p.data.checks import ReadOptions
 from medp2p.io.atomic import atomic_path, remove_outputs
 
 #: Files and folders a run writes; ``--overwrite`` removes exactly these.
-RUN_ARTIFACTS = ("config.yaml", "run.json", "versions.json", "last.pt", "best.pt", "metrics.csv", "tb", "previews", "ddp.json")
+RUN_ARTIFACTS = (
+    "config.yaml", "run.json", "versions.json", "splits.json", "last.pt", "best.pt", "metrics.csv", "tb", "previews", "ddp.json",
+)  # fmt: skip
 
 
 class RunExistsError(FileExistsError):
@@ -88,9 +90,13 @@ def resumed_settings(
     )
 
 
-def record_start(out: Path, cfg: Config, settings: RunSettings, resolved: dict[str, object]) -> None:
-    """Write ``config.yaml``, ``versions.json`` and ``run.json`` (data, read options, what ``auto`` became)."""
+def record_start(
+    out: Path, cfg: Config, settings: RunSettings, resolved: dict[str, object], splits: list[dict[str, list[str]]] | None = None
+) -> None:
+    """Write ``config.yaml``, ``versions.json``, ``run.json`` (data, read options, what ``auto`` became) and ``splits.json`` (folds)."""
     save_config(cfg, out / "config.yaml")
+    if splits is not None:  # nnU-Net's splits_final.json form: the same file in every fold's run
+        write_json(out / "splits.json", splits)
     write_json(out / "versions.json", versions())
     write_json(
         out / "run.json",

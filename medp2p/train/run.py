@@ -118,7 +118,8 @@ def train(
     if ckpt is not None:
         restore(trainer, ckpt)
     elif ddp.main:
-        record_start(out, cases.plan.config, settings, resolved_settings(trainer.device, trainer.dtype, trainer.layout, ddp.world))
+        resolved = resolved_settings(trainer.device, trainer.dtype, trainer.layout, ddp.world)
+        record_start(out, cases.plan.config, settings, resolved, cases.splits)
     t = cfg.train
     budget = TimeBudget(
         t.minutes, t.steps, t.decay_start, trainer.schedule, trainer.step, ddp, on_timing if ckpt is None else None, started
