@@ -5,6 +5,8 @@
     python benchmarks/realdata.py inpaint  # kirby21 + BraTS train, stroke_cstar + BraTS test
     python benchmarks/realdata.py mr2mr    # kirby21 -> stroke_cstar T1->T2, T1->FLAIR; BraTS FLAIR->T1c (~3 x 28 min)
 
+    python benchmarks/realdata.py mri2ct --uncertainty --members 3   # ensembles and uncertainty (issue 24)
+
 Data: ``$MEDP2P_SHARED_DATA`` (default ``../shared/data``).
 """
 
@@ -31,10 +33,17 @@ def main() -> None:
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="Config override for every training (repeatable)."
     )
     parser.add_argument("--tta", action="store_true", help="Predict with medp2p predict --tta (left-right mirror averaging).")
+    parser.add_argument(
+        "--uncertainty", action="store_true", help="Predict with --uncertainty; the reports gain spearman, top10_error_ratio, ause."
+    )
+    parser.add_argument(
+        "--members", type=int, default=1, help="Train this many models per split (seeds 0..N-1) and predict with their ensemble."
+    )
     args = parser.parse_args()
     if not shared_data().is_dir():
         sys.exit(f"real data not found at {shared_data()} (set MEDP2P_SHARED_DATA)")
-    opts = ProtocolOptions(args.work, args.quick, args.reuse, tuple(args.sets), ("--tta",) if args.tta else ())
+    predict = ("--tta",) * args.tta + ("--uncertainty",) * args.uncertainty
+    opts = ProtocolOptions(args.work, args.quick, args.reuse, tuple(args.sets), predict, members=args.members)
     if args.task == "mri2ct":
         result = run_mri2ct(opts, tuple(args.splits or [s[0] for s in MRIDIR_SPLITS]))
     elif args.task == "seg":

@@ -70,3 +70,14 @@ def test_mr2mr_t1_to_t2_runs_end_to_end_and_scores_like_the_lookup(tmp_path: Pat
     assert 0.3 < model["ssim"] <= 1.0 and 0.3 < lookup["ssim"] <= 1.0 and model["mse"] < 0.1
     synth = tmp_path / "mr2mr" / "t1_to_t2" / "pred" / "stroke_cstar" / "synth.nii.gz"
     assert synth.is_file()
+
+
+def test_mri2ct_ensemble_with_uncertainty_scores_members_and_their_calibration(tmp_path: Path) -> None:
+    shared("mridir_phantom", "t2.nii.gz")
+    opts = ProtocolOptions(tmp_path, quick=True, predict_options=("--uncertainty",), members=2)
+    (row,) = run_mri2ct(opts, splits=("lower_to_upper",)).splits
+    assert len(row["members"]) == 2 and {"spearman", "top10_error_ratio", "ause"} <= set(row["metrics"])
+    assert (tmp_path / "mri2ct" / "lower_to_upper" / "pred" / "mridir" / "sct_std.nii.gz").is_file()
+    record = json.loads((tmp_path / "mri2ct" / "lower_to_upper" / "pred" / "mridir" / "uncertainty.json").read_text())
+    assert len(record["members"]) == 2 and record["passes_per_member"] == 6
+    assert row["train_s"] == pytest.approx(sum(m["train_s"] for m in row["members"]), abs=0.2)

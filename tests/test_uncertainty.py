@@ -188,7 +188,7 @@ def test_seg_uncertainty_is_the_mean_probability_and_its_entropy(tiny_runs: dict
     )
     case = tmp_path / "case_000"
     prob, entropy, mask = (read_volume(case / n).array for n in ("mask_prob.nii.gz", "mask_entropy.nii.gz", "mask.nii.gz"))
-    assert 0 <= prob.min() and prob.max() <= 1 and np.array_equal(mask > 0, prob > 0.5)
+    assert prob.min() >= 0 and prob.max() <= 1 and np.array_equal(mask > 0, prob > 0.5)
     np.testing.assert_allclose(entropy, binary_entropy(prob), atol=1e-6)
     assert json.loads((case / "uncertainty.json").read_text())["members"] == [str(load_model(tiny_runs["seg"]).path)] * 2
 

@@ -34,8 +34,10 @@ class ProtocolOptions:
         quick: the short version the ``realdata`` tests run (minutes).
         reuse: keep runs that finished (``run/train_s.txt``): predict and evaluate again only.
         sets: config overrides added to every training (``--set KEY=VALUE``), for experiments.
-        predict_options: options added to every ``medp2p predict`` (``--tta``).
+        predict_options: options added to every ``medp2p predict`` (``--tta``, ``--uncertainty``).
         configs: the folder of shipped configs.
+        members: train this many models per split (seeds ``train.seed`` + 0, 1, ...) and predict
+            with their ensemble; each member is also scored alone (``row["members"]``).
     """
 
     work: Path
@@ -44,6 +46,7 @@ class ProtocolOptions:
     sets: tuple[str, ...] = ()
     predict_options: tuple[str, ...] = ()
     configs: Path = ROOT / "configs"
+    members: int = 1
 
 
 @dataclass
@@ -91,50 +94,52 @@ def summary(report: Path) -> dict[str, float]:
 def train_predict_evaluate(
     opts: ProtocolOptions, task: str, config: str, train_list: Path, test_list: Path, out: Path, sets: list[str], eval_args: list[str]
 ) -> dict[str, Any]:
-    """``medp2p train`` -> ``predict`` -> ``evaluate``; returns the report's means and the wall times."""
+    """``medp2p train`` (``opts.members`` times) -> ``predict`` -> ``evaluate``; returns the report's means and the wall times.
+
+    With several members the prediction is their ensemble, and each member is also predicted and
+    scored alone (``row["members"]``: its means and times).
+    """
     import torch
 
     log = out / "log.txt"
-    cmd = [
-        "train",
-        "--task",
-        task,
-        "--config",
-        str(opts.configs / config),
-        "--data",
-        str(train_list),
-        "--out",
-        str(out / "run"),
-        "--overwrite",
-    ]
-    for s in [*sets, *opts.sets]:
-        cmd += ["--set", s]
-    if opts.reuse and (out / "run" / "train_s.txt").exists():
-        train_s = float((out / "run" / "train_s.txt").read_text())
-    else:
-        train_s = medp2p(*cmd, log=log)
-        (out / "run" / "train_s.txt").write_text(f"{train_s:.1f}\n")
-    predict = ["predict", "--model", str(out / "run"), "-i", str(test_list), "-o", str(out / "pred"), "--overwrite", *opts.predict_options]
-    predict_s = medp2p(*predict, log=log)
-    medp2p(
-        "evaluate",
-        "--task",
-        task,
-        "--pred",
-        str(out / "pred"),
-        "--ref",
-        str(test_list),
-        "-o",
-        str(out / "report"),
-        "--overwrite",
-        *eval_args,
-        log=log,
-    )
-    steps = int(torch.load(out / "run" / "last.pt", map_location="cpu", weights_only=True)["step"])  # train.minutes may fit fewer
-    return {
-        "metrics": summary(out / "report"), "train_s": round(train_s, 1), "steps": steps, "predict_s": round(predict_s, 1),
-        "command": "medp2p " + " ".join(cmd),
+    runs = [out / "run", *(out / f"run_{i}" for i in range(1, opts.members))]
+    train_s, commands = [], []
+    for i, run in enumerate(runs):
+        cmd = ["train", "--task", task, "--config", str(opts.configs / config), "--data", str(train_list), "--out", str(run), "--overwrite"]
+        for s in [*sets, *opts.sets, *([f"train.seed={i}"] if i else [])]:
+            cmd += ["--set", s]
+        if opts.reuse and (run / "train_s.txt").exists():
+            train_s.append(float((run / "train_s.txt").read_text()))
+        else:
+            train_s.append(medp2p(*cmd, log=log))
+            (run / "train_s.txt").write_text(f"{train_s[-1]:.1f}\n")
+        commands.append("medp2p " + " ".join(cmd))
+    models = [a for run in runs for a in ("--model", str(run))]
+    predict_s = _predict_evaluate(opts, task, models, test_list, out / "pred", out / "report", eval_args, log)
+    steps = int(torch.load(runs[0] / "last.pt", map_location="cpu", weights_only=True)["step"])  # train.minutes may fit fewer
+    row: dict[str, Any] = {
+        "metrics": summary(out / "report"), "train_s": round(sum(train_s), 1), "steps": steps, "predict_s": round(predict_s, 1),
+        "command": commands[0],
     }  # fmt: skip
+    if len(runs) > 1:
+        row["members"] = []
+        for i, run in enumerate(runs):
+            alone = _predict_evaluate(
+                opts, task, ["--model", str(run)], test_list, out / f"pred_member{i}", out / f"report_member{i}", eval_args, log
+            )
+            row["members"].append(
+                {"metrics": summary(out / f"report_member{i}"), "train_s": round(train_s[i], 1), "predict_s": round(alone, 1)}
+            )
+    return row
+
+
+def _predict_evaluate(
+    opts: ProtocolOptions, task: str, models: list[str], test_list: Path, pred: Path, report: Path, eval_args: list[str], log: Path
+) -> float:
+    """``medp2p predict`` with ``models`` into ``pred``, then ``evaluate`` into ``report``; returns the prediction's wall time."""
+    seconds = medp2p("predict", *models, "-i", str(test_list), "-o", str(pred), "--overwrite", *opts.predict_options, log=log)
+    medp2p("evaluate", "--task", task, "--pred", str(pred), "--ref", str(test_list), "-o", str(report), "--overwrite", *eval_args, log=log)
+    return seconds
 
 
 def evaluate_baseline(task: str, name: str, predictions: dict[str, Volume], test_list: Path, out: Path, **kwargs: Any) -> dict[str, float]:
@@ -185,6 +190,8 @@ def table(result: Result) -> str:
         lines.append("|---" * (len(keys) + 1) + "|")
         for label, metrics in models.items():
             lines.append(f"| {label} | " + " | ".join(f"{metrics.get(k, float('nan')):.4g}" for k in keys) + " |")
+        for i, member in enumerate(row.get("members", [])):
+            lines.append(f"- member {i} alone: " + ", ".join(f"{k} {member['metrics'].get(k, float('nan')):.4g}" for k in keys))
         if "ratios" in row:
             lines.append("ratios to the baseline: " + ", ".join(f"{k} {v:.2f}" for k, v in row["ratios"].items()))
         if "per_case" in row and isinstance(row["per_case"], dict):
