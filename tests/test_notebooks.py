@@ -59,8 +59,9 @@ def _execute(tmp_path: Path, **parameters: str) -> nbformat.NotebookNode:
 
     out = tmp_path / "review_out.ipynb"
     papermill.execute_notebook(
-        str(NOTEBOOK), str(out), parameters=parameters, cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False
-    )
+        str(NOTEBOOK), str(out), parameters=parameters, cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False,
+        execution_timeout=300, start_timeout=120,  # a lost kernel reply fails the test instead of hanging the suite
+    )  # fmt: skip
     return nbformat.read(out, as_version=4)
 
 
