@@ -42,6 +42,9 @@ class DataConfig(_Section):
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     context_slices: int = Field(0, ge=0, le=8)  # 2.5D: 2k+1 neighbouring source slices as channels
     image_size: tuple[int, int] = (256, 256)  # training crop (H, W)
+    # model.dims 3: training patch (rows, columns, slices along `axis`) at the working spacing,
+    # e.g. [96, 96, 32]; each size a multiple of the 3D U-Net's strides along that axis
+    patch_size: tuple[int, int, int] | None = None
     spacing_mm: float | None = Field(None, gt=0)  # in-plane working spacing; None = native
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     empty_slice_weight: float = Field(0.05, ge=0, le=1)  # sampling weight of slices without body
@@ -111,6 +114,7 @@ class ModelConfig(_Section):
     """The generator and the discriminator (see docs/configs.md)."""
 
     generator: Literal["unet", "resnet"] = "unet"
+    dims: Literal[2, 3] = 2  # 2: slices (2D / 2.5D); 3: patches through a 3D U-Net and PatchGAN
     depth: int = Field(8, ge=2, le=10)  # U-Net levels (8 = unet_256)
     base_channels: int = Field(64, ge=1)
     resnet_blocks: int = Field(9, ge=1)
@@ -138,7 +142,8 @@ class LossConfig(_Section):
 class InpaintConfig(_Section):
     """Corruptions generated on the fly for inpainting (from the run's seed)."""
 
-    kinds: list[Literal["box", "slices", "stripes"]] = ["box", "stripes"]  # 'slices' needs context_slices >= 1
+    # 'slices' needs context_slices >= 1 in 2D; 'blob' (tumour-like compartments) needs model.dims 3
+    kinds: list[Literal["box", "slices", "stripes", "blob"]] = ["box", "stripes"]
     box_fraction: tuple[float, float] = (0.1, 0.35)  # box side as a fraction of the slice
     eval_seed: int = 1234  # corruptions of validation cases: the same every validation
 
@@ -191,16 +196,46 @@ class Config(_Section):
     def _slices_need_context(self) -> Config:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose from {sorted(TASKS)}")
-        if TASKS[self.task].region_key is not None and "slices" in self.inpaint.kinds and self.data.context_slices == 0:
+        inpaints = TASKS[self.task].region_key is not None
+        if inpaints and self.model.dims == 2 and "blob" in self.inpaint.kinds:
+            raise ValueError("inpaint.kinds 'blob' is a 3D compartment: set model.dims=3, or drop 'blob' from inpaint.kinds")
+        if inpaints and self.model.dims == 2 and "slices" in self.inpaint.kinds and self.data.context_slices == 0:
             raise ValueError(
                 "inpaint.kinds has 'slices' (whole slices missing), which needs neighbouring slices: "
                 "set data.context_slices >= 1, or drop 'slices' from inpaint.kinds"
             )
+        if self.model.dims == 3:
+            _check_3d(self)
+        elif self.data.patch_size is not None:
+            raise ValueError("data.patch_size is the 3D patch: set model.dims=3 with it, or drop it (2D trains on data.image_size)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-able values (tuples become lists)."""
         return self.model_dump(mode="json")
+
+
+def _check_3d(cfg: Config) -> None:
+    """What 3D patches need: a U-Net, a patch size its strides divide, no 2.5D context."""
+    from medp2p.models.unet3d import size_multiples, unet_strides
+
+    d, m = cfg.data, cfg.model
+    if m.generator != "unet":
+        raise ValueError(f"model.dims=3 builds a 3D U-Net; model.generator={m.generator!r} has no 3D form (set model.generator=unet)")
+    if d.patch_size is None:
+        raise ValueError("model.dims=3 needs data.patch_size (rows, columns, slices), e.g. [96, 96, 32]")
+    if d.context_slices:
+        raise ValueError("model.dims=3 sees neighbouring slices inside its patch: set data.context_slices=0")
+    if min(d.patch_size) < 4:
+        raise ValueError(f"data.patch_size must be at least 4 voxels along each axis, got {list(d.patch_size)}")
+    rows, cols, slices = d.patch_size
+    multiples = size_multiples(unet_strides((slices, rows, cols), m.depth))
+    need = (multiples[1], multiples[2], multiples[0])
+    if any(n % k for n, k in zip(d.patch_size, need, strict=True)):
+        raise ValueError(
+            f"data.patch_size {list(d.patch_size)} must be a multiple of {list(need)} along each axis "
+            f"(the strides of a {m.depth}-level 3D U-Net for this patch); lower model.depth or round the patch"
+        )
 
 
 def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

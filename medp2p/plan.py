@@ -22,6 +22,7 @@ from medp2p.data.case_reader import CaseKeys
 from medp2p.data.codecs import TargetCodec
 from medp2p.data.prepare import Prep
 from medp2p.models import LossSpec, build_discriminator, build_generator
+from medp2p.models.unet3d import unet_strides
 from medp2p.tasks import TASKS, Task
 
 
@@ -83,6 +84,13 @@ class Plan:
 def _prep(cfg: Config, task: Task) -> Prep:
     d, m = cfg.data, cfg.model
     lo, hi = d.mr_percentiles
+    if m.dims == 3:
+        assert d.patch_size is not None  # the config checked
+        rows, cols, slices = d.patch_size
+        patch: tuple[int, int, int] | None = (slices, rows, cols)
+        multiple, crop = 1, (rows, cols)  # the windows are whole patches: no grid padding but the crop
+    else:
+        patch, multiple, crop = None, 2**m.depth if m.generator == "unet" else 4, (d.image_size[0], d.image_size[1])
     return Prep(
         source_keys=tuple(d.source_keys or task.source_keys),
         target_key=d.target_key or task.target_key,
@@ -92,13 +100,14 @@ def _prep(cfg: Config, task: Task) -> Prep:
         context_slices=d.context_slices,
         spacing_mm=d.spacing_mm,
         mr_percentiles=(lo, hi),
-        size_multiple=2**m.depth if m.generator == "unet" else 4,
-        min_size=(d.image_size[0], d.image_size[1]),
+        size_multiple=multiple,
+        min_size=crop,
         empty_slice_weight=d.empty_slice_weight,
         slice_range=(d.slice_range[0], d.slice_range[1]) if d.slice_range else None,
         region=task.region_key is not None,
         source_channels=tuple(d.source_channels) if d.source_channels else None,
         target_window=(d.target_window[0], d.target_window[1]) if d.target_window else None,
+        patch_size=patch,
     )
 
 
@@ -125,6 +134,10 @@ def _generator(cfg: Config, task: Task, in_channels: int) -> NetworkSpec:
         "norm": m.norm,
         "final_activation": task.codec.final_activation,
     }
+    if m.dims == 3:
+        assert cfg.data.patch_size is not None
+        rows, cols, slices = cfg.data.patch_size
+        return NetworkSpec("unet3d", {**common, "strides": unet_strides((slices, rows, cols), m.depth), "dropout": m.dropout})
     if m.generator == "unet":
         return NetworkSpec("unet", {**common, "depth": m.depth, "dropout": m.dropout})
     return NetworkSpec("resnet", {**common, "blocks": m.resnet_blocks, "dropout": 0.0})
@@ -132,6 +145,13 @@ def _generator(cfg: Config, task: Task, in_channels: int) -> NetworkSpec:
 
 def _discriminator(cfg: Config, in_channels: int) -> NetworkSpec:
     m = cfg.model
+    if m.dims == 3:
+        assert cfg.data.patch_size is not None
+        rows, cols, slices = cfg.data.patch_size
+        kwargs = {"in_channels": in_channels + 1, "patch_size": (slices, rows, cols), "base_channels": m.disc_channels}
+        return NetworkSpec(
+            f"{m.discriminator}3d", {**kwargs, "layers": m.disc_layers, "norm": m.disc_norm, "spectral_norm": m.spectral_norm}
+        )
     return NetworkSpec(
         m.discriminator,
         {

@@ -57,11 +57,11 @@ def test_spectral_norm_wraps_every_convolution() -> None:
 
 
 def test_registry_misses_name_the_choices() -> None:
-    with pytest.raises(KeyError, match=r"Unknown generator 'unet256'; choose from \['resnet', 'unet'\]"):
+    with pytest.raises(KeyError, match=r"Unknown generator 'unet256'; choose from \['resnet', 'unet', 'unet3d'\]"):
         build_generator("unet256", in_channels=1, out_channels=1)
     with pytest.raises(KeyError, match="Unknown discriminator"):
         build_discriminator("pixel", in_channels=2)
-    assert sorted(GENERATORS) == ["resnet", "unet"]
+    assert sorted(GENERATORS) == ["resnet", "unet", "unet3d"]
 
 
 def test_losses() -> None:

@@ -15,6 +15,8 @@ from medp2p.data.intensity import body_mask
 from medp2p.types import Volume
 
 CORRUPTIONS = ("box", "slices", "stripes")
+#: 3D patches also take ``blob``: a compact, tumour-like compartment (two overlapping ellipsoids).
+CORRUPTIONS_3D = (*CORRUPTIONS, "blob")
 
 
 def corruption_regions(
@@ -97,6 +99,84 @@ def corruption_regions(
         chosen = (kind == i)[:, None, None, None]
         region = {"box": box, "slices": slices, "stripes": stripes}[name]
         out = torch.where(chosen & region, torch.ones(()), out)
+    return out
+
+
+def corruption_patches(body: torch.Tensor, kinds: tuple[str, ...], box_fraction: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    """Regions to void for a batch of 3D patches (``model.dims: 3``), drawn for the whole batch at once.
+
+    Args:
+        body: ``(B, D, H, W)`` 0/1 body of each patch.
+        kinds: corruption kinds to choose from (uniformly per sample), from :data:`CORRUPTIONS_3D`.
+        box_fraction: the region's extent range as a fraction of the patch along each axis.
+        gen: the random stream (the same number of draws whatever is chosen).
+
+    Returns:
+        ``(B, D, H, W)`` 0/1 regions, each touching the centre slice ``D // 2``. ``box``: a
+        box whose three sides are drawn from ``box_fraction``, centred on a uniform body voxel of
+        the centre slice and cut to the body; ``blob``: two overlapping ellipsoids of the same
+        extent there, cut to the body (BraTS-Inpainting's healthy-tissue masks are tumour-shaped
+        compartments, not boxes); ``slices``: 1 to ``D // 4`` whole slices through the centre;
+        ``stripes``: 1 to 4 lines 1 to 4 voxels wide across the centre slice.
+
+    Example:
+        >>> regions = corruption_patches(body, ("box", "blob"), (0.1, 0.35), gen)
+    """
+    b, d, h, w = body.shape
+    unknown = [x for x in kinds if x not in CORRUPTIONS_3D]
+    if unknown:
+        raise KeyError(f"Unknown corruption {unknown[0]!r}; choose from {list(CORRUPTIONS_3D)}")
+    r = torch.rand(b, 12, generator=gen)
+    kind = torch.tensor([CORRUPTIONS_3D.index(x) for x in kinds])[(r[:, 0] * len(kinds)).long().clamp_max(len(kinds) - 1)]
+    mid = d // 2
+    centre = body[:, mid] > 0
+    counts = centre.flatten(1).sum(1)
+    has_body = counts > 0
+    pick = torch.minimum((r[:, 1] * counts).long(), (counts - 1).clamp_min(0))
+    at = torch.searchsorted(torch.cumsum(centre.flatten(1).long(), 1), (pick + 1).unsqueeze(1)).squeeze(1).clamp_max(h * w - 1)
+    cy = torch.where(has_body, at // w, (r[:, 1] * h).long()).float()
+    cx = torch.where(has_body, at % w, (r[:, 2] * w).long()).float()
+    lo, hi = box_fraction
+    sides = torch.stack([(lo + (hi - lo) * r[:, 3 + a]) * n for a, n in enumerate((d, h, w))], 1).clamp_min(1.0)  # (B, 3)
+    zs, ys, xs = (torch.arange(n, dtype=torch.float32) for n in (d, h, w))
+    centre_at = torch.stack([torch.full((b,), float(mid)), cy, cx], 1)
+    near = [(axis[None] - centre_at[:, a, None]) for a, axis in enumerate((zs, ys, xs))]  # (B, n) offsets per axis
+    half = sides / 2
+    inside = [(off.abs() <= half[:, a, None] + 1e-6) for a, off in enumerate(near)]
+    box = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
+    # blob: an ellipsoid of the box's semi-axes (its centre is the drawn body voxel, so it is hit),
+    # and a second one moved by up to half of them
+    move = (r[:, 6:9] * 2 - 1) * half / 2
+    blob = torch.zeros(b, d, h, w, dtype=torch.bool)
+    for shift in (torch.zeros_like(move), move):
+        e = (
+            ((near[0] - shift[:, 0, None]) / half[:, 0, None])[:, :, None, None] ** 2
+            + ((near[1] - shift[:, 1, None]) / half[:, 1, None])[:, None, :, None] ** 2
+            + ((near[2] - shift[:, 2, None]) / half[:, 2, None])[:, None, None, :] ** 2
+        )
+        blob |= e <= 1
+    in_body = body > 0
+    box = torch.where(has_body[:, None, None, None], box & in_body, box)
+    blob = torch.where(has_body[:, None, None, None], blob & in_body, blob)
+    # slices: 1 .. d//4 whole slices through the centre
+    n_slices = 1 + (r[:, 9] * max(d // 4, 1)).long().clamp_max(max(d // 4, 1) - 1)
+    first = mid - n_slices // 2
+    rows = (torch.arange(d)[None] >= first[:, None]) & (torch.arange(d)[None] < (first + n_slices)[:, None])
+    slices = rows[:, :, None, None].expand(b, d, h, w)
+    # stripes on the centre slice, as in 2D
+    lines, width = 1 + (r[:, 10] * 4).long(), 1 + (r[:, 11] * 4).long()
+    horizontal = r[:, 3] < 0.5
+    size = torch.where(horizontal, torch.tensor(h), torch.tensor(w))
+    begin = (torch.rand(b, 4, generator=gen) * (size - width).clamp_min(1)[:, None]).long()
+    used = torch.arange(4)[None] < lines[:, None]
+    pos = torch.arange(max(h, w))
+    hit = ((pos[None, None] >= begin[..., None]) & (pos[None, None] < (begin + width[:, None])[..., None]) & used[..., None]).any(1)
+    stripes = torch.zeros(b, d, h, w, dtype=torch.bool)
+    stripes[:, mid] = torch.where(horizontal[:, None, None], hit[:, :h, None].expand(b, h, w), hit[:, None, :w].expand(b, h, w))
+    out = torch.zeros(b, d, h, w)
+    for i, name in enumerate(CORRUPTIONS_3D):
+        region = {"box": box, "slices": slices, "stripes": stripes, "blob": blob}[name]
+        out = torch.where((kind == i)[:, None, None, None] & region, torch.ones(()), out)
     return out
 
 

@@ -45,6 +45,8 @@ class Prep:
             None: one each.
         target_window: ``(lo, hi)`` of the target contrast, for a codec that fits one on the
             training targets (written in this scale); None otherwise, or before it is fitted.
+        patch_size: 3D mode (``model.dims: 3``): the generator's patch ``(D, H, W)`` in model
+            space (slices, rows, columns); None: the generator takes 2D slices.
     """
 
     source_keys: tuple[str, ...]
@@ -62,6 +64,7 @@ class Prep:
     region: bool = False
     source_channels: tuple[int, ...] | None = None
     target_window: tuple[float, float] | None = None
+    patch_size: tuple[int, int, int] | None = None
 
     @property
     def context(self) -> int:

@@ -110,6 +110,19 @@ def _context_rows(case: SampledCase, name: str, d: int, k: int, win: tuple[slice
     return np.ascontiguousarray(block[idx].transpose(1, 0, 2, 3))
 
 
+def _crop_origin(case: SampledCase, d: int, crop: tuple[int, int], size: tuple[int, int], offset: torch.Tensor) -> tuple[slice, slice]:
+    """The crop of slice ``d``: centred on a uniform point of its body box (``offset`` in [0, 1)^2), clamped; anywhere without body."""
+    ch, cw = crop
+    h, w = size
+    ext = case.extent[d].tolist()
+    if ext[0] < 0:  # no body on this slice: anywhere
+        y0, x0 = int(offset[0] * (h - ch + 1)), int(offset[1] * (w - cw + 1))
+    else:  # centre the crop on a uniform point of the body's bounding box
+        y0 = min(max(int(ext[0] + offset[0] * (ext[1] - ext[0] + 1)) - ch // 2, 0), h - ch)
+        x0 = min(max(int(ext[2] + offset[1] * (ext[3] - ext[2] + 1)) - cw // 2, 0), w - cw)
+    return slice(y0, y0 + ch), slice(x0, x0 + cw)
+
+
 def draw_batch(
     tables: SliceTables, batch_size: int, crop: tuple[int, int], context_slices: int, gen: torch.Generator
 ) -> dict[str, torch.Tensor]:
@@ -128,20 +141,47 @@ def draw_batch(
         case = tables.cases[int(tables.owner[flat])]
         d = int(tables.slice_of[flat])
         first = case.rows(TARGET, d, d + 1)  # (1, 1, H, W)
-        h, w = first.shape[-2:]
-        ext = case.extent[d].tolist()
-        if ext[0] < 0:  # no body on this slice: anywhere
-            y0, x0 = int(offsets[j, 0] * (h - ch + 1)), int(offsets[j, 1] * (w - cw + 1))
-        else:  # centre the crop on a uniform point of the body's bounding box
-            y0 = min(max(int(ext[0] + offsets[j, 0] * (ext[1] - ext[0] + 1)) - ch // 2, 0), h - ch)
-            x0 = min(max(int(ext[2] + offsets[j, 1] * (ext[3] - ext[2] + 1)) - cw // 2, 0), w - cw)
-        win = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+        win = _crop_origin(case, d, crop, first.shape[-2:], offsets[j])
         src = _context_rows(case, SOURCE, d, k, win)  # (S, 2k+1, h, w): image-major channels
         out[SOURCE].append(src.reshape(-1, ch, cw))
         out[TARGET].append(first[0][:, win[0], win[1]].astype(np.float32))
         out[BODY].append(_context_rows(case, BODY, d, k, win)[0].astype(np.float32))
         if case.has_mask:
             out[MASK].append(case.rows(MASK, d, d + 1)[0][:, win[0], win[1]].astype(np.float32))
+    return {key: torch.from_numpy(np.stack(v).astype(np.float32, copy=False)) for key, v in out.items() if v}
+
+
+def _slab_rows(case: SampledCase, name: str, start: int, depth: int, win: tuple[slice, slice]) -> np.ndarray:
+    """``(C, depth, h, w)``: slices ``start .. start + depth - 1`` of one array (edges replicated), cropped."""
+    lo, hi = max(start, 0), min(start + depth, case.depth)
+    block = case.rows(name, lo, hi)[:, :, win[0], win[1]]  # (n, C, h, w)
+    idx = np.clip(np.arange(start, start + depth), 0, case.depth - 1) - lo
+    return np.ascontiguousarray(block[idx].transpose(1, 0, 2, 3))
+
+
+def draw_patches(tables: SliceTables, batch_size: int, patch: tuple[int, int, int], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """One batch of 3D patches from ``gen``: ``source (B, S, d, h, w)``, ``target (B, 1, d, h, w)``, ``body (B, d, h, w)``, ``mask``.
+
+    A centre slice is drawn by weight as :func:`draw_batch` draws slices (body-centred, rarely
+    empty), the patch's slab is the ``d`` slices around it (moved inside the volume where it
+    fits, edges replicated where the volume is thinner than the patch), and its in-plane crop is
+    centred on a uniform point of the centre slice's body box.
+    """
+    picks = torch.multinomial(tables.weights, batch_size, replacement=True, generator=gen)
+    offsets = torch.rand(batch_size, 2, generator=gen)
+    pd, ph, pw = patch
+    out: dict[str, list[np.ndarray]] = {SOURCE: [], TARGET: [], BODY: [], MASK: []}
+    for j, flat in enumerate(picks.tolist()):
+        case = tables.cases[int(tables.owner[flat])]
+        d = int(tables.slice_of[flat])
+        start = min(max(d - pd // 2, 0), case.depth - pd) if case.depth >= pd else d - pd // 2
+        size = case.rows(BODY, d, d + 1).shape[-2:]
+        win = _crop_origin(case, d, (ph, pw), size, offsets[j])
+        out[SOURCE].append(_slab_rows(case, SOURCE, start, pd, win))
+        out[TARGET].append(_slab_rows(case, TARGET, start, pd, win).astype(np.float32))
+        out[BODY].append(_slab_rows(case, BODY, start, pd, win)[0].astype(np.float32))
+        if case.has_mask:
+            out[MASK].append(_slab_rows(case, MASK, start, pd, win).astype(np.float32))
     return {key: torch.from_numpy(np.stack(v).astype(np.float32, copy=False)) for key, v in out.items() if v}
 
 
@@ -186,6 +226,8 @@ class SliceBatches(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         rank, world: this process's place (rank ``r`` of ``W`` draws global batches ``s * W + r``).
         transform: applied to each drawn batch with its generator (corruption, augmentation,
             MONAI transforms: :class:`medp2p.train.batches.BatchRecipe`), in the worker.
+        patch: 3D patches ``(D, H, W)`` instead of slices (:func:`draw_patches`; ``crop`` and
+            ``context_slices`` then unused).
 
     Example:
         >>> batches = SliceBatches(stored, 8, (128, 128), 1, seed=0)
@@ -202,10 +244,12 @@ class SliceBatches(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         rank: int = 0,
         world: int = 1,
         transform: Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]] | None = None,
+        patch: tuple[int, int, int] | None = None,
     ) -> None:
         self.tables = SliceTables(cases)
         self.batch_size, self.crop, self.context_slices = batch_size, crop, context_slices
         self.seed, self.rank, self.world, self.transform = seed, rank, world, transform
+        self.patch = patch
 
     def __len__(self) -> int:
         return 2**62  # steps are indices: the loop decides where to stop
@@ -216,7 +260,10 @@ class SliceBatches(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         gen = self.generator(step)
-        batch = draw_batch(self.tables, self.batch_size, self.crop, self.context_slices, gen)
+        if self.patch is not None:
+            batch = draw_patches(self.tables, self.batch_size, self.patch, gen)
+        else:
+            batch = draw_batch(self.tables, self.batch_size, self.crop, self.context_slices, gen)
         return self.transform(batch, gen) if self.transform is not None else batch
 
 

@@ -106,9 +106,11 @@ def configure_backends(device: torch.device, precision: str, deterministic: bool
 
 
 def memory_format(
-    device: torch.device, dtype: torch.dtype | None, channels_last: bool | str = "auto", training: bool = False
+    device: torch.device, dtype: torch.dtype | None, channels_last: bool | str = "auto", training: bool = False, dims: int = 2
 ) -> torch.memory_format:
     """The activation layout: ``channels_last`` (NHWC) or contiguous (NCHW).
+
+    3D networks (``dims=3``) always run contiguous (NCDHW): their layout was not measured.
 
     An explicit True/False is kept. ``auto``: NHWC for prediction, and for training on CUDA or
     under autocast; NCHW for float32 training on a CPU, where oneDNN's NHWC backward passes were
@@ -119,6 +121,8 @@ def memory_format(
         >>> memory_format(torch.device("cpu"), None, "auto", training=True)
         torch.contiguous_format
     """
+    if dims == 3:
+        return torch.contiguous_format
     if channels_last == "auto":
         channels_last = not training or device.type == "cuda" or dtype is not None
     elif not isinstance(channels_last, bool):

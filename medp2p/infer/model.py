@@ -108,7 +108,7 @@ def load_model(
     generator, plan = generator_from_checkpoint(ckpt)
     dev = resolve_device(device)
     dtype = resolve_precision(dev, precision or plan.config.train.precision)
-    layout = memory_format(dev, dtype, plan.config.train.channels_last)
+    layout = memory_format(dev, dtype, plan.config.train.channels_last, dims=plan.config.model.dims)
     generator = generator.to(dev).to(memory_format=layout).eval()  # type: ignore[call-overload]  # torch's stub lacks memory_format
     # Inductor folds and fuses on its own; eager prediction gets the same rewrite by hand
     generator = compile_for_inference(generator) if compile else optimize_for_inference(generator, inplace=True)

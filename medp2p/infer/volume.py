@@ -18,6 +18,7 @@ from medp2p.data.intensity import IntensityWindow, body_mask
 from medp2p.data.prepare import Prep, prepare_source
 from medp2p.device.allocator import reuse_freed_memory
 from medp2p.device.precision import autocast
+from medp2p.infer.windows import run_windows
 from medp2p.types import Volume
 
 #: Pixels per forward pass when no batch size is given: 16 slices of 256x256. Larger slices go in
@@ -101,8 +102,11 @@ def run_slices(
     """The generator over every slice of a model-space stack, in batches: the ``(C, D, H, W)`` output.
 
     With a region channel (inpainting) only the slices that hold region are run; the others keep
-    the input's first channel.
+    the input's first channel. A 3D generator (``prep.patch_size``) runs over overlapping windows
+    instead (:func:`~medp2p.infer.windows.run_windows`).
     """
+    if prep.patch_size is not None:
+        return run_windows(generator, stack, extra, prep, options)
     mirror = MIRROR_DIMS[prep.axis]
     if options.flip_tta and mirror is None:
         raise ValueError(f"flip TTA mirrors left-right, which {prep.axis} slices do not hold")

@@ -19,9 +19,10 @@ from medp2p.models.layers import NORMS, init_weights
 from medp2p.models.losses import GAN_MODES, LossSpec, gan_loss, soft_dice_loss, weighted_l1
 from medp2p.models.resnet import ResNetGenerator
 from medp2p.models.unet import UNetGenerator
+from medp2p.models.unet3d import PatchDiscriminator3D, UNet3DGenerator
 
-GENERATORS: dict[str, Callable[..., nn.Module]] = {"unet": UNetGenerator, "resnet": ResNetGenerator}
-DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {"patchgan": PatchDiscriminator}
+GENERATORS: dict[str, Callable[..., nn.Module]] = {"unet": UNetGenerator, "resnet": ResNetGenerator, "unet3d": UNet3DGenerator}
+DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {"patchgan": PatchDiscriminator, "patchgan3d": PatchDiscriminator3D}
 
 
 def build_generator(name: str, **kwargs: Any) -> nn.Module:
@@ -51,7 +52,9 @@ __all__ = [
     "LossSpec",
     "NORMS",
     "PatchDiscriminator",
+    "PatchDiscriminator3D",
     "ResNetGenerator",
+    "UNet3DGenerator",
     "UNetGenerator",
     "build_discriminator",
     "build_generator",

@@ -129,8 +129,12 @@ class MatmulConvTranspose2d(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1)"
 
 
+#: Convolutions a following batch norm folds into.
+_FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)
+
+
 def fold_batch_norm(net: nn.Module) -> int:
-    """Fold every eval-mode ``BatchNorm2d`` into the convolution it follows, in place.
+    """Fold every eval-mode ``BatchNorm2d`` / ``BatchNorm3d`` into the convolution it follows, in place.
 
     Only norms that directly follow a convolution in an ``nn.Sequential``; the norm becomes
     ``nn.Identity``.
@@ -146,9 +150,9 @@ def fold_batch_norm(net: nn.Module) -> int:
             continue
         for i in range(1, len(seq)):
             conv, bn = seq[i - 1], seq[i]
-            if type(bn) is nn.BatchNorm2d and bn.track_running_stats and type(conv) in (nn.Conv2d, nn.ConvTranspose2d):
-                assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d)
-                seq[i - 1] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
+            if type(bn) in (nn.BatchNorm2d, nn.BatchNorm3d) and bn.track_running_stats and type(conv) in _FOLDABLE:
+                assert isinstance(conv, _FOLDABLE) and isinstance(bn, (nn.BatchNorm2d, nn.BatchNorm3d))
+                seq[i - 1] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, (nn.ConvTranspose2d, nn.ConvTranspose3d)))
                 seq[i] = nn.Identity()
                 folded += 1
     return folded

@@ -15,7 +15,7 @@ import torch
 
 from medp2p.data.augment import AugmentParams, AugmentSpec, apply_augment, draw_augment, monai_transforms
 from medp2p.data.codecs import BACKGROUND
-from medp2p.data.corruption import corruption_regions
+from medp2p.data.corruption import corruption_patches, corruption_regions
 from medp2p.data.geometry import MIRROR_DIMS
 from medp2p.data.sampling import BODY, SliceBatcher
 from medp2p.plan import Plan
@@ -68,7 +68,9 @@ class BatchRecipe:
     def __call__(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Draw this batch's corruption, augmentation and MONAI seeds; apply them unless the device will."""
         b = batch[SOURCE].shape[0]
-        if self.region:
+        if self.region and batch[SOURCE].dim() == 5:  # 3D patches
+            batch[REGION] = corruption_patches(batch[BODY], self.kinds, self.box_fraction, gen)
+        elif self.region:
             batch[REGION] = corruption_regions(batch[BODY], self.context_slices, self.kinds, self.box_fraction, gen)
         batch.update(draw_augment(b, self.augment, gen).as_dict())
         if self.monai:
@@ -81,16 +83,23 @@ class BatchRecipe:
         if PENDING not in batch:
             return batch
         params = AugmentParams.from_dict(batch)
-        images = {SOURCE: batch[SOURCE], TARGET: batch[TARGET]}
+        depth = batch[SOURCE].shape[2] if batch[SOURCE].dim() == 5 else None  # 3D patches (B, C, D, H, W)
+        fold = _folded if depth is not None else _same
+        images = {SOURCE: fold(batch[SOURCE]), TARGET: fold(batch[TARGET])}
         labels: dict[str, torch.Tensor] = {}  # the body only places the boxes: it is not augmented
         if MASK in batch:
-            labels[MASK] = batch[MASK]
+            labels[MASK] = fold(batch[MASK])
         if self.labels:
             labels[TARGET] = images.pop(TARGET)
         if REGION in batch:
-            labels[REGION] = batch[REGION]
+            labels[REGION] = batch[REGION]  # (B, 2k+1, H, W), or (B, D, H, W) for patches
         jitter = (SOURCE, TARGET) if self.jitter_target else (SOURCE,)
+        # a patch's slices are channels here: each sample's flip, in-plane warp and intensity jitter
+        # are the same for every slice of it (nnU-Net also rotates anisotropic patches in-plane only)
         images, labels = apply_augment(images, labels, jitter, self.augment, params)
+        if depth is not None:
+            images = {k: _unfolded(v, depth) for k, v in images.items()}
+            labels = {k: v if k == REGION else _unfolded(v, depth) for k, v in labels.items()}
         out = {SOURCE: images[SOURCE], TARGET: images[TARGET] if TARGET in images else labels[TARGET]}
         if MASK in labels:
             out[MASK] = labels[MASK]
@@ -99,6 +108,11 @@ class BatchRecipe:
         if self.region:
             regions = labels[REGION]
             fill = torch.tensor(BACKGROUND, device=regions.device)
+            if depth is not None:  # one region channel over the patch's slices
+                regions = regions[:, None]
+                voided = torch.where(regions > 0, fill, out[SOURCE])
+                out[SOURCE], out[REGION] = torch.cat([voided, regions], dim=1), regions
+                return out
             voided = torch.where(regions.repeat(1, self.n_sources, 1, 1) > 0, fill, out[SOURCE])
             out[SOURCE] = torch.cat([voided, regions], dim=1)
             out[REGION] = regions[:, self.context_slices : self.context_slices + 1]
@@ -117,6 +131,20 @@ class BatchRecipe:
                 sample = t(sample)
             samples.append(sample)
         return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]).to(out[k].dtype) for k in out}
+
+
+def _folded(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, D, H, W) -> (B, C * D, H, W)``: a patch's slices as channels, for the in-plane augmentation."""
+    return t.flatten(1, 2)
+
+
+def _unfolded(t: torch.Tensor, depth: int) -> torch.Tensor:
+    """``(B, C * D, H, W) -> (B, C, D, H, W)``."""
+    return t.reshape(t.shape[0], -1, depth, *t.shape[2:])
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def training_batch(batcher: SliceBatcher, aug: AugmentSpec, plan: Plan, gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -115,6 +115,7 @@ def make_loader(trainer: Trainer, data: TrainingData) -> Iterator[dict[str, torc
         trainer.ddp.rank,
         trainer.ddp.world,
         recipe,
+        patch=plan.prep.patch_size,
     )
     workers = d.num_workers
     loader = DataLoader(

@@ -171,7 +171,7 @@ def build_trainer(plan: Plan, device: torch.device, ddp: Dist = Dist()) -> Train
     configure_backends(device, t.precision, t.deterministic)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     gen = torch.Generator().manual_seed(t.seed + 1_000_003 * ddp.rank)
-    layout = memory_format(device, dtype, t.channels_last, training=True)
+    layout = memory_format(device, dtype, t.channels_last, training=True, dims=plan.config.model.dims)
     G, D = _networks(plan, device, layout)
     if ddp.enabled and device.type == "cuda":  # batch statistics over every rank's batch (SyncBatchNorm runs on GPUs)
         G = nn.SyncBatchNorm.convert_sync_batchnorm(G)  # type: ignore[no-untyped-call]
