@@ -6,6 +6,7 @@
     python benchmarks/realdata.py mr2mr    # kirby21 -> stroke_cstar T1->T2, T1->FLAIR; BraTS FLAIR->T1c (~3 x 28 min)
 
     python benchmarks/realdata.py mri2ct --uncertainty --members 3   # ensembles and uncertainty (issue 24)
+    python benchmarks/realdata.py mri2ct --dims 3 --work runs/realdata_3d   # the 3D configs (issue 26)
 
 Data: ``$MEDP2P_SHARED_DATA`` (default ``../shared/data``).
 """
@@ -39,11 +40,14 @@ def main() -> None:
     parser.add_argument(
         "--members", type=int, default=1, help="Train this many models per split (seeds 0..N-1) and predict with their ensemble."
     )
+    parser.add_argument(
+        "--dims", type=int, choices=(2, 3), default=2, help="3: train the protocols' 3D configs (configs/*_3d.yaml) instead."
+    )
     args = parser.parse_args()
     if not shared_data().is_dir():
         sys.exit(f"real data not found at {shared_data()} (set MEDP2P_SHARED_DATA)")
     predict = ("--tta",) * args.tta + ("--uncertainty",) * args.uncertainty
-    opts = ProtocolOptions(args.work, args.quick, args.reuse, tuple(args.sets), predict, members=args.members)
+    opts = ProtocolOptions(args.work, args.quick, args.reuse, tuple(args.sets), predict, members=args.members, dims=args.dims)
     if args.task == "mri2ct":
         result = run_mri2ct(opts, tuple(args.splits or [s[0] for s in MRIDIR_SPLITS]))
     elif args.task == "seg":

@@ -306,3 +306,85 @@ def test_3d_resume_is_bit_identical(tiny_phantom: Path, tmp_path: Path) -> None:
     for net in ("generator", "discriminator"):
         for key in a[net]:
             assert torch.equal(a[net][key], b[net][key]), (net, key)
+
+
+# --- training pieces ------------------------------------------------------------------------------
+
+
+def _prepared(tiny_phantom: Path, task: str, sets: list[str]) -> tuple:
+    from medp2p.data.case_reader import read_case
+    from medp2p.data.prepare import prepare_case
+
+    cfg = load_config(task, TINY, [*SETS_3D, *sets])
+    plan = build_plan(cfg)
+    files = {k: str(tiny_phantom / "case_000" / f"{k}.nii.gz") for k in ("mr", "ct", "mask", "tumor")}
+    return plan, prepare_case(read_case({"id": "c", **files}, plan.keys), plan.prep)
+
+
+def test_a_3d_slab_split_keeps_only_the_training_slab(tiny_phantom: Path) -> None:
+    from medp2p.data.geometry import slab_bounds
+
+    _, whole = _prepared(tiny_phantom, "mri2ct", [])
+    _, slab = _prepared(tiny_phantom, "mri2ct", ["data.slice_range=[0.0, 0.5]"])
+    lo, hi = slab_bounds(whole.source.shape[1], (0.0, 0.5))
+    assert slab.source.shape[1] == hi - lo == slab.weights.shape[0]  # no patch can reach the held-out slices
+    assert torch.equal(slab.source, whole.source[:, lo:hi]) and torch.equal(slab.target, whole.target[:, lo:hi])
+
+
+def test_patch_augmentation_moves_every_slice_alike(tiny_phantom: Path) -> None:
+    from medp2p.data.augment import AugmentSpec
+    from medp2p.train.batches import BatchRecipe
+
+    plan, case = _prepared(tiny_phantom, "mri2ct", [])
+    tables = SliceTables([case])
+    raw = draw_patches(tables, 4, plan.prep.patch_size, torch.Generator().manual_seed(2))
+    raw["source"] = raw["source"][:, :, :1].expand_as(raw["source"]).clone()  # every slice the same image
+    raw["target"] = raw["target"][:, :, :1].expand_as(raw["target"]).clone()
+    spec = AugmentSpec(flip_prob=1.0, affine_prob=1.0, intensity_prob=1.0, rotate_deg=20, flip_dim=-1)
+    out = BatchRecipe.of(plan, spec)(dict(raw), torch.Generator().manual_seed(9))
+    assert out["source"].shape == raw["source"].shape and out["target"].shape == raw["target"].shape
+    assert not torch.equal(out["source"], raw["source"])  # it was augmented ...
+    for key in ("source", "target"):  # ... and each patch's slices stayed identical to each other
+        assert torch.equal(out[key], out[key][:, :, :1].expand_as(out[key]))
+
+
+@pytest.mark.parametrize("task", ["mri2ct", "inpaint"])
+def test_3d_loss_goes_down_on_a_fixed_batch(tiny_phantom: Path, task: str) -> None:
+    from medp2p.data.augment import AugmentSpec
+    from medp2p.train.batches import BatchRecipe
+    from medp2p.train.steps import Pix2PixStep
+
+    plan, case = _prepared(tiny_phantom, task, ["train.precision=fp32", "model.dropout=0", "inpaint.kinds=[blob]"])
+    gen = torch.Generator().manual_seed(0)
+    batch = BatchRecipe.of(plan, AugmentSpec(flip_prob=0, affine_prob=0, intensity_prob=0))(
+        draw_patches(SliceTables([case]), 2, plan.prep.patch_size, gen), gen
+    )
+    assert batch["source"].dim() == 5 and batch["source"].shape[1] == plan.prep.in_channels
+    torch.manual_seed(0)
+    G, D = plan.build_generator(), plan.build_discriminator()
+    step = Pix2PixStep(
+        G, D, torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999)),
+        torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)) if D is not None else None, plan.losses, torch.device("cpu"), None,
+    )  # fmt: skip
+    history = [float(step(i, batch)["loss_G_L1"]) for i in range(40)]
+    assert history[-1] < 0.5 * history[0], history
+
+
+def test_a_3d_model_exports_to_onnx_and_predicts_the_same_volume(tiny_phantom: Path, tmp_path: Path) -> None:
+    from medp2p.infer.onnx import OnnxGenerator, read_onnx_metadata
+
+    sets = [x for s in ["data.val_cases=1", *SETS_3D, "model.norm=batch", "train.steps=2"] for x in ("--set", s)]
+    _cli("train", "--task", "mri2ct", "--data", str(tiny_phantom), "--config", TINY, "--out", str(tmp_path / "run"), *sets)
+    _cli("export", "--model", str(tmp_path / "run"), "-o", str(tmp_path / "m.onnx"))
+    assert read_onnx_metadata(tmp_path / "m.onnx")["contract"]["patch_size"] == [8, 16, 16]
+    from medp2p.infer.checkpoint import generator_from_checkpoint, load_checkpoint
+
+    generator, _ = generator_from_checkpoint(load_checkpoint(tmp_path / "run"))
+    x = torch.randn(3, 1, 8, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(OnnxGenerator(tmp_path / "m.onnx")(x).numpy(), generator.eval()(x).numpy(), atol=1e-4)
+    for name, model, extra in (("torch", tmp_path / "run", ["--precision", "fp32"]), ("onnx", tmp_path / "m.onnx", [])):
+        _cli("predict", "--model", str(model), "-i", str(tiny_phantom), "-o", str(tmp_path / name), *extra)
+    for case in ("case_000", "case_001", "case_002"):
+        a, b = (read_volume(tmp_path / n / case / "sct.nii.gz") for n in ("torch", "onnx"))
+        np.testing.assert_allclose(b.array, a.array, atol=1e-3)  # HU

@@ -81,3 +81,20 @@ def test_mri2ct_ensemble_with_uncertainty_scores_members_and_their_calibration(t
     record = json.loads((tmp_path / "mri2ct" / "lower_to_upper" / "pred" / "mridir" / "uncertainty.json").read_text())
     assert len(record["members"]) == 2 and record["passes_per_member"] == 6
     assert row["train_s"] == pytest.approx(sum(m["train_s"] for m in row["members"]), abs=0.2)
+
+
+def test_protocols_train_their_3d_configs_with_dims_3(tmp_path: Path) -> None:
+    opts = ProtocolOptions(tmp_path, quick=True, dims=3)
+    path, sets = opts.config("mri2ct_mridir.yaml", ["data.slice_range=[0.0, 0.5]", "data.image_size=[64, 64]", "model.depth=6"])
+    assert path.name == "mri2ct_mridir_3d.yaml" and path.is_file()
+    assert sets == ["data.slice_range=[0.0, 0.5]", "model.depth=6", "data.patch_size=[64, 64, 16]"]
+    assert ProtocolOptions(tmp_path).config("seg_brats.yaml", ["data.image_size=[64, 64]"])[1] == ["data.image_size=[64, 64]"]
+    for name in ("mri2ct_mridir", "seg_brats", "inpaint_brain", "mr2mr_brain"):
+        assert (opts.configs / f"{name}_3d.yaml").is_file()
+
+
+def test_mri2ct_slab_split_in_3d_beats_the_mean_hu_baseline(tmp_path: Path) -> None:
+    shared("mridir_phantom", "t2.nii.gz")
+    (row,) = run_mri2ct(ProtocolOptions(tmp_path, quick=True, dims=3), splits=("lower_to_upper",)).splits
+    assert "mri2ct_mridir_3d.yaml" in row["command"] and "data.patch_size=[64, 64, 16]" in row["command"]
+    assert row["metrics"]["mae"] < row["baselines"]["mean_hu"]["mae"]

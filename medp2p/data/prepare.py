@@ -141,6 +141,9 @@ def prepare_source(
 def prepare_case(case: CaseVolumes, prep: Prep) -> PreparedCase:
     """Bring one read and checked case (:func:`~medp2p.data.case_reader.read_case`) into model space.
 
+    With ``prep.slice_range`` and 3D patches (``prep.patch_size``) the case keeps only its slab's
+    slices, so that no training patch reaches into the slices held out for testing.
+
     Raises:
         ValueError: an image is not on the first source's grid (names both files).
     """
@@ -174,4 +177,7 @@ def prepare_case(case: CaseVolumes, prep: Prep) -> PreparedCase:
         keep = torch.zeros(depth, dtype=torch.bool)
         keep[lo:hi] = True
         weights = torch.where(keep, weights, 0.0)
+        if prep.patch_size is not None:  # 3D: a patch around a slab slice would reach across it; keep the slab alone
+            stack, target_t, body_t, weights = stack[:, lo:hi], target_t[:, lo:hi], body_t[:, lo:hi], weights[lo:hi]
+            mask_t = mask_t[:, lo:hi] if mask_t is not None else None
     return PreparedCase(case.id, stack, target_t, mask_t, body_t, weights, grid, windows, looks_like_ct(sources[0]), target_window)

@@ -79,6 +79,8 @@ def prep_fingerprint(prep: Prep, keys: CaseKeys) -> str:
         "version": STORE_VERSION,
     }
     spec.pop("target_window", None)  # a decoding setting, fitted on the stored cases themselves
+    if spec.get("patch_size") is None:  # 2D: the fingerprint it had before the 3D mode (stores stay valid)
+        spec.pop("patch_size", None)
     spec["keys"].pop("hint", None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -61,6 +61,7 @@ def onnx_contract(plan: Any, channels: int) -> dict[str, Any]:
         "size_multiple": prep.size_multiple,
         "min_size": list(prep.min_size),
         "region_input": bool(prep.region),
+        "patch_size": None if prep.patch_size is None else list(prep.patch_size),
     }
 
 
@@ -82,11 +83,16 @@ def export_generator(generator: nn.Module, plan: Any, checkpoint: dict[str, Any]
     generator = generator.float().eval()
     fold_batch_norm(generator)  # the exporter folds only norms right after a convolution node
     channels = int(plan.generator.kwargs["in_channels"])  # what the generator was built with
-    m = plan.inference_prep.size_multiple
-    side = max(m * 2, *plan.inference_prep.min_size)
-    example = torch.zeros(2, channels, side, side)
+    patch = plan.inference_prep.patch_size
+    if patch is not None:  # 3D: windows of the training patch (sliding-window prediction)
+        example = torch.zeros(2, channels, *patch)
+        dynamic = {0: "batch", 2: "depth", 3: "height", 4: "width"}
+    else:
+        m = plan.inference_prep.size_multiple
+        side = max(m * 2, *plan.inference_prep.min_size)
+        example = torch.zeros(2, channels, side, side)
+        dynamic = {0: "batch", 2: "height", 3: "width"}
     out = Path(out)
-    dynamic = {0: "batch", 2: "height", 3: "width"}
     with atomic_path(out) as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes

@@ -22,7 +22,7 @@ weight map (8 x (C + 1) x D x H x W), and one batch of windows through the gener
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +30,9 @@ from medp2p.data.codecs import BACKGROUND
 from medp2p.data.geometry import MIRROR_DIMS
 from medp2p.data.prepare import Prep
 from medp2p.device.precision import autocast
+
+if TYPE_CHECKING:
+    from medp2p.infer.volume import RunOptions
 
 #: Overlap of neighbouring windows along each axis (nnU-Net's step of half a patch).
 OVERLAP = 0.5
@@ -39,7 +42,7 @@ SIGMA_SCALE = 0.125
 AUTO_BATCH_VOXELS = 16 * 256 * 256
 
 
-def windows_per_batch(options: Any, patch: tuple[int, int, int], channels: int) -> int:
+def windows_per_batch(options: RunOptions, patch: tuple[int, int, int], channels: int) -> int:
     """Windows per forward pass: ``options.batch_size``, else sized from free memory (CUDA) or :data:`AUTO_BATCH_VOXELS`."""
     if options.batch_size:
         return int(options.batch_size)
@@ -65,7 +68,9 @@ def region_box(extra: torch.Tensor, patch: tuple[int, int, int]) -> tuple[slice,
     return box[0], box[1], box[2]
 
 
-def run_windows(generator: torch.nn.Module, stack: torch.Tensor, extra: torch.Tensor | None, prep: Prep, options: Any) -> torch.Tensor:
+def run_windows(
+    generator: torch.nn.Module, stack: torch.Tensor, extra: torch.Tensor | None, prep: Prep, options: RunOptions
+) -> torch.Tensor:
     """The generator over overlapping 3D windows of a model-space stack: the ``(C, D, H, W)`` output.
 
     ``options`` is a :class:`~medp2p.infer.volume.RunOptions` (device, autocast dtype, windows per
@@ -105,7 +110,7 @@ def run_windows(generator: torch.nn.Module, stack: torch.Tensor, extra: torch.Te
                 y = 0.5 * (y + generator(w.flip(flip)).float().flip(flip))
         return y[:n].double()  # type: ignore[no-any-return]
 
-    inputs = x[(slice(None), box[0], box[1], box[2])][None].to(dev, torch.float64)
+    inputs = x[(slice(None), box[0], box[1], box[2])][None].to(dev).double()  # up as float32, blended as float64
     with torch.inference_mode():
         blended = sliding_window_inference(
             inputs, patch, batch, predictor, overlap=OVERLAP, mode="gaussian", sigma_scale=SIGMA_SCALE,

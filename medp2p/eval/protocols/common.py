@@ -38,6 +38,9 @@ class ProtocolOptions:
         configs: the folder of shipped configs.
         members: train this many models per split (seeds ``train.seed`` + 0, 1, ...) and predict
             with their ensemble; each member is also scored alone (``row["members"]``).
+        dims: 3: train each protocol's 3D config (``configs/<name>_3d.yaml``: patches, sliding
+            windows) instead of its 2D one; the quick versions swap their crop for a patch of it
+            and 16 slices.
     """
 
     work: Path
@@ -47,6 +50,16 @@ class ProtocolOptions:
     predict_options: tuple[str, ...] = ()
     configs: Path = ROOT / "configs"
     members: int = 1
+    dims: int = 2
+
+    def config(self, name: str, sets: list[str]) -> tuple[Path, list[str]]:
+        """The shipped config a protocol trains (its ``_3d`` variant with ``dims`` 3) and its overrides."""
+        if self.dims == 2:
+            return self.configs / name, sets
+        crop = [s for s in sets if s.startswith("data.image_size=")]
+        rest = [s for s in sets if not s.startswith("data.image_size=")]
+        patch = [f"data.patch_size=[{c.split('=', 1)[1].strip(' []')}, 16]" for c in crop]  # quick: the crop and 16 slices
+        return self.configs / name.replace(".yaml", "_3d.yaml"), [*rest, *patch]
 
 
 @dataclass
@@ -104,8 +117,9 @@ def train_predict_evaluate(
     log = out / "log.txt"
     runs = [out / "run", *(out / f"run_{i}" for i in range(1, opts.members))]
     train_s, commands = [], []
+    config_path, sets = opts.config(config, sets)
     for i, run in enumerate(runs):
-        cmd = ["train", "--task", task, "--config", str(opts.configs / config), "--data", str(train_list), "--out", str(run), "--overwrite"]
+        cmd = ["train", "--task", task, "--config", str(config_path), "--data", str(train_list), "--out", str(run), "--overwrite"]
         for s in [*sets, *opts.sets, *([f"train.seed={i}"] if i else [])]:
             cmd += ["--set", s]
         if opts.reuse and (run / "train_s.txt").exists():
