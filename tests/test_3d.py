@@ -277,7 +277,8 @@ def test_each_task_trains_predicts_and_evaluates_in_3d(task: str, tiny_phantom: 
     _cli("train", "--task", task, "--data", str(data), "--config", TINY, "--out", str(tmp_path / "run"), *sets)
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert any(v.dim() == 5 for v in ckpt["generator"].values())  # 3D convolutions were trained
-    _cli("predict", "--model", str(tmp_path / "run"), "-i", str(data), "-o", str(tmp_path / "pred"))
+    extra = ["--uncertainty"] if task == "mri2ct" else []  # members x passes (mirror, shifts) from the same pipeline
+    _cli("predict", "--model", str(tmp_path / "run"), "-i", str(data), "-o", str(tmp_path / "pred"), *extra)
     _cli("evaluate", "--task", task, "--pred", str(tmp_path / "pred"), "--ref", str(data), "-o", str(tmp_path / "report"))
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert not summary["failures"] and not summary["missing"] and summary["cases"] == 3
@@ -288,6 +289,9 @@ def test_each_task_trains_predicts_and_evaluates_in_3d(task: str, tiny_phantom: 
         out = read_volume(case / TASKS[task].output_name)
         ref = read_volume(tiny_phantom / case.name / "mr.nii.gz")
         assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)  # on the input's exact grid
+        if extra:
+            std = read_volume(case / "sct_std.nii.gz")
+            assert std.shape == ref.shape and np.allclose(std.affine, ref.affine) and std.array.max() > 0
 
 
 def test_3d_resume_is_bit_identical(tiny_phantom: Path, tmp_path: Path) -> None:
