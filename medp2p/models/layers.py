@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 #: Feature normalisations by name. ``instance`` is pix2pix's behaviour at batch size 1.
 NORMS = ("instance", "batch", "none")
 
 
-def norm_layer(name: str, channels: int) -> nn.Module:
-    """A 2D normalisation layer for ``channels`` features.
+def norm_layer(name: str, channels: int, dims: int = 2) -> nn.Module:
+    """A 2D (or, with ``dims=3``, 3D) normalisation layer for ``channels`` features.
 
     Example:
         >>> norm_layer("instance", 64)
         InstanceNorm2d(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=False)
     """
     if name == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return (nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d)(channels, affine=True)
     if name == "batch":
-        return nn.BatchNorm2d(channels)
+        return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(channels)
     if name == "none":
         return nn.Identity()
     raise KeyError(f"Unknown norm {name!r}; choose from {sorted(NORMS)}")
+
+
+def unet_forward(down: nn.ModuleList, up: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """A U-Net's encoder levels, then its decoder levels each fed the twin encoder output (2D and 3D alike)."""
+    skips = []
+    for level in down:
+        x = level(x)
+        skips.append(x)
+    x = up[0](skips.pop())
+    for level in up[1:]:
+        x = level(torch.cat([x, skips.pop()], dim=1))
+    return x
 
 
 def uses_bias(norm: str) -> bool:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medp2p.models.layers import norm_layer, uses_bias
+from medp2p.models.layers import norm_layer, unet_forward, uses_bias
 
 
 class UNetGenerator(nn.Module):
@@ -88,13 +88,7 @@ class UNetGenerator(nn.Module):
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
-        skips = []
-        for level in self.down:
-            x = level(x)
-            skips.append(x)
-        x = self.up[0](skips.pop())
-        for level in self.up[1:]:
-            x = level(torch.cat([x, skips.pop()], dim=1))
+        x = unet_forward(self.down, self.up, x)
         if ph or pw:
             x = x[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
         return x

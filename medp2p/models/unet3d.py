@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medp2p.models.layers import norm_layer, unet_forward, uses_bias
+
 #: Feature maps are not halved below this many voxels along an axis (nnU-Net's minimum is 4).
 MIN_FEATURE_SIZE = 4
 
@@ -60,17 +62,6 @@ def _kernel(stride: tuple[int, int, int]) -> tuple[int, int, int]:
     return (stride[0] + 2, stride[1] + 2, stride[2] + 2)  # 4 where halved, 3 where kept: padding 1 either way
 
 
-def norm_layer_3d(name: str, channels: int) -> nn.Module:
-    """A 3D normalisation layer for ``channels`` features (the 2D choices of :func:`medp2p.models.layers.norm_layer`)."""
-    if name == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
-    if name == "batch":
-        return nn.BatchNorm3d(channels)
-    if name == "none":
-        return nn.Identity()
-    raise KeyError(f"Unknown norm {name!r}; choose from ['batch', 'instance', 'none']")
-
-
 class UNet3DGenerator(nn.Module):
     """pix2pix's U-Net in 3D: ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)``.
 
@@ -112,7 +103,7 @@ class UNet3DGenerator(nn.Module):
         if final_activation not in ("tanh", "none"):
             raise ValueError(f"final_activation must be 'tanh' or 'none', got {final_activation!r}")
         self.strides = levels
-        bias = norm == "none"
+        bias = uses_bias(norm)
         widths = [base_channels * min(2**i, 8) for i in range(depth)]
         self.down = nn.ModuleList()
         for i, s in enumerate(levels):
@@ -120,7 +111,7 @@ class UNet3DGenerator(nn.Module):
             layers: list[nn.Module] = [] if i == 0 else [nn.LeakyReLU(0.2, inplace=True)]
             layers.append(nn.Conv3d(cin, widths[i], _kernel(s), s, 1, bias=bias or i in (0, depth - 1)))
             if 0 < i < depth - 1:
-                layers.append(norm_layer_3d(norm, widths[i]))
+                layers.append(norm_layer(norm, widths[i], dims=3))
             self.down.append(nn.Sequential(*layers))
         self.up = nn.ModuleList()
         for i in reversed(range(depth)):
@@ -132,7 +123,7 @@ class UNet3DGenerator(nn.Module):
                     layers.append(nn.Tanh())
             else:
                 layers = [nn.ReLU(inplace=True), nn.ConvTranspose3d(cin, widths[i - 1], _kernel(s), s, 1, bias=bias)]
-                layers.append(norm_layer_3d(norm, widths[i - 1]))
+                layers.append(norm_layer(norm, widths[i - 1], dims=3))
                 if dropout > 0 and i < depth - 1 and widths[i] == widths[i - 1] == 8 * base_channels:
                     layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
@@ -151,13 +142,7 @@ class UNet3DGenerator(nn.Module):
             for p in reversed(pads):  # F.pad runs from the last axis backwards
                 spec += [p // 2, p - p // 2]
             x = F.pad(x, spec, mode="replicate")
-        skips = []
-        for level in self.down:
-            x = level(x)
-            skips.append(x)
-        x = self.up[0](skips.pop())
-        for level in self.up[1:]:
-            x = level(torch.cat([x, skips.pop()], dim=1))
+        x = unet_forward(self.down, self.up, x)
         if any(pads):
             d, h, w = sizes
             x = x[..., pads[0] // 2 : pads[0] // 2 + d, pads[1] // 2 : pads[1] // 2 + h, pads[2] // 2 : pads[2] // 2 + w]
@@ -189,18 +174,18 @@ class PatchDiscriminator3D(nn.Module):
         spectral_norm: bool = False,
     ) -> None:
         super().__init__()
-        bias = norm == "none"
+        bias = uses_bias(norm)
         blocks: list[nn.Module] = []
         cin = in_channels
         for i, s in enumerate(unet_strides(patch_size, layers)):
             cout = base_channels * min(2**i, 8)
             blocks.append(nn.Conv3d(cin, cout, _kernel(s), s, 1, bias=bias or i == 0))
             if i > 0:
-                blocks.append(norm_layer_3d(norm, cout))
+                blocks.append(norm_layer(norm, cout, dims=3))
             blocks.append(nn.LeakyReLU(0.2, inplace=True))
             cin = cout
         cout = base_channels * min(2**layers, 8)
-        blocks += [nn.Conv3d(cin, cout, 3, 1, 1, bias=bias), norm_layer_3d(norm, cout), nn.LeakyReLU(0.2, inplace=True)]
+        blocks += [nn.Conv3d(cin, cout, 3, 1, 1, bias=bias), norm_layer(norm, cout, dims=3), nn.LeakyReLU(0.2, inplace=True)]
         blocks.append(nn.Conv3d(cout, 1, 3, 1, 1))
         for block in blocks:  # pix2pix initialisation, as MONAI gives the 2D PatchGAN
             if isinstance(block, nn.Conv3d):

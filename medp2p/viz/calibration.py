@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medp2p.io.atomic import atomic_path
 from medp2p.metrics.uncertainty import FRACTIONS, error_by_decile, sparsification_curves
+from medp2p.viz.panels import save_figure
 
 
 def save_calibration_plot(path: str | Path, uncertainty: np.ndarray, error: np.ndarray, mask: np.ndarray, title: str = "") -> Path:
@@ -40,10 +40,4 @@ def save_calibration_plot(path: str | Path, uncertainty: np.ndarray, error: np.n
     axes[1].set_xlabel("uncertainty decile (its mean uncertainty)")
     axes[1].set_ylabel("mean |error|")
     axes[1].set_title("error by uncertainty decile", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, title)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -156,6 +157,13 @@ def save_preview(
         ax.axis("off")
         if colorbars:
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    return save_figure(fig, path, title)
+
+
+def save_figure(fig: Any, path: str | Path, title: str = "") -> Path:
+    """A matplotlib figure under its title, laid out, written atomically as PNG (90 dpi) and closed."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
