@@ -66,6 +66,14 @@ class DataConfig(_Section):
     # (lo, hi), filled by training and kept in the run
     target_window: tuple[float, float] | None = None
 
+    @property
+    def patch_dhw(self) -> tuple[int, int, int] | None:
+        """`patch_size` in the networks' order (slices, rows, columns); None in 2D."""
+        if self.patch_size is None:
+            return None
+        rows, cols, slices = self.patch_size
+        return (slices, rows, cols)
+
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if min(self.image_size) < 8:
@@ -222,14 +230,14 @@ def _check_3d(cfg: Config) -> None:
     d, m = cfg.data, cfg.model
     if m.generator != "unet":
         raise ValueError(f"model.dims=3 builds a 3D U-Net; model.generator={m.generator!r} has no 3D form (set model.generator=unet)")
-    if d.patch_size is None:
+    patch = d.patch_dhw
+    if d.patch_size is None or patch is None:
         raise ValueError("model.dims=3 needs data.patch_size (rows, columns, slices), e.g. [96, 96, 32]")
     if d.context_slices:
         raise ValueError("model.dims=3 sees neighbouring slices inside its patch: set data.context_slices=0")
     if min(d.patch_size) < 4:
         raise ValueError(f"data.patch_size must be at least 4 voxels along each axis, got {list(d.patch_size)}")
-    rows, cols, slices = d.patch_size
-    multiples = size_multiples(unet_strides((slices, rows, cols), m.depth))
+    multiples = size_multiples(unet_strides(patch, m.depth))
     need = (multiples[1], multiples[2], multiples[0])
     if any(n % k for n, k in zip(d.patch_size, need, strict=True)):
         raise ValueError(

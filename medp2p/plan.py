@@ -85,10 +85,9 @@ def _prep(cfg: Config, task: Task) -> Prep:
     d, m = cfg.data, cfg.model
     lo, hi = d.mr_percentiles
     if m.dims == 3:
-        assert d.patch_size is not None  # the config checked
-        rows, cols, slices = d.patch_size
-        patch: tuple[int, int, int] | None = (slices, rows, cols)
-        multiple, crop = 1, (rows, cols)  # the windows are whole patches: no grid padding but the crop
+        patch = d.patch_dhw
+        assert patch is not None  # the config checked
+        multiple, crop = 1, (patch[1], patch[2])  # the windows are whole patches: no grid padding but the crop
     else:
         patch, multiple, crop = None, 2**m.depth if m.generator == "unet" else 4, (d.image_size[0], d.image_size[1])
     return Prep(
@@ -135,9 +134,9 @@ def _generator(cfg: Config, task: Task, in_channels: int) -> NetworkSpec:
         "final_activation": task.codec.final_activation,
     }
     if m.dims == 3:
-        assert cfg.data.patch_size is not None
-        rows, cols, slices = cfg.data.patch_size
-        return NetworkSpec("unet3d", {**common, "strides": unet_strides((slices, rows, cols), m.depth), "dropout": m.dropout})
+        patch = cfg.data.patch_dhw
+        assert patch is not None  # the config checked
+        return NetworkSpec("unet3d", {**common, "strides": unet_strides(patch, m.depth), "dropout": m.dropout})
     if m.generator == "unet":
         return NetworkSpec("unet", {**common, "depth": m.depth, "dropout": m.dropout})
     return NetworkSpec("resnet", {**common, "blocks": m.resnet_blocks, "dropout": 0.0})
@@ -146,9 +145,7 @@ def _generator(cfg: Config, task: Task, in_channels: int) -> NetworkSpec:
 def _discriminator(cfg: Config, in_channels: int) -> NetworkSpec:
     m = cfg.model
     if m.dims == 3:
-        assert cfg.data.patch_size is not None
-        rows, cols, slices = cfg.data.patch_size
-        kwargs = {"in_channels": in_channels + 1, "patch_size": (slices, rows, cols), "base_channels": m.disc_channels}
+        kwargs = {"in_channels": in_channels + 1, "patch_size": cfg.data.patch_dhw, "base_channels": m.disc_channels}
         return NetworkSpec(
             f"{m.discriminator}3d", {**kwargs, "layers": m.disc_layers, "norm": m.disc_norm, "spectral_norm": m.spectral_norm}
         )

@@ -19,6 +19,39 @@ CORRUPTIONS = ("box", "slices", "stripes")
 CORRUPTIONS_3D = (*CORRUPTIONS, "blob")
 
 
+def _body_voxel(centre: torch.Tensor, pick: torch.Tensor, fallback: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """A uniform body voxel ``(cy, cx)`` of each ``(H, W)`` slice of ``centre`` (bool ``(B, H, W)``).
+
+    ``pick``: a uniform draw per sample choosing the voxel; ``fallback``: two uniform draws that
+    place it anywhere in slices without body. Returns ``(cy, cx, has_body)``.
+    """
+    _, h, w = centre.shape
+    counts = centre.flatten(1).sum(1)
+    has_body = counts > 0
+    nth = torch.minimum((pick * counts).long(), (counts - 1).clamp_min(0))
+    at = torch.searchsorted(torch.cumsum(centre.flatten(1).long(), 1), (nth + 1).unsqueeze(1)).squeeze(1).clamp_max(h * w - 1)
+    cy = torch.where(has_body, at // w, (fallback[0] * h).long())
+    cx = torch.where(has_body, at % w, (fallback[1] * w).long())
+    return cy, cx, has_body
+
+
+def _stripes(draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor], starts: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """1 to 4 lines 1 to 4 voxels wide across an ``(H, W)`` slice, horizontal or vertical: bool ``(B, H, W)``.
+
+    ``draws``: uniform draws per sample for the number of lines, their width and their direction;
+    ``starts``: ``(B, 4)`` uniform draws placing each line.
+    """
+    b = starts.shape[0]
+    lines, width = 1 + (draws[0] * 4).long(), 1 + (draws[1] * 4).long()
+    horizontal = draws[2] < 0.5
+    size = torch.where(horizontal, torch.tensor(h), torch.tensor(w))
+    begin = (starts * (size - width).clamp_min(1)[:, None]).long()  # (B, 4)
+    used = torch.arange(4)[None] < lines[:, None]
+    pos = torch.arange(max(h, w))
+    hit = ((pos[None, None] >= begin[..., None]) & (pos[None, None] < (begin + width[:, None])[..., None]) & used[..., None]).any(1)
+    return torch.where(horizontal[:, None, None], hit[:, :h, None].expand(b, h, w), hit[:, None, :w].expand(b, h, w))
+
+
 def corruption_regions(
     body: torch.Tensor, context_slices: int, kinds: tuple[str, ...], box_fraction: tuple[float, float], gen: torch.Generator
 ) -> torch.Tensor:
@@ -64,13 +97,7 @@ def corruption_regions(
     lo, hi = box_fraction
     bh = torch.round((lo + (hi - lo) * r[:, 2]) * h).long().clamp_min(1)
     bw = torch.round((lo + (hi - lo) * r[:, 3]) * w).long().clamp_min(1)
-    counts = centre.flatten(1).sum(1)
-    has_body = counts > 0
-    pick = torch.minimum((r[:, 4] * counts).long(), (counts - 1).clamp_min(0))
-    flat = torch.cumsum(centre.flatten(1).long(), 1)
-    at = torch.searchsorted(flat, (pick + 1).unsqueeze(1)).squeeze(1).clamp_max(h * w - 1)
-    cy = torch.where(has_body, at // w, (r[:, 4] * h).long())
-    cx = torch.where(has_body, at % w, (r[:, 5] * w).long())
+    cy, cx, has_body = _body_voxel(centre, r[:, 4], (r[:, 4], r[:, 5]))
     y0 = (cy - bh // 2).clamp_min(0).minimum(h - bh)
     x0 = (cx - bw // 2).clamp_min(0).minimum(w - bw)
     rows = (ys >= y0[:, None]) & (ys < (y0 + bh)[:, None])  # (B, H)
@@ -83,17 +110,8 @@ def corruption_regions(
     slices = (offsets.abs()[None] <= half.clamp_max(max(k - 1, 0))[:, None])[:, :, None, None].expand(b, c, h, w)
 
     # stripes: 1..4 lines 1..4 wide across the centre slice, horizontal or vertical
-    lines = 1 + (r[:, 2] * 4).long()
-    width = 1 + (r[:, 3] * 4).long()
-    horizontal = r[:, 5] < 0.5
-    size = torch.where(horizontal, torch.tensor(h), torch.tensor(w))
-    begin = (starts * (size - width).clamp_min(1)[:, None]).long()  # (B, 4)
-    used = torch.arange(4)[None] < lines[:, None]
-    pos = torch.arange(max(h, w))
-    hit = ((pos[None, None] >= begin[..., None]) & (pos[None, None] < (begin + width[:, None])[..., None]) & used[..., None]).any(1)
-    stripe = torch.where(horizontal[:, None, None], hit[:, :h, None].expand(b, h, w), hit[:, None, :w].expand(b, h, w))
     stripes = torch.zeros(b, c, h, w, dtype=torch.bool)
-    stripes[:, k] = stripe
+    stripes[:, k] = _stripes((r[:, 2], r[:, 3], r[:, 5]), starts, h, w)
 
     for i, name in enumerate(CORRUPTIONS):
         chosen = (kind == i)[:, None, None, None]
@@ -130,16 +148,11 @@ def corruption_patches(body: torch.Tensor, kinds: tuple[str, ...], box_fraction:
     kind = torch.tensor([CORRUPTIONS_3D.index(x) for x in kinds])[(r[:, 0] * len(kinds)).long().clamp_max(len(kinds) - 1)]
     mid = d // 2
     centre = body[:, mid] > 0
-    counts = centre.flatten(1).sum(1)
-    has_body = counts > 0
-    pick = torch.minimum((r[:, 1] * counts).long(), (counts - 1).clamp_min(0))
-    at = torch.searchsorted(torch.cumsum(centre.flatten(1).long(), 1), (pick + 1).unsqueeze(1)).squeeze(1).clamp_max(h * w - 1)
-    cy = torch.where(has_body, at // w, (r[:, 1] * h).long()).float()
-    cx = torch.where(has_body, at % w, (r[:, 2] * w).long()).float()
+    cy, cx, has_body = _body_voxel(centre, r[:, 1], (r[:, 1], r[:, 2]))
     lo, hi = box_fraction
     sides = torch.stack([(lo + (hi - lo) * r[:, 3 + a]) * n for a, n in enumerate((d, h, w))], 1).clamp_min(1.0)  # (B, 3)
     zs, ys, xs = (torch.arange(n, dtype=torch.float32) for n in (d, h, w))
-    centre_at = torch.stack([torch.full((b,), float(mid)), cy, cx], 1)
+    centre_at = torch.stack([torch.full((b,), float(mid)), cy.float(), cx.float()], 1)
     near = [(axis[None] - centre_at[:, a, None]) for a, axis in enumerate((zs, ys, xs))]  # (B, n) offsets per axis
     half = sides / 2
     inside = [(off.abs() <= half[:, a, None] + 1e-6) for a, off in enumerate(near)]
@@ -164,15 +177,8 @@ def corruption_patches(body: torch.Tensor, kinds: tuple[str, ...], box_fraction:
     rows = (torch.arange(d)[None] >= first[:, None]) & (torch.arange(d)[None] < (first + n_slices)[:, None])
     slices = rows[:, :, None, None].expand(b, d, h, w)
     # stripes on the centre slice, as in 2D
-    lines, width = 1 + (r[:, 10] * 4).long(), 1 + (r[:, 11] * 4).long()
-    horizontal = r[:, 3] < 0.5
-    size = torch.where(horizontal, torch.tensor(h), torch.tensor(w))
-    begin = (torch.rand(b, 4, generator=gen) * (size - width).clamp_min(1)[:, None]).long()
-    used = torch.arange(4)[None] < lines[:, None]
-    pos = torch.arange(max(h, w))
-    hit = ((pos[None, None] >= begin[..., None]) & (pos[None, None] < (begin + width[:, None])[..., None]) & used[..., None]).any(1)
     stripes = torch.zeros(b, d, h, w, dtype=torch.bool)
-    stripes[:, mid] = torch.where(horizontal[:, None, None], hit[:, :h, None].expand(b, h, w), hit[:, None, :w].expand(b, h, w))
+    stripes[:, mid] = _stripes((r[:, 10], r[:, 11], r[:, 3]), torch.rand(b, 4, generator=gen), h, w)
     out = torch.zeros(b, d, h, w)
     for i, name in enumerate(CORRUPTIONS_3D):
         region = {"box": box, "slices": slices, "stripes": stripes, "blob": blob}[name]

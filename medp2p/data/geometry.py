@@ -26,6 +26,14 @@ SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 MIRROR_DIMS = {"axial": -2, "coronal": -2, "sagittal": None}
 
 
+def mirror_dim(axis: str, flip: bool) -> int | None:
+    """:data:`MIRROR_DIMS` for ``axis``, raising when a left-right flip is asked of slices without one."""
+    dim = MIRROR_DIMS[axis]
+    if flip and dim is None:
+        raise ValueError(f"flip TTA mirrors left-right, which {axis} slices do not hold")
+    return dim
+
+
 def canonical_orientation(affine: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
     """Which array axis runs along each RAS+ world axis, and whether it runs backwards.
 

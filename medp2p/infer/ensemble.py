@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medp2p.data.geometry import MIRROR_DIMS
+from medp2p.data.geometry import MIRROR_DIMS, mirror_dim
 from medp2p.data.prepare import Prep
 from medp2p.infer.volume import ModelInput, run_slices
 from medp2p.tasks import Task
@@ -82,8 +82,7 @@ def tta_passes(prep: Prep, flip: bool = False, shift: int = 0, mc_samples: int =
         raise ValueError(f"shift and mc_samples must be >= 0, got {shift} and {mc_samples}")
     passes = [Pass()]
     if flip:
-        if MIRROR_DIMS[prep.axis] is None:
-            raise ValueError(f"flip TTA mirrors left-right, which {prep.axis} slices do not hold")
+        mirror_dim(prep.axis, flip)
         passes.append(Pass("flip"))
     if shift:
         passes += [Pass("shift", s) for s in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medp2p.data.codecs import BACKGROUND
-from medp2p.data.geometry import MIRROR_DIMS, GridMap, context_indices, gather_slices, to_model_space
+from medp2p.data.geometry import GridMap, context_indices, gather_slices, mirror_dim, to_model_space
 from medp2p.data.intensity import IntensityWindow, body_mask
 from medp2p.data.prepare import Prep, prepare_source
 from medp2p.device.allocator import reuse_freed_memory
@@ -107,9 +107,7 @@ def run_slices(
     """
     if prep.patch_size is not None:
         return run_windows(generator, stack, extra, prep, options)
-    mirror = MIRROR_DIMS[prep.axis]
-    if options.flip_tta and mirror is None:
-        raise ValueError(f"flip TTA mirrors left-right, which {prep.axis} slices do not hold")
+    mirror = mirror_dim(prep.axis, options.flip_tta)
     depth = stack.shape[1]
     on_gpu = options.device.type != "cpu"
     if on_gpu:  # the model-space stack goes up once and stays there until the output comes back

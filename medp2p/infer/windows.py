@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from medp2p.data.codecs import BACKGROUND
-from medp2p.data.geometry import MIRROR_DIMS
+from medp2p.data.geometry import mirror_dim
 from medp2p.data.prepare import Prep
 from medp2p.device.precision import autocast
 
@@ -82,9 +82,7 @@ def run_windows(
 
     assert prep.patch_size is not None, "3D windows need prep.patch_size"
     patch = prep.patch_size
-    mirror = MIRROR_DIMS[prep.axis]
-    if options.flip_tta and mirror is None:
-        raise ValueError(f"flip TTA mirrors left-right, which {prep.axis} slices do not hold")
+    mirror = mirror_dim(prep.axis, options.flip_tta)
     flip = None if mirror is None else mirror + 1  # (B, C, H, W) -> (B, C, D, H, W)
     dev = options.device
     x = stack if extra is None else torch.cat([stack, extra])
