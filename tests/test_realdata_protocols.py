@@ -74,7 +74,10 @@ def test_mr2mr_t1_to_t2_runs_end_to_end_and_scores_like_the_lookup(tmp_path: Pat
 
 def test_mri2ct_ensemble_with_uncertainty_scores_members_and_their_calibration(tmp_path: Path) -> None:
     shared("mridir_phantom", "t2.nii.gz")
-    opts = ProtocolOptions(tmp_path, quick=True, predict_options=("--uncertainty",), members=2)
+    # what is checked is the plumbing (members, passes, maps, calibration columns), not quality: 100
+    # steps each, and prediction on a 2 mm grid (a quarter of the quick version's voxels, times 12 passes)
+    cheap = ("train.steps=100", "data.spacing_mm=2.0")
+    opts = ProtocolOptions(tmp_path, quick=True, sets=cheap, predict_options=("--uncertainty",), members=2)
     (row,) = run_mri2ct(opts, splits=("lower_to_upper",)).splits
     assert len(row["members"]) == 2 and {"spearman", "top10_error_ratio", "ause"} <= set(row["metrics"])
     assert (tmp_path / "mri2ct" / "lower_to_upper" / "pred" / "mridir" / "sct_std.nii.gz").is_file()
