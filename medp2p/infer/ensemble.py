@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medp2p.data.geometry import MIRROR_DIMS, mirror_dim
+from medp2p.data.geometry import mirror_dim
 from medp2p.data.prepare import Prep
 from medp2p.infer.volume import ModelInput, run_slices
 from medp2p.tasks import Task
@@ -80,9 +80,9 @@ def tta_passes(prep: Prep, flip: bool = False, shift: int = 0, mc_samples: int =
     """
     if shift < 0 or mc_samples < 0:
         raise ValueError(f"shift and mc_samples must be >= 0, got {shift} and {mc_samples}")
+    mirror_dim(prep.axis, flip)  # raises for a flip of slices that hold no left-right axis
     passes = [Pass()]
     if flip:
-        mirror_dim(prep.axis, flip)
         passes.append(Pass("flip"))
     if shift:
         passes += [Pass("shift", s) for s in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))]
@@ -129,7 +129,7 @@ def run_pass(generator: torch.nn.Module, inp: ModelInput, prep: Prep, options: A
     opts = replace(options, flip_tta=False)
     stack, extra = inp.stack, inp.extra
     if p.kind == "flip":
-        dim = MIRROR_DIMS[prep.axis]
+        dim = mirror_dim(prep.axis, True)
         assert dim is not None
         flipped = None if extra is None else extra.flip(dim)
         return run_slices(generator, stack.flip(dim), flipped, prep, opts).flip(dim)
