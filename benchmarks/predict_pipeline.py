@@ -2,15 +2,17 @@
 
 24 phantom volumes of 256x256x64 (6 generated, the rest hard links under their own paths):
 
-1. a tiny generator (``configs/tiny.yaml``: its forward is nearly free, standing in for a fast
-   GPU): ``predict_cases`` one case after another against pipelined, alternating, ``--rounds``
-   times (volumes/s over all volumes and at steady state), and the peak RSS of ``medp2p predict
-   --no-pipeline`` against ``medp2p predict``, each in its own process;
+1. two small generators standing in for a fast GPU: ``configs/tiny.yaml`` (a 4-level 8-channel
+   U-Net: a quarter of a case's time one case after another, here) and a 2-level 1-channel
+   U-Net whose forward is nearly free: ``predict_cases`` one case after another against pipelined with 1 and 2
+   workers, alternating, ``--rounds`` times (volumes/s over all volumes and at steady state),
+   and the peak RSS of ``medp2p predict --no-pipeline`` against ``--workers 2``, each in its own
+   process;
 2. the shipped mri2ct generator (``configs/mri2ct.yaml``, one training step): in one process,
    the bare generator over the same slices (``run_slices`` on prepared stacks) against
-   end-to-end pipelined ``predict_cases`` (read, prepare, generator, decode, write).
+   end-to-end pipelined ``predict_cases`` (read, prepare, generator, decode, write; default workers).
 
-    python benchmarks/predict_pipeline.py [--rounds 2] [--work DIR]
+    python benchmarks/predict_pipeline.py [--rounds 3] [--work DIR] [--only tiny|near_free|shipped]
 """
 
 from __future__ import annotations
@@ -46,24 +48,34 @@ def _train(work: Path, name: str, config: str, datalist: Path, sets: list[str]) 
     return run
 
 
-def tiny_serial_vs_pipelined(work: Path, datalist: Path, rounds: int) -> dict[str, Any]:
-    """Volumes/s of ``predict_cases`` with and without the pipeline (in this process, alternating), and each one's peak RSS.
+#: What each run of part 1 compares: one case after another, and the pipeline with 1 and 2 workers.
+MODES = {"serial": (False, 1), "pipelined_w1": (True, 1), "pipelined_w2": (True, 2)}
+#: Part 1's generators: configs/tiny.yaml (a 4-level 8-channel U-Net: about a quarter of a case's
+#: CPU time on 2 cores), and a 2-level 1-channel U-Net whose forward is nearly free.
+GENERATORS = {
+    "tiny": ["train.val_every=100000", "train.preview_count=0"],
+    "near_free": ["train.val_every=100000", "train.preview_count=0", "model.depth=2", "model.base_channels=1"],
+}
+
+
+def serial_vs_pipelined(work: Path, datalist: Path, rounds: int, name: str) -> dict[str, Any]:
+    """Volumes/s of ``predict_cases`` one case after another and pipelined (1 and 2 workers), alternating, and peak RSS.
 
     The rates are over all 24 volumes and, at steady state, from the 4th written volume to the
     last; the model is loaded once, outside the timing. Peak RSS is that of ``medp2p predict``
-    (``--pipeline`` / ``--no-pipeline``) in its own process.
+    (``--no-pipeline`` / ``--workers 2``) in its own process.
     """
     from medp2p.infer import load_model, predict_cases
 
-    run = _train(work, "tiny", "tiny.yaml", datalist, ["train.val_every=100000", "train.preview_count=0"])
+    run = _train(work, name, "tiny.yaml", datalist, GENERATORS[name])
     model = load_model(run, "cpu")
-    rates: dict[str, list[tuple[float, float]]] = {"serial": [], "pipelined": []}
+    rates: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
     for _ in range(rounds):
-        for mode in ("serial", "pipelined"):
+        for mode, (pipelined, workers) in MODES.items():
             stamps: list[float] = []
             start = time.perf_counter()
             report = predict_cases(
-                model, [datalist], work / f"in_{mode}", overwrite=True, pipelined=mode == "pipelined",
+                model, [datalist], work / f"in_{mode}", overwrite=True, pipelined=pipelined, workers=workers,
                 on_written=lambda case, n, stamps=stamps: stamps.append(time.perf_counter()),
             )  # fmt: skip
             total = time.perf_counter() - start
@@ -71,24 +83,29 @@ def tiny_serial_vs_pipelined(work: Path, datalist: Path, rounds: int) -> dict[st
                 raise RuntimeError(f"{mode}: wrote {len(report.written)} of {VOLUMES}: {report.failures}")
             rates[mode].append((VOLUMES / total, (VOLUMES - 4) / (stamps[-1] - stamps[3])))
     peaks = {}
-    for mode in ("serial", "pipelined"):
+    for mode, flag in (("serial", "--no-pipeline"), ("pipelined_w2", "--workers=2")):
         cmd = [sys.executable, "-m", "medp2p.cli", "predict", "--model", str(run), "-i", str(datalist), "-o", str(work / mode)]
-        seen = watch([*cmd, "--overwrite", "--device", "cpu", "--no-pipeline" if mode == "serial" else "--pipeline"])
+        seen = watch([*cmd, "--overwrite", "--device", "cpu", flag])
         peaks[mode] = seen["peaks"][seen["pid"]][1]
     best = {m: max(r for r, _ in v) for m, v in rates.items()}
     steady = {m: max(r for _, r in v) for m, v in rates.items()}
     return {
         "volumes_per_s_all": {m: [round(r, 2) for r, _ in v] for m, v in rates.items()},
         "volumes_per_s_steady": {m: [round(r, 2) for _, r in v] for m, v in rates.items()},
-        "speedup_all_best": round(best["pipelined"] / best["serial"], 2),
-        "speedup_steady_best": round(steady["pipelined"] / steady["serial"], 2),
+        "speedup_all_best": {m: round(best[m] / best["serial"], 2) for m in MODES if m != "serial"},
+        "speedup_steady_best": {m: round(steady[m] / steady["serial"], 2) for m in MODES if m != "serial"},
         "peak_rss_mb": {m: _mb(p) for m, p in peaks.items()},
-        "rss_ratio": round(peaks["pipelined"] / peaks["serial"], 2),
+        "rss_ratio": round(peaks["pipelined_w2"] / peaks["serial"], 2),
     }
 
 
-def shipped_end_to_end(work: Path, datalist: Path) -> dict[str, Any]:
-    """End-to-end pipelined predict against the bare generator over the same slices, shipped mri2ct model."""
+def shipped_end_to_end(work: Path, datalist: Path, rounds: int) -> dict[str, Any]:
+    """End-to-end pipelined predict against the bare generator over the same slices, shipped mri2ct model, alternating.
+
+    Each round times the bare generator over every prepared stack (``run_slices``), then
+    ``predict_cases`` over the same volumes from their files (default workers); the figure is
+    the best end-to-end rate over the best bare rate.
+    """
     import torch
 
     from medp2p.infer import load_model, predict_cases
@@ -99,26 +116,28 @@ def shipped_end_to_end(work: Path, datalist: Path) -> dict[str, Any]:
     model = load_model(run, "cpu")
     cases = json.loads(datalist.read_text())["training"]
     prepared = [prepare_case(model, {"id": c["id"], "mr": c["mr"]}, work / "unused") for c in cases]
-    run_slices(model.generator, prepared[0].inp.stack[:, :8], None, model.prep, model.options)  # warm-up
-    start = time.perf_counter()
-    for p in prepared:
-        run_slices(model.generator, p.inp.stack, p.inp.extra, model.prep, model.options)
-    bare = time.perf_counter() - start
     slices = sum(p.inp.stack.shape[1] for p in prepared)
-    del prepared
+    run_slices(model.generator, prepared[0].inp.stack[:, :8], None, model.prep, model.options)  # warm-up
     inputs = [work / "mr_only.json"]
     inputs[0].write_text(json.dumps({"training": [{"id": c["id"], "mr": c["mr"]} for c in cases]}))
-    start = time.perf_counter()
-    report = predict_cases(model, inputs, work / "shipped_out", overwrite=True)
-    total = time.perf_counter() - start
-    if len(report.written) != VOLUMES:
-        raise RuntimeError(f"predict wrote {len(report.written)} of {VOLUMES} volumes: {report.failures}")
+    bare, end_to_end = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for p in prepared:
+            run_slices(model.generator, p.inp.stack, p.inp.extra, model.prep, model.options)
+        bare.append(slices / (time.perf_counter() - start))
+        start = time.perf_counter()
+        report = predict_cases(model, inputs, work / "shipped_out", overwrite=True)
+        end_to_end.append(slices / (time.perf_counter() - start))
+        if len(report.written) != VOLUMES:
+            raise RuntimeError(f"predict wrote {len(report.written)} of {VOLUMES} volumes: {report.failures}")
     return {
         "threads": torch.get_num_threads(),
         "slices": slices,
-        "bare_generator_slices_per_s": round(slices / bare, 2),
-        "end_to_end_slices_per_s": round(slices / total, 2),
-        "end_to_end_over_bare": round(bare / total, 3),
+        "bare_generator_slices_per_s": [round(r, 2) for r in bare],
+        "end_to_end_slices_per_s": [round(r, 2) for r in end_to_end],
+        "end_to_end_over_bare_best": round(max(end_to_end) / max(bare), 3),
+        "end_to_end_over_bare_per_round": [round(e / b, 3) for e, b in zip(end_to_end, bare, strict=True)],
     }
 
 
@@ -127,17 +146,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--only", choices=("tiny", "shipped"), default=None)
+    ap.add_argument("--only", choices=(*GENERATORS, "shipped"), default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = (args.work or Path(tmp)).resolve()
         datalist = make_cases(work / "data", VOLUMES, SPEC)
         result: dict[str, Any] = {"machine": _machine(), "volumes": VOLUMES, "shape": list(SPEC.shape)}
-        if args.only in (None, "tiny"):
-            result["tiny_generator"] = tiny_serial_vs_pipelined(work, datalist, args.rounds)
-            print(json.dumps({"tiny_generator": result["tiny_generator"]}), flush=True)
+        for name in GENERATORS:
+            if args.only in (None, name):
+                result[f"{name}_generator"] = serial_vs_pipelined(work, datalist, args.rounds, name)
+                print(json.dumps({f"{name}_generator": result[f"{name}_generator"]}), flush=True)
         if args.only in (None, "shipped"):
-            result["shipped_generator"] = shipped_end_to_end(work, datalist)
+            result["shipped_generator"] = shipped_end_to_end(work, datalist, args.rounds)
         print(json.dumps(result, indent=2))
 
 

@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medp2p.io import VolumeReadError, axis_codes, read_volume, write_nifti, write_volume
+from medp2p.io import VolumeReadError, axis_codes, nifti, read_volume, write_nifti, write_volume
+from medp2p.io.layout import c_order
 from medp2p.types import Volume
 
 
@@ -196,3 +197,59 @@ def test_sheared_affine_is_refused_on_write(tmp_path: Path, volume: Volume) -> N
     aff[0, 1] = 0.3
     with pytest.raises(ValueError, match="sheared"):
         write_nifti(Volume(volume.array, aff), tmp_path / "x.nii.gz")
+
+
+def _nibabel_reads(path: Path) -> tuple[np.ndarray, bytes, np.ndarray]:
+    img = nib.load(str(path), mmap=False)
+    return np.ascontiguousarray(img.get_fdata(dtype=np.float32)), img.header.binaryblock, img.affine
+
+
+@pytest.mark.parametrize(
+    ("image_cls", "dtype", "slope_inter"),
+    [
+        (nib.Nifti1Image, np.int16, (2.0, -1024.0)),
+        (nib.Nifti1Image, np.float32, (None, None)),
+        (nib.Nifti1Image, np.uint8, (None, None)),
+        (nib.Nifti2Image, np.float64, (None, None)),
+        (nib.Nifti2Image, np.int16, (0.5, 3.0)),
+    ],
+)
+def test_gzipped_nifti_inflated_by_isal_reads_as_nibabel_does(
+    tmp_path: Path, rng: np.random.Generator, image_cls: type, dtype: type, slope_inter: tuple
+) -> None:
+    raw = (rng.random((19, 13, 11)) * 200).astype(dtype)
+    img = image_cls(raw, AFFINES["oblique"])
+    if slope_inter[0] is not None:
+        img.header.set_slope_inter(*slope_inter)
+    path = tmp_path / "vol.nii.gz"
+    nib.save(img, path)
+    array, header, affine = _nibabel_reads(path)
+    read = nifti._read_gzipped(path)
+    assert read is not None, "the ISA-L path fell back to nibabel on a well-formed file"
+    assert type(read[0]) is image_cls and read[0].header.binaryblock == header
+    vol = read_volume(path)
+    assert vol.array.flags.c_contiguous and vol.array.dtype == np.float32
+    np.testing.assert_array_equal(vol.array, array)
+    np.testing.assert_array_equal(vol.affine, affine)
+
+
+def test_a_broken_gzip_falls_back_to_nibabel_and_its_error(tmp_path: Path, volume: Volume) -> None:
+    path = write_nifti(volume, tmp_path / "ct.nii.gz")
+    (tmp_path / "cut_gz.nii.gz").write_bytes(path.read_bytes()[:-40])
+    (tmp_path / "garbage.nii.gz").write_bytes(b"not a gzip stream at all")
+    for name, problem in (("cut_gz.nii.gz", "truncated or corrupt"), ("garbage.nii.gz", "not a readable NIfTI")):
+        assert nifti._read_gzipped(tmp_path / name) is None
+        with pytest.raises(VolumeReadError, match=f"{name}.*{problem}"):
+            read_volume(tmp_path / name)
+
+
+@pytest.mark.parametrize("shape", [(7, 6, 5), (33, 17, 9), (4, 3, 16), (5, 4), (6, 5, 4, 3)])
+def test_c_order_copies_fortran_volumes_to_the_bit(rng: np.random.Generator, shape: tuple[int, ...]) -> None:
+    a = np.asfortranarray(rng.normal(size=shape).astype(np.float32))
+    out = c_order(a)
+    assert out.flags.c_contiguous and out.dtype == a.dtype and out.shape == a.shape
+    np.testing.assert_array_equal(out, a)
+    c = np.ascontiguousarray(a)
+    assert c_order(c) is c  # already C order: no copy
+    view = c[:, ::2]  # neither order: numpy's copy
+    np.testing.assert_array_equal(c_order(view), view)

@@ -1,8 +1,9 @@
 """Pipelined predict (medp2p.infer.pipeline): the same outputs as one case after another, failures kept
-to their case, Ctrl-C leaving whole cases only, at most three cases in flight; the CUDA batch logic."""
+to their case, Ctrl-C leaving whole cases only, at most 2W+1 cases in flight with W workers; the CUDA batch logic."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 import medp2p.infer.batch as batch
 from medp2p.cli import app
 from medp2p.infer import load_model, predict_cases
-from medp2p.infer.pipeline import run_pipeline
+from medp2p.infer.pipeline import default_workers, in_flight_bound, pipeline_settings, run_pipeline
 from medp2p.infer.volume import RunOptions, cuda_batch, run_slices
 from medp2p.io import read_volume
 
@@ -30,13 +31,21 @@ def _outputs(folder: Path) -> dict[str, np.ndarray]:
 def test_pipelined_outputs_are_the_serial_ones_to_the_bit(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:
     model = load_model(tiny_runs["mri2ct"])
     serial = predict_cases(model, [tiny_phantom], tmp_path / "serial", pipelined=False)
-    piped = predict_cases(model, [tiny_phantom], tmp_path / "piped", pipelined=True)
-    assert sorted(serial.written) == sorted(piped.written) == ["case_000", "case_001", "case_002"]
-    a, b = _outputs(tmp_path / "serial"), _outputs(tmp_path / "piped")
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    a = _outputs(tmp_path / "serial")
+    for workers in (1, 2):
+        piped = predict_cases(model, [tiny_phantom], tmp_path / f"piped{workers}", pipelined=True, workers=workers)
+        assert sorted(serial.written) == sorted(piped.written) == ["case_000", "case_001", "case_002"]
+        b = _outputs(tmp_path / f"piped{workers}")
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        recorded = json.loads((tmp_path / f"piped{workers}" / "predict.json").read_text())["pipeline"]
+        assert recorded == {"pipelined": True, "workers": workers, "cases_in_flight": 2 * workers + 1}
+    assert json.loads((tmp_path / "serial" / "predict.json").read_text())["pipeline"]["pipelined"] is False
+    with pytest.raises(ValueError, match="--workers must be at least 1"):
+        predict_cases(model, [tiny_phantom], tmp_path / "none", workers=0)
+    assert not (tmp_path / "none").exists()
 
 
-def test_a_case_failing_in_the_reader_or_the_writer_is_reported_and_the_rest_finish(
+def test_a_case_failing_in_a_reader_or_a_writer_is_reported_and_the_rest_finish(
     tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "data"
@@ -50,7 +59,7 @@ def test_a_case_failing_in_the_reader_or_the_writer_is_reported_and_the_rest_fin
         return real(vol, path, **kw)
 
     monkeypatch.setattr(batch, "write_nifti", write)  # fails in the writer thread
-    report = predict_cases(load_model(tiny_runs["mri2ct"]), [data], tmp_path / "out")
+    report = predict_cases(load_model(tiny_runs["mri2ct"]), [data], tmp_path / "out", workers=2)
     assert list(report.written) == ["case_002"]
     assert [f["case"] for f in report.failures] == ["case_000", "case_001"]
     assert "case_000" in report.failures[0]["input"] or "mr.nii.gz" in report.failures[0]["error"]
@@ -114,11 +123,36 @@ class _Counting:
         return False
 
 
-def test_at_most_three_cases_are_in_flight_and_results_keep_their_order() -> None:
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_at_most_2w_plus_1_cases_are_in_flight_and_results_keep_their_order(workers: int) -> None:
     stages = _Counting()
-    run_pipeline(range(10), stages)
-    assert stages.most <= 3
+    run_pipeline(range(10), stages, workers=workers)
+    assert stages.most <= in_flight_bound(workers) == 2 * workers + 1
     assert [o for o in stages.order if o >= 0] == [0, 10, 20, 40, 50, 60, 70, 80, 90] and -3 in stages.order
+
+
+def test_two_workers_read_two_cases_at_once() -> None:
+    class Paired(_Counting):
+        barrier = threading.Barrier(2, timeout=10)
+
+        def read(self, case: int) -> int:
+            if case < 2:
+                self.barrier.wait()  # passes only when cases 0 and 1 are being read at the same time
+            return super().read(case)
+
+    stages = Paired()
+    run_pipeline(range(4), stages, workers=2)
+    assert [o for o in stages.order if o >= 0] == [0, 10, 20] and -3 in stages.order
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        run_pipeline(range(4), _Counting(), workers=0)
+
+
+def test_default_workers_two_and_more_on_a_gpu_host() -> None:
+    assert default_workers(accelerated=False, cores=2) == default_workers(accelerated=False, cores=64) == 2
+    assert default_workers(accelerated=True, cores=2) == 2 and default_workers(accelerated=True, cores=12) == 3
+    assert default_workers(accelerated=True, cores=64) == 4
+    assert pipeline_settings(True, 2) == {"pipelined": True, "workers": 2, "cases_in_flight": 5}
+    assert pipeline_settings(False, 2)["cases_in_flight"] == 1
 
 
 def test_a_full_disk_stops_the_run_after_the_cases_in_flight() -> None:

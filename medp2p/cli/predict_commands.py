@@ -62,10 +62,17 @@ def predict(
     series_uid: SeriesUid = None,
     pipeline: Annotated[
         bool,
-        typer.Option(
-            "--pipeline/--no-pipeline", help="Read the next case and write the last while the model runs on this one (at most 3 in flight)."
-        ),
+        typer.Option("--pipeline/--no-pipeline", help="Read the next cases and write the last ones while the model runs on this one."),
     ] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Cases read and prepared at once, and written at once, beside the model (threads; at most 2N+1 cases in memory). "
+            "Default 2; on a GPU a quarter of the cores, at most 4.",
+        ),
+    ] = None,
     uncertainty: Annotated[
         bool,
         typer.Option(
@@ -140,6 +147,7 @@ def predict(
                 read_options=read_options_of(affine_from, series_uid),
                 force=force,
                 pipelined=pipeline,
+                workers=workers,
                 uncertainty=uncertainty,
                 tta_shift=tta_shift,
                 mc_samples=mc_samples,

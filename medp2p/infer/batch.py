@@ -30,7 +30,7 @@ from medp2p.data.intensity import looks_like_ct
 from medp2p.infer.ensemble import DEFAULT_SHIFT, Combined, Pass, check_members, finish_combined, run_members, tta_passes
 from medp2p.infer.inputs import partition, resolve_inputs
 from medp2p.infer.model import Model, load_model
-from medp2p.infer.pipeline import run_pipeline
+from medp2p.infer.pipeline import default_workers, pipeline_settings, run_pipeline
 from medp2p.infer.volume import ModelInput, finish_prediction, prepare_input, run_slices
 from medp2p.io import VolumeWriteError, write_nifti
 from medp2p.io.atomic import atomic_path
@@ -230,6 +230,7 @@ def predict_cases(
     uncertainty: bool = False,
     tta_shift: int | None = None,
     mc_samples: int = 0,
+    workers: int | None = None,
 ) -> PredictReport:
     """Predict every case of ``inputs`` (this part's share of them) into ``out_dir``.
 
@@ -270,6 +271,9 @@ def predict_cases(
         tta_shift: whole-voxel in-plane shift of the shifted passes (default 2 with
             ``uncertainty``, none without; 0: no shifted passes).
         mc_samples: MC-dropout passes per member (the generator needs dropout layers).
+        workers: cases read and prepared at once, and cases written at once, beside the
+            generator (threads; at most ``2 * workers + 1`` cases in memory); None:
+            :func:`~medp2p.infer.pipeline.default_workers` for the model's device.
 
     Returns:
         The report; failed cases are also written to ``failures.csv`` (``failures_part-K-of-N.csv``
@@ -282,6 +286,8 @@ def predict_cases(
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     given = [model] if isinstance(model, str | Path | Model) else list(model)
     members = [m if isinstance(m, Model) else load_model(m, device, batch_size, compile, tta, precision) for m in given]
     check_members(members)
@@ -295,10 +301,12 @@ def predict_cases(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(total_cases=len(cases))
-    _record_settings(out_dir / ("predict.json" if num_parts == 1 else f"predict_part-{part_id}-of-{num_parts}.json"), members, passes)
+    workers = default_workers(model.options.device.type != "cpu") if workers is None else workers
+    settings = out_dir / ("predict.json" if num_parts == 1 else f"predict_part-{part_id}-of-{num_parts}.json")
+    _record_settings(settings, members, passes, pipeline_settings(pipelined, workers))
     stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written, members, passes, uncertainty)
     try:
-        run_pipeline(mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined)
+        run_pipeline(mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined, workers=workers)
     except KeyboardInterrupt:
         report.interrupted = True
     failures_csv = out_dir / ("failures.csv" if num_parts == 1 else f"failures_part-{part_id}-of-{num_parts}.csv")
@@ -326,9 +334,9 @@ def _passes(model: Model, n_members: int, tta: bool, uncertainty: bool, shift: i
     return tta_passes(model.prep, flip, shift if shift is not None else (DEFAULT_SHIFT if uncertainty else 0), mc_samples)
 
 
-def _record_settings(path: Path, members: list[Model], passes: list[Pass] | None) -> None:
-    """What this prediction ran with (:meth:`Model.settings`, members and passes), written before the first case, atomically."""
-    settings = members[0].settings()
+def _record_settings(path: Path, members: list[Model], passes: list[Pass] | None, pipeline: dict[str, Any]) -> None:
+    """What this prediction ran with (:meth:`Model.settings`, members, passes, pipeline), written before the first case, atomically."""
+    settings = {**members[0].settings(), "pipeline": pipeline}
     if passes is not None:
         settings["ensemble"] = [m.settings() for m in members]
         settings["passes"] = [p.to_dict() for p in passes]

@@ -1,16 +1,19 @@
-"""Cases through three stages at once: read + prepare (a thread), the generator (the calling thread), write (a thread).
+"""Cases through three stages at once: read + prepare (threads), the generator (the calling thread), write (threads).
 
-The generator keeps the accelerator (or the cores) busy while the next case is read and the last
-one written. At most three cases are in flight: the next one being read, this one on the
-generator, the last one being written. The reader starts case k+1 only when case k goes to the
-generator, and case k is handed to the writer only after case k-1 is written, so memory is
-bounded by three cases' volumes and model-space stacks.
+The generator keeps the accelerator (or the cores) busy while the next cases are read and the
+last ones written. With ``workers`` = W, W reader threads read the next W cases while the
+generator runs on this one, and W writer threads write the last W; at most ``2W + 1`` cases are
+in flight, so memory is bounded by that many cases' volumes and model-space stacks (3 with the
+default W = 1). A read starts only when a reader's earlier case has gone to the generator, and
+a case goes to the writers only when fewer than W writes are pending, the oldest collected first.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -25,24 +28,76 @@ class Stages(Protocol):
     def fail(self, case: Any, exc: BaseException) -> bool: ...  # noqa: D102
 
 
-def run_pipeline(cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None = None, pipelined: bool = True) -> None:
+def default_workers(accelerated: bool, cores: int | None = None) -> int:
+    """Cases read and written at once when ``--workers`` is not given: 2, and on a GPU a quarter of the cores, at most 4.
+
+    Reading and preparing a case costs more host time than a fast generator spends on it, so
+    one reader leaves the generator waiting; two keep up on 2 CPU cores (docs/results.md) and
+    cost an idle thread and two cases' memory when the generator is the slower stage. A GPU
+    finishes a volume in tens of milliseconds, so its host runs more readers.
+
+    Example:
+        >>> default_workers(accelerated=True, cores=16)
+        4
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(2, min(4, cores // 4)) if accelerated else 2
+
+
+def in_flight_bound(workers: int) -> int:
+    """The most cases :func:`run_pipeline` holds at once with ``workers`` readers and writers: ``2 * workers + 1``.
+
+    Example:
+        >>> in_flight_bound(1)
+        3
+    """
+    return 2 * workers + 1
+
+
+def pipeline_settings(pipelined: bool, workers: int) -> dict[str, Any]:
+    """What ``predict.json`` records of the pipeline: on or off, workers, the most cases in memory at once.
+
+    Example:
+        >>> pipeline_settings(True, 2)
+        {'pipelined': True, 'workers': 2, 'cases_in_flight': 5}
+    """
+    if not pipelined:
+        return {"pipelined": False, "workers": 0, "cases_in_flight": 1}
+    return {"pipelined": True, "workers": workers, "cases_in_flight": in_flight_bound(workers)}
+
+
+def run_pipeline(
+    cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None = None, pipelined: bool = True, workers: int = 1
+) -> None:
     """Every case through ``stages``; a failure at any stage is that case's (``stages.fail``), the rest go on.
 
     ``stages.fail`` returning True stops the run after the cases already in flight. Ctrl-C
-    (KeyboardInterrupt) stops reading, lets the write in progress finish (writes are atomic and
-    remove what they made when interrupted) and is raised again.
+    (KeyboardInterrupt) stops reading, lets the writes in progress finish (writes are atomic and
+    remove what they made when interrupted) and is raised again. Cases reach the generator and
+    ``stages.done`` in their input order, whatever ``workers``.
+
+    Args:
+        cases: the cases, in order.
+        stages: what to run on each.
+        on_case: called with each case as it goes to the generator.
+        pipelined: False: one case after the other, in this thread.
+        workers: cases read at once, and cases written at once (threads; at most
+            :func:`in_flight_bound` cases in flight).
 
     Example:
-        >>> run_pipeline(cases, stages)  # stages.done(case, paths) for each written case
+        >>> run_pipeline(cases, stages, workers=2)  # stages.done(case, paths) for each written case
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     if not pipelined:
         _serial(cases, stages, on_case)
         return
     with (
-        ThreadPoolExecutor(1, thread_name_prefix="medp2p-read") as reader,
-        ThreadPoolExecutor(1, thread_name_prefix="medp2p-write") as writer,
+        ThreadPoolExecutor(workers, thread_name_prefix="medp2p-read") as reader,
+        ThreadPoolExecutor(workers, thread_name_prefix="medp2p-write") as writer,
     ):
-        _Run(iter(cases), stages, on_case, reader, writer).go()
+        _Run(iter(cases), stages, on_case, reader, writer, workers).go()
 
 
 def _serial(cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None) -> None:
@@ -60,57 +115,62 @@ def _serial(cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None]
 
 class _Run:
     def __init__(
-        self, queue: Any, stages: Stages, on_case: Callable[[Any], None] | None,
-        reader: ThreadPoolExecutor, writer: ThreadPoolExecutor,
+        self, queue: Iterator[Any], stages: Stages, on_case: Callable[[Any], None] | None,
+        reader: ThreadPoolExecutor, writer: ThreadPoolExecutor, workers: int,
     ) -> None:  # fmt: skip
         self.queue, self.stages, self.on_case, self.reader, self.writer = queue, stages, on_case, reader, writer
+        self.workers = workers
         self.stopped = False
-        self.ahead: tuple[Any, Future[Any]] | None = None
-        self.writing: tuple[Any, Future[Any]] | None = None
+        self.ahead: deque[tuple[Any, Future[Any]]] = deque()  # reads, oldest first
+        self.writing: deque[tuple[Any, Future[Any]]] = deque()  # writes, oldest first
 
     def _fail(self, case: Any, exc: BaseException) -> None:
         self.stopped = self.stages.fail(case, exc) or self.stopped
 
-    def _read_next(self) -> None:
-        case = next(self.queue, None)
-        self.ahead = None if case is None or self.stopped else (case, self.reader.submit(self.stages.read, case))
+    def _read_ahead(self) -> None:
+        """Start reads until ``workers`` cases are being read or wait, read (none once stopped)."""
+        while len(self.ahead) < self.workers and not self.stopped:
+            case = next(self.queue, None)
+            if case is None:
+                return
+            self.ahead.append((case, self.reader.submit(self.stages.read, case)))
 
-    def _collect(self) -> None:
-        if self.writing is None:
-            return
-        case, future = self.writing
-        self.writing = None
+    def _collect_oldest(self) -> None:
+        case, future = self.writing.popleft()
         try:
             self.stages.done(case, future.result())
         except Exception as exc:
             self._fail(case, exc)
 
     def go(self) -> None:
-        self._read_next()
+        self._read_ahead()
         try:
-            while self.ahead is not None and not self.stopped:
-                case, reading = self.ahead
+            while self.ahead and not self.stopped:
+                case, reading = self.ahead.popleft()
                 if self.on_case is not None:
                     self.on_case(case)
                 try:
                     prepared = reading.result()
                 except Exception as exc:
                     self._fail(case, exc)
-                    self._read_next()
+                    self._read_ahead()
                     continue
-                self._read_next()  # case k+1 is read while case k is on the generator
+                self._read_ahead()  # the next cases are read while this one is on the generator
                 try:
                     out = self.stages.generate(case, prepared)
                 except Exception as exc:
                     self._fail(case, exc)
                     continue
-                self._collect()  # case k-1 written before case k is handed over
+                while len(self.writing) >= self.workers:
+                    self._collect_oldest()  # the oldest write finished before this case is handed over
                 if not self.stopped:
-                    self.writing = (case, self.writer.submit(self.stages.write, case, prepared, out))
-            self._collect()
+                    self.writing.append((case, self.writer.submit(self.stages.write, case, prepared, out)))
+            while self.writing:
+                self._collect_oldest()
         except KeyboardInterrupt:
-            if self.ahead is not None:
-                self.ahead[1].cancel()
+            for _, reading in self.ahead:
+                reading.cancel()
             with contextlib.suppress(BaseException):
-                self._collect()
+                while self.writing:
+                    self._collect_oldest()
             raise

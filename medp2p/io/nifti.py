@@ -11,6 +11,7 @@ from isal import igzip
 from medp2p.io.atomic import atomic_path, full_suffix
 from medp2p.io.errors import VolumeReadError
 from medp2p.io.geometry import shear
+from medp2p.io.layout import c_order
 from medp2p.types import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -42,21 +43,11 @@ def read_nifti(path: str | Path) -> Volume:
         (dtype('float32'), (1.0, 1.0, 2.0))
     """
     path = Path(path)
-    try:
-        img = nib.load(str(path), mmap=False)
-    except Exception as err:  # nibabel raises many types for garbage input
-        raise VolumeReadError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise VolumeReadError(path, f"expected a NIfTI image, nibabel read a {type(img).__name__}")
-    shape3 = squeeze_to_3d(path, img.shape)
-    if np.dtype(img.get_data_dtype()).kind not in "biuf":
-        raise VolumeReadError(path, f"voxel type {img.get_data_dtype()} is not a scalar number (RGB/complex?)")
-    try:
-        array = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape3)
-    except Exception as err:
-        raise VolumeReadError(
-            path, f"voxel data could not be decoded, the file is truncated or corrupt ({type(err).__name__}: {err})"
-        ) from err
+    fast = _read_gzipped(path) if full_suffix(path) == ".nii.gz" else None
+    if fast is not None:
+        img, array = fast
+    else:
+        img, array = _read_with_nibabel(path)
     header = img.header.copy()
     qform, qcode = header.get_qform(coded=True)
     sform, scode = header.get_sform(coded=True)
@@ -67,7 +58,49 @@ def read_nifti(path: str | Path) -> Volume:
         "qform": (int(qcode), None if qform is None else np.asarray(qform, float)),
         "sform": (int(scode), None if sform is None else np.asarray(sform, float)),
     }
-    return Volume(np.ascontiguousarray(array), np.asarray(img.affine, float), meta)
+    return Volume(c_order(array), np.asarray(img.affine, float), meta)
+
+
+def _read_with_nibabel(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Read with nibabel alone (any NIfTI, compressed or not), with one-line errors naming the file and the problem."""
+    try:
+        img = nib.load(str(path), mmap=False)
+    except Exception as err:  # nibabel raises many types for garbage input
+        raise VolumeReadError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise VolumeReadError(path, f"expected a NIfTI image, nibabel read a {type(img).__name__}")
+    return img, _decoded(path, img)
+
+
+def _decoded(path: Path, img: nib.Nifti1Image) -> np.ndarray:
+    """Every voxel of ``img`` as float32, in its 3D shape (nibabel's scaling)."""
+    shape3 = squeeze_to_3d(path, img.shape)
+    if np.dtype(img.get_data_dtype()).kind not in "biuf":
+        raise VolumeReadError(path, f"voxel type {img.get_data_dtype()} is not a scalar number (RGB/complex?)")
+    try:
+        return np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape3)
+    except Exception as err:
+        raise VolumeReadError(
+            path, f"voxel data could not be decoded, the file is truncated or corrupt ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _read_gzipped(path: Path) -> tuple[nib.Nifti1Image, np.ndarray] | None:
+    """A ``.nii.gz`` inflated by ISA-L as nibabel decodes it; None when anything fails (nibabel then reads it and names the problem).
+
+    The same header and voxels as ``nib.load``, which inflates with zlib: ISA-L takes about 0.13 s
+    against 0.20-0.35 s for a 512x512x94 int16 CT (docs/results.md), and the voxels stream into
+    one buffer as nibabel's own reading does, so memory is the same.
+    """
+    try:
+        with open(path, "rb") as raw, igzip.IGzipFile(fileobj=raw, mode="rb") as gz:
+            image_cls = nib.Nifti2Image if nib.Nifti2Header.may_contain_header(gz.read(540)) else nib.Nifti1Image
+            gz.seek(0)
+            holder = nib.FileHolder(filename=str(path), fileobj=gz)
+            img = image_cls.from_file_map({"image": holder, "header": holder})
+            return img, _decoded(path, img)
+    except Exception:  # noqa: BLE001 - garbage, truncated or unusual files: nibabel's reading reports them
+        return None
 
 
 def output_dtype(array: np.ndarray, dtype: np.dtype | type | str | None, path: Path) -> np.dtype:
