@@ -20,7 +20,7 @@ fetched here first; the machine's image has torch, numpy, scipy, scikit-image, t
 psutil, matplotlib, pyyaml, tensorboard):
 
     pip download --no-deps -d wheels monai==1.6.1 nibabel SimpleITK pydicom highdicom pydantic pydantic-core \\
-        annotated-types typing-inspection pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pyjpegls
+        annotated-types typing-inspection pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pyjpegls isal
     # device run, carry ["wheels"]:
     python3 -m pip install --no-index --find-links wheels --no-deps wheels/*.whl && \\
         PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT
