@@ -3,8 +3,8 @@
 The generator keeps the accelerator (or the cores) busy while the next cases are read and the
 last ones written. With ``workers`` = W, W reader threads read the next W cases while the
 generator runs on this one, and W writer threads write the last W; at most ``2W + 1`` cases are
-in flight, so memory is bounded by that many cases' volumes and model-space stacks (3 with the
-default W = 1). A read starts only when a reader's earlier case has gone to the generator, and
+in flight, so memory is bounded by that many cases' volumes and model-space stacks (3 with
+W = 1, 5 with ``medp2p predict``'s usual 2). A read starts only when a reader's earlier case has gone to the generator, and
 a case goes to the writers only when fewer than W writes are pending, the oldest collected first.
 """
 
@@ -128,7 +128,7 @@ class _Run:
         self.stopped = self.stages.fail(case, exc) or self.stopped
 
     def _read_ahead(self) -> None:
-        """Start reads until ``workers`` cases are being read or wait, read (none once stopped)."""
+        """Start reads until ``workers`` cases are being read or wait, read, for the generator; none once the run stopped."""
         while len(self.ahead) < self.workers and not self.stopped:
             case = next(self.queue, None)
             if case is None:
