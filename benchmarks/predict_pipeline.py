@@ -4,10 +4,10 @@
 
 1. two small generators standing in for a fast GPU: ``configs/tiny.yaml`` (a 4-level 8-channel
    U-Net: a quarter of a case's time one case after another, here) and a 2-level 1-channel
-   U-Net whose forward is nearly free: ``predict_cases`` one case after another against pipelined with 1 and 2
-   workers, alternating, ``--rounds`` times (volumes/s over all volumes and at steady state),
-   and the peak RSS of ``medp2p predict --no-pipeline`` against ``--workers 2``, each in its own
-   process;
+   U-Net whose forward is nearly free: ``predict_cases`` one case after another against
+   pipelined with 1 and 2 workers, alternating, ``--rounds`` times (volumes/s over all volumes
+   and at steady state), and the peak RSS of ``medp2p predict --no-pipeline`` against
+   ``--workers 2``, each in its own process;
 2. the shipped mri2ct generator (``configs/mri2ct.yaml``, one training step): in one process,
    the bare generator over the same slices (``run_slices`` on prepared stacks) against
    end-to-end pipelined ``predict_cases`` (read, prepare, generator, decode, write; default workers).
@@ -50,8 +50,8 @@ def _train(work: Path, name: str, config: str, datalist: Path, sets: list[str]) 
 
 #: What each run of part 1 compares: one case after another, and the pipeline with 1 and 2 workers.
 MODES = {"serial": (False, 1), "pipelined_w1": (True, 1), "pipelined_w2": (True, 2)}
-#: Part 1's generators: configs/tiny.yaml (a 4-level 8-channel U-Net: about a quarter of a case's
-#: CPU time on 2 cores), and a 2-level 1-channel U-Net whose forward is nearly free.
+#: Part 1's generators: configs/tiny.yaml (a 4-level 8-channel U-Net: a quarter of a case's time
+#: one case after another, on 2 cores), and a 2-level 1-channel U-Net whose forward is nearly free.
 GENERATORS = {
     "tiny": ["train.val_every=100000", "train.preview_count=0"],
     "near_free": ["train.val_every=100000", "train.preview_count=0", "model.depth=2", "model.base_channels=1"],

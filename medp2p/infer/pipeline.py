@@ -4,8 +4,9 @@ The generator keeps the accelerator (or the cores) busy while the next cases are
 last ones written. With ``workers`` = W, W reader threads read the next W cases while the
 generator runs on this one, and W writer threads write the last W; at most ``2W + 1`` cases are
 in flight, so memory is bounded by that many cases' volumes and model-space stacks (3 with
-W = 1, 5 with ``medp2p predict``'s usual 2). A read starts only when a reader's earlier case has gone to the generator, and
-a case goes to the writers only when fewer than W writes are pending, the oldest collected first.
+W = 1, 5 with ``medp2p predict``'s usual 2). A read starts only while fewer than W cases are
+being read or wait for the generator, and a case goes to the writers only when fewer than W
+writes are pending, the oldest collected first.
 """
 
 from __future__ import annotations

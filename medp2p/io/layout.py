@@ -22,7 +22,7 @@ def c_order(array: np.ndarray) -> np.ndarray:
         >>> mr = c_order(img.get_fdata(dtype=np.float32))   # nibabel gives Fortran order
     """
     array = np.asarray(array)
-    if array.flags.c_contiguous or not array.flags.f_contiguous or array.ndim < 2:
+    if array.flags.c_contiguous or not array.flags.f_contiguous:  # 1D and 0D arrays are both or neither
         return np.ascontiguousarray(array)
     out = np.empty(array.shape, array.dtype, order="C")
     for start in range(0, array.shape[-1], BLOCK):

@@ -44,10 +44,7 @@ def read_nifti(path: str | Path) -> Volume:
     """
     path = Path(path)
     fast = _read_gzipped(path) if full_suffix(path) == ".nii.gz" else None
-    if fast is not None:
-        img, array = fast
-    else:
-        img, array = _read_with_nibabel(path)
+    img, array = fast if fast is not None else _read_with_nibabel(path)
     header = img.header.copy()
     qform, qcode = header.get_qform(coded=True)
     sform, scode = header.get_sform(coded=True)
