@@ -10,15 +10,21 @@
    ``--workers 2``, each in its own process;
 2. the shipped mri2ct generator (``configs/mri2ct.yaml``, one training step): in one process,
    the bare generator over the same slices (``run_slices`` on prepared stacks) against
-   end-to-end pipelined ``predict_cases`` (read, prepare, generator, decode, write; default workers).
+   end-to-end pipelined ``predict_cases`` (read, prepare, generator, decode, write; default workers);
+3. ``issue_base``: the issue's own baseline, "the serial rate of today's code": ``predict_cases``
+   of the code on main when issue 22 was filed (:data:`ISSUE_BASE`, unpacked with ``git archive``;
+   its own near-free checkpoint) against this tree's pipelined ``predict_cases`` (default
+   workers), each in a process of its own with the model loaded outside the timing, alternating.
+   Needs the git history (a clone, not an archive).
 
-    python benchmarks/predict_pipeline.py [--rounds 3] [--work DIR] [--only tiny|near_free|shipped]
+    python benchmarks/predict_pipeline.py [--rounds 3] [--work DIR] [--only tiny|near_free|shipped|issue_base]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,14 +43,16 @@ SPEC = PhantomSpec((256, 256, 64), (1.0, 1.0, 2.5))
 VOLUMES = 24
 
 
-def _train(work: Path, name: str, config: str, datalist: Path, sets: list[str]) -> Path:
+def _train(work: Path, name: str, config: str, datalist: Path, sets: list[str], tree: Path = ROOT) -> Path:
+    """One training step of ``config`` (``tree``'s medp2p and configs): a checkpoint to predict with."""
     run = work / name
     if not (run / "last.pt").is_file():
         cmd = [sys.executable, "-m", "medp2p.cli", "train", "--task", "mri2ct", "--data", str(datalist), "--out", str(run)]
-        cmd += ["--config", str(ROOT / "configs" / config), "--steps", "1", "--overwrite", "--cache-dir", str(work / "cache")]
+        cmd += ["--config", str(tree / "configs" / config), "--steps", "1", "--overwrite"]
+        cmd += ["--cache-dir", str(work / "cache")] if tree == ROOT else []  # the issue's code had no --cache-dir
         for s in sets:
             cmd += ["--set", s]
-        watch(cmd)
+        watch(cmd, env={"PYTHONPATH": str(tree)}, cwd=tree)
     return run
 
 
@@ -141,12 +149,58 @@ def shipped_end_to_end(work: Path, datalist: Path, rounds: int) -> dict[str, Any
     }
 
 
+#: main when issue 22 ("Inference and evaluation over thousands of volumes") was filed: the
+#: parent of its first commit, 3c7bf25 (pipelined predict). Its predict runs one case after another.
+ISSUE_BASE = "708cb6d"
+
+#: Run in a process of its own: load a model, time ``predict_cases`` over a datalist, print one JSON line.
+_TIMED_PREDICT = """
+import json, sys, time
+from medp2p.infer import load_model, predict_cases
+model = load_model(sys.argv[1], "cpu")
+start = time.perf_counter()
+report = predict_cases(model, [sys.argv[2]], sys.argv[3], overwrite=True)
+seconds = time.perf_counter() - start
+print(json.dumps({"written": len(report.written), "seconds": seconds}))
+"""
+
+
+def _timed_predict(tree: Path, run: Path, datalist: Path, out: Path) -> float:
+    """Volumes/s of ``predict_cases`` (``tree``'s medp2p, its defaults) in a fresh process, the model loaded outside the timing."""
+    seen = watch([sys.executable, "-c", _TIMED_PREDICT, str(run), str(datalist), str(out)], env={"PYTHONPATH": str(tree)}, cwd=tree)
+    result = json.loads(seen["output"].strip().splitlines()[-1])
+    if result["written"] != VOLUMES:
+        raise RuntimeError(f"{tree}: predict wrote {result['written']} of {VOLUMES} volumes")
+    return float(VOLUMES / result["seconds"])
+
+
+def against_issue_base(work: Path, datalist: Path, rounds: int) -> dict[str, Any]:
+    """This tree's pipelined predict against the serial predict of :data:`ISSUE_BASE`, near-free generators, alternating."""
+    old = work / f"issue_base_{ISSUE_BASE}"
+    if not (old / "medp2p").is_dir():
+        old.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ISSUE_BASE], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    sets = GENERATORS["near_free"]
+    runs = {"issue_base_serial": (old, _train(work, "near_free_issue_base", "tiny.yaml", datalist, sets, tree=old))}
+    runs["pipelined"] = (ROOT, _train(work, "near_free", "tiny.yaml", datalist, sets))
+    rates: dict[str, list[float]] = {mode: [] for mode in runs}
+    for _ in range(rounds):
+        for mode, (tree, run) in runs.items():
+            rates[mode].append(_timed_predict(tree, run, datalist, work / f"out_{mode}"))
+    return {
+        "issue_base": ISSUE_BASE,
+        "volumes_per_s_all": {m: [round(r, 2) for r in v] for m, v in rates.items()},
+        "speedup_all_best": round(max(rates["pipelined"]) / max(rates["issue_base_serial"]), 2),
+    }
+
+
 def main() -> None:
     """Build the data, run both parts, print one JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--only", choices=(*GENERATORS, "shipped"), default=None)
+    ap.add_argument("--only", choices=(*GENERATORS, "shipped", "issue_base"), default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = (args.work or Path(tmp)).resolve()
@@ -156,6 +210,9 @@ def main() -> None:
             if args.only in (None, name):
                 result[f"{name}_generator"] = serial_vs_pipelined(work, datalist, args.rounds, name)
                 print(json.dumps({f"{name}_generator": result[f"{name}_generator"]}), flush=True)
+        if args.only in (None, "issue_base"):
+            result["issue_base"] = against_issue_base(work, datalist, args.rounds)
+            print(json.dumps({"issue_base": result["issue_base"]}), flush=True)
         if args.only in (None, "shipped"):
             result["shipped_generator"] = shipped_end_to_end(work, datalist, args.rounds)
         print(json.dumps(result, indent=2))

@@ -79,13 +79,15 @@ def _tree(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def watch(cmd: list[str], until: Path | None = None, until_step: int = 0, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``cmd`` and sample its process tree every 20 ms: each process's peak RSS and the tree's, and its output.
+def watch(
+    cmd: list[str], until: Path | None = None, until_step: int = 0, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> dict[str, Any]:
+    """Run ``cmd`` (in ``cwd``) and sample its process tree every 20 ms: each process's peak RSS and the tree's, and its output.
 
     ``until`` / ``until_step``: also record when ``until`` (a metrics.csv) first logs a step >= ``until_step``.
     """
     start = time.perf_counter()
-    proc = psutil.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = psutil.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     peaks: dict[int, tuple[str, int]] = {}
     tree_peak, reached = 0, None
     while proc.poll() is None:

@@ -19,7 +19,7 @@ from medp2p.cli import app
 from medp2p.infer import load_model, predict_cases
 from medp2p.infer.pipeline import default_workers, in_flight_bound, pipeline_settings, run_pipeline
 from medp2p.infer.volume import RunOptions, cuda_batch, run_slices
-from medp2p.io import read_volume
+from medp2p.io import VolumeWriteError, read_volume
 
 runner = CliRunner()
 
@@ -170,6 +170,29 @@ def test_a_full_disk_stops_the_run_after_the_cases_in_flight() -> None:
     run_pipeline(range(10), stages)
     written = [o for o in stages.order if o >= 0]
     assert written == [0, 10] and -2 in stages.order and len(stages.order) <= 4  # nothing started after the full disk
+
+
+def test_a_full_disk_in_predict_exits_1_and_lists_the_finished_cases(
+    tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = batch.write_nifti
+
+    def write(vol, path, **kw):  # noqa: ANN001, ANN003, ANN202
+        if "case_001" in str(path):
+            raise VolumeWriteError(f"{path}: the disk is full while writing it; nothing was left there")
+        return real(vol, path, **kw)
+
+    monkeypatch.setattr(batch, "write_nifti", write)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(out), "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert (out / "finished.txt").read_text().split() == ["case_000"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["case_000"]  # case_001 not half-written, case_002 not started
+    assert "stopped: writing case case_001 failed" in " ".join(result.output.split())
+    assert [row.split(",")[0] for row in (out / "failures.csv").read_text().splitlines()[1:]] == ["case_001"]
+    monkeypatch.setattr(batch, "write_nifti", real)
+    again = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(out), "--overwrite"])
+    assert again.exit_code == 0 and not (out / "finished.txt").exists() and not (out / "failures.csv").exists()
 
 
 def test_cuda_batches_are_sized_from_free_memory() -> None:

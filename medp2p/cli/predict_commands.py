@@ -101,7 +101,8 @@ def predict(
 ) -> None:
     """Predict whole volumes with a trained model; outputs sit on each input's own grid.
 
-    Exit 0 when every case was written, 1 when a case failed (listed in OUT_DIR/failures.csv; the others go on), 2 on usage errors,
+    Exit 0 when every case was written, 1 when a case failed (listed in OUT_DIR/failures.csv; the others go on, unless a
+    write failed: a full disk stops the run and OUT_DIR/finished.txt lists the cases written), 2 on usage errors,
     130 when interrupted (OUT_DIR/finished.txt lists the cases written).
     """
     from medp2p.infer import FORMATS, predict_cases
@@ -167,9 +168,17 @@ def predict(
     if report.failures:
         where = f"; see {report.failures_csv}" if report.failures_csv else ""
         err.print(escape(f"{len(report.failures)} case(s) failed{where}"))
+    finished = Path(out) / ("finished.txt" if num_parts == 1 else f"finished_part-{part_id}-of-{num_parts}.txt")
     if report.interrupted:
-        err.print(escape(f"interrupted: {len(report.written)} case(s) finished, listed in {Path(out) / 'finished.txt'}; no partial output"))
+        err.print(escape(f"interrupted: {len(report.written)} case(s) finished, listed in {finished}; no partial output"))
         raise typer.Exit(130)
+    if report.stopped:
+        err.print(
+            escape(
+                f"stopped: {report.stopped}; {len(report.written)} case(s) finished, listed in {finished}; "
+                "the cases after it were not predicted: free space and run again"
+            )
+        )
     if report.failures:
         raise typer.Exit(1)
 

@@ -59,6 +59,8 @@ class PredictReport:
     failures_csv: Path | None = None
     total_cases: int = 0
     interrupted: bool = False
+    #: Why the run stopped before its last case (a write failed: a full disk fails every later case too).
+    stopped: str | None = None
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -319,7 +321,7 @@ def predict_cases(
             writer.writerows(report.failures)
         report.failures_csv = failures_csv if failures_csv.exists() else None
     finished = out_dir / ("finished.txt" if num_parts == 1 else f"finished_part-{part_id}-of-{num_parts}.txt")
-    if report.interrupted:
+    if report.interrupted or report.stopped:
         _write_finished(finished, report)
     else:
         finished.unlink(missing_ok=True)  # an earlier interrupted run's list no longer holds
@@ -345,7 +347,7 @@ def _record_settings(path: Path, members: list[Model], passes: list[Pass] | None
 
 
 def _write_finished(path: Path, report: PredictReport) -> None:
-    """After Ctrl-C: the cases whose outputs were written in full, one per line."""
+    """After Ctrl-C or a stop (a write failed): the cases whose outputs were written in full, one per line."""
     with contextlib.suppress(VolumeWriteError, OSError), atomic_path(path) as tmp:
         tmp.write_text("".join(f"{case}\n" for case in report.written))
 
@@ -392,4 +394,6 @@ class _CaseStages:
         """Record a failed case; True when the run must stop (a full disk fails every case after it too)."""
         source = case.get(self.model.prep.source_keys[0]) or next((v for k, v in case.items() if k != "id"), "")
         self.report.failures.append({"case": str(case["id"]), "input": str(source), "error": error_text(exc)})
+        if isinstance(exc, VolumeWriteError) and self.report.stopped is None:
+            self.report.stopped = f"writing case {case['id']} failed: {exc}"
         return isinstance(exc, VolumeWriteError)
