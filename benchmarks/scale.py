@@ -104,7 +104,10 @@ def watch(
         if until is not None and reached is None and _last_step(until) >= until_step:
             reached = time.perf_counter() - start
         time.sleep(0.02)
-    output = proc.stdout.read().decode() if proc.stdout else ""
+    output = ""
+    if proc.stdout:
+        with proc.stdout:
+            output = proc.stdout.read().decode()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
     wall = time.perf_counter() - start
