@@ -176,7 +176,7 @@ def predict(
         err.print(
             escape(
                 f"stopped: {report.stopped}; {len(report.written)} case(s) finished, listed in {finished}; "
-                "the cases after it were not predicted: free space and run again"
+                "the others were not predicted: free space and run again"
             )
         )
     if report.failures:
