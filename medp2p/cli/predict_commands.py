@@ -168,17 +168,12 @@ def predict(
     if report.failures:
         where = f"; see {report.failures_csv}" if report.failures_csv else ""
         err.print(escape(f"{len(report.failures)} case(s) failed{where}"))
-    finished = Path(out) / ("finished.txt" if num_parts == 1 else f"finished_part-{part_id}-of-{num_parts}.txt")
+    finished = f"{len(report.written)} case(s) finished" + (f", listed in {report.finished_txt}" if report.finished_txt else "")
     if report.interrupted:
-        err.print(escape(f"interrupted: {len(report.written)} case(s) finished, listed in {finished}; no partial output"))
+        err.print(escape(f"interrupted: {finished}; no partial output"))
         raise typer.Exit(130)
     if report.stopped:
-        err.print(
-            escape(
-                f"stopped: {report.stopped}; {len(report.written)} case(s) finished, listed in {finished}; "
-                "the others were not predicted: free space and run again"
-            )
-        )
+        err.print(escape(f"stopped: {report.stopped}; {finished}; the others were not predicted: free space and run again"))
     if report.failures:
         raise typer.Exit(1)
 

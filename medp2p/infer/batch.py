@@ -61,6 +61,8 @@ class PredictReport:
     interrupted: bool = False
     #: Why the run stopped before its last case (a write failed: a full disk fails every later case too).
     stopped: str | None = None
+    #: After Ctrl-C or a stop: the list of the cases written in full (None when it could not be written).
+    finished_txt: Path | None = None
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -323,6 +325,7 @@ def predict_cases(
     finished = out_dir / ("finished.txt" if num_parts == 1 else f"finished_part-{part_id}-of-{num_parts}.txt")
     if report.interrupted or report.stopped:
         _write_finished(finished, report)
+        report.finished_txt = finished if finished.exists() else None
     else:
         finished.unlink(missing_ok=True)  # an earlier interrupted run's list no longer holds
     return report
@@ -394,6 +397,7 @@ class _CaseStages:
         """Record a failed case; True when the run must stop (a full disk fails every case after it too)."""
         source = case.get(self.model.prep.source_keys[0]) or next((v for k, v in case.items() if k != "id"), "")
         self.report.failures.append({"case": str(case["id"]), "input": str(source), "error": error_text(exc)})
-        if isinstance(exc, VolumeWriteError) and self.report.stopped is None:
+        stop = isinstance(exc, VolumeWriteError)
+        if stop and self.report.stopped is None:
             self.report.stopped = f"writing case {case['id']} failed: {exc}"
-        return isinstance(exc, VolumeWriteError)
+        return stop
