@@ -10,7 +10,6 @@ from medp2p.infer.batch import (
     FORMATS,
     ModalityMismatchError,
     OutputExistsError,
-    PredictReport,
     predict_case,
     predict_cases,
 )
@@ -24,6 +23,7 @@ from medp2p.infer.checkpoint import (
 )
 from medp2p.infer.inputs import partition, resolve_inputs
 from medp2p.infer.model import Model, load_model
+from medp2p.infer.records import PredictReport
 from medp2p.infer.volume import AUTO_BATCH, AUTO_BATCH_PIXELS, RunOptions, predict_volume, run_slices
 
 __all__ = [

@@ -8,12 +8,10 @@ also the task's DICOM outputs (``sct_dicom/``: a CT series; ``mask_seg.dcm``: a 
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from medp2p.infer.ensemble import DEFAULT_SHIFT, Combined, Pass, check_members, 
 from medp2p.infer.inputs import partition, resolve_inputs
 from medp2p.infer.model import Model, load_model
 from medp2p.infer.pipeline import default_workers, pipeline_settings, run_pipeline
+from medp2p.infer.records import PredictReport, part_file, record_settings, write_lists
 from medp2p.infer.volume import ModelInput, finish_prediction, prepare_input, run_slices
 from medp2p.io import VolumeWriteError, write_nifti
 from medp2p.io.atomic import atomic_path
@@ -48,21 +47,6 @@ class OutputExistsError(FileExistsError):
 
 class ModalityMismatchError(ValueError):
     """The input is not the kind of image the model was trained on (a CT given to an MR model)."""
-
-
-@dataclass
-class PredictReport:
-    """What :func:`predict_cases` did: outputs per case, failures, and this part's share."""
-
-    written: dict[str, list[Path]] = field(default_factory=dict)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    failures_csv: Path | None = None
-    total_cases: int = 0
-    interrupted: bool = False
-    #: Why the run stopped before its last case (a write failed: a full disk fails every later case too).
-    stopped: str | None = None
-    #: After Ctrl-C or a stop: the list of the cases written in full (None when it could not be written).
-    finished_txt: Path | None = None
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -306,28 +290,13 @@ def predict_cases(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(total_cases=len(cases))
     workers = default_workers(model.options.device.type != "cpu") if workers is None else workers
-    settings = out_dir / ("predict.json" if num_parts == 1 else f"predict_part-{part_id}-of-{num_parts}.json")
-    _record_settings(settings, members, passes, pipeline_settings(pipelined, workers))
+    record_settings(part_file(out_dir, "predict", ".json", num_parts, part_id), members, passes, pipeline_settings(pipelined, workers))
     stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written, members, passes, uncertainty)
     try:
         run_pipeline(mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined, workers=workers)
     except KeyboardInterrupt:
         report.interrupted = True
-    failures_csv = out_dir / ("failures.csv" if num_parts == 1 else f"failures_part-{part_id}-of-{num_parts}.csv")
-    if not report.failures:
-        failures_csv.unlink(missing_ok=True)  # a previous run's list no longer holds
-    else:
-        with contextlib.suppress(VolumeWriteError), atomic_path(failures_csv) as tmp, tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, ["case", "input", "error"])
-            writer.writeheader()
-            writer.writerows(report.failures)
-        report.failures_csv = failures_csv if failures_csv.exists() else None
-    finished = out_dir / ("finished.txt" if num_parts == 1 else f"finished_part-{part_id}-of-{num_parts}.txt")
-    if report.interrupted or report.stopped:
-        _write_finished(finished, report)
-        report.finished_txt = finished if finished.exists() else None
-    else:
-        finished.unlink(missing_ok=True)  # an earlier interrupted run's list no longer holds
+    write_lists(report, out_dir, num_parts, part_id)
     return report
 
 
@@ -337,22 +306,6 @@ def _passes(model: Model, n_members: int, tta: bool, uncertainty: bool, shift: i
         return None
     flip = tta or (uncertainty and MIRROR_DIMS[model.prep.axis] is not None)
     return tta_passes(model.prep, flip, shift if shift is not None else (DEFAULT_SHIFT if uncertainty else 0), mc_samples)
-
-
-def _record_settings(path: Path, members: list[Model], passes: list[Pass] | None, pipeline: dict[str, Any]) -> None:
-    """What this prediction ran with (:meth:`Model.settings`, members, passes, pipeline), written before the first case, atomically."""
-    settings = {**members[0].settings(), "pipeline": pipeline}
-    if passes is not None:
-        settings["ensemble"] = [m.settings() for m in members]
-        settings["passes"] = [p.to_dict() for p in passes]
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
-
-
-def _write_finished(path: Path, report: PredictReport) -> None:
-    """After Ctrl-C or a stop (a write failed): the cases whose outputs were written in full, one per line."""
-    with contextlib.suppress(VolumeWriteError, OSError), atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{case}\n" for case in report.written))
 
 
 class _CaseStages:
