@@ -145,6 +145,8 @@ class LossConfig(_Section):
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     l1_in_mask: bool = True  # mri2ct: L1 only inside the body mask
     region_weight: float = Field(10.0, ge=1)  # inpaint: L1 weight inside the region vs outside
+    # > 0: a second generator channel learns each voxel's error scale (Laplace likelihood), for --uncertainty
+    aleatoric: float = Field(0.0, ge=0)
 
 
 class InpaintConfig(_Section):
@@ -211,6 +213,11 @@ class Config(_Section):
             raise ValueError(
                 "inpaint.kinds has 'slices' (whole slices missing), which needs neighbouring slices: "
                 "set data.context_slices >= 1, or drop 'slices' from inpaint.kinds"
+            )
+        if self.loss.aleatoric > 0 and TASKS[self.task].codec.labels:
+            raise ValueError(
+                "loss.aleatoric learns an error scale for image targets; a mask's uncertainty is its foreground "
+                "probability (predict --uncertainty): set loss.aleatoric=0"
             )
         if self.model.dims == 3:
             _check_3d(self)

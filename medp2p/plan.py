@@ -121,14 +121,15 @@ def _losses(cfg: Config, task: Task) -> LossSpec:
         l1_in_mask=ls.l1_in_mask,
         region_weight=ls.region_weight,
         logits=task.codec.logits,
+        aleatoric=float(ls.aleatoric),
     )
 
 
-def _generator(cfg: Config, task: Task, in_channels: int) -> NetworkSpec:
+def _generator(cfg: Config, task: Task, in_channels: int, out_channels: int) -> NetworkSpec:
     m = cfg.model
     common = {
         "in_channels": in_channels,
-        "out_channels": 1,
+        "out_channels": out_channels,
         "base_channels": m.base_channels,
         "norm": m.norm,
         "final_activation": task.codec.final_activation,
@@ -178,6 +179,6 @@ def build_plan(cfg: Config) -> Plan:
         keys=task.case_keys(d.source_keys, d.target_key, d.mask_key, d.source_channels),
         prep=prep,
         losses=losses,
-        generator=_generator(cfg, task, prep.in_channels),
+        generator=_generator(cfg, task, prep.in_channels, losses.out_channels),
         discriminator=_discriminator(cfg, prep.in_channels) if losses.gan > 0 else None,
     )

@@ -79,6 +79,10 @@ class TargetCodec:
         """The output :meth:`decode` gives from an (averaged) :meth:`decode_soft` value (masks: probability > 0.5)."""
         return soft
 
+    def units_per_model_unit(self, source_windows: list[IntensityWindow], target_window: IntensityWindow | None) -> float:
+        """How many output units one model-space unit is (a learned error scale's factor); labels have none."""
+        raise ValueError(f"the {self.name} codec's outputs are labels: they have no intensity scale")
+
     def body_from_target(self, target: np.ndarray) -> np.ndarray | None:
         """The loss/metric mask of a case that has none, from its target (a CT's body); None if no rule."""
         return None
@@ -103,6 +107,9 @@ class _HU(TargetCodec):
 
     def body_from_target(self, target: np.ndarray) -> np.ndarray | None:
         return ct_body(target)
+
+    def units_per_model_unit(self, source_windows: list[IntensityWindow], target_window: IntensityWindow | None) -> float:
+        return HU_WINDOW.half_width
 
 
 @dataclass(frozen=True)
@@ -147,11 +154,17 @@ class _MR(TargetCodec):
     def decode(
         self, out: torch.Tensor, grid: GridMap, source_windows: list[IntensityWindow], target_window: IntensityWindow | None
     ) -> np.ndarray:
+        back = from_model_space(out, grid)
+        return self._window(source_windows, target_window).inverse(back, out=back)
+
+    def units_per_model_unit(self, source_windows: list[IntensityWindow], target_window: IntensityWindow | None) -> float:
+        return self._window(source_windows, target_window).half_width
+
+    def _window(self, source_windows: list[IntensityWindow], target_window: IntensityWindow | None) -> IntensityWindow:
         window = source_windows[0] if self.window == "source" else target_window
         if window is None:
             raise ValueError("this model writes the target contrast's scale, but the run holds no data.target_window")
-        back = from_model_space(out, grid)
-        return window.inverse(back, out=back)
+        return window
 
 
 #: A CT in HU: [-1024, 3000] HU <-> [-1, 1]; a case without a body mask gets CT > -500 HU.

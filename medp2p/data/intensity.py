@@ -46,6 +46,11 @@ class IntensityWindow:
         """Model values back to intensities; ``out=y`` maps a C-contiguous float32 ``y`` in place."""
         return _linear_map(y, -1.0, (self.hi - self.lo) / 2.0, self.lo, None, out)
 
+    @property
+    def half_width(self) -> float:
+        """Input units per model-space unit: ``(hi - lo) / 2``."""
+        return (self.hi - self.lo) / 2.0
+
     def to_dict(self) -> dict[str, float]:
         """``{"lo", "hi"}`` as plain floats (JSON, checkpoints)."""
         return {"lo": float(self.lo), "hi": float(self.hi)}

@@ -9,6 +9,9 @@ mask probabilities) onto the input's grid, and a running mean and variance (Welf
 so memory holds the input, one pass's output and two float32 volumes however many passes run.
 The prediction is the mean (masks: mean probability > 0.5); the uncertainty the population
 standard deviation across members x passes (masks: the mean probability and its binary entropy).
+A generator trained with ``loss.aleatoric`` also gives each voxel's expected error as a Laplace
+scale ``b``; its variance ``2 b^2``, averaged over the passes (one more float32 volume), adds to
+the spread's: ``std = sqrt(spread^2 + mean(2 b^2))``, the law of total variance.
 
 Example:
     >>> passes = tta_passes(model.prep, flip=True, shift=2, mc_samples=0)
@@ -26,9 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from medp2p.data.geometry import mirror_dim
+from medp2p.data.geometry import from_model_space, mirror_dim
 from medp2p.data.prepare import Prep
 from medp2p.infer.volume import ModelInput, run_slices
+from medp2p.models import aleatoric_scale
 from medp2p.tasks import Task
 from medp2p.types import Volume
 
@@ -201,17 +205,24 @@ class Combined:
     std: np.ndarray
     passes: list[dict[str, Any]]
     members: list[str] = field(default_factory=list)
+    learned_scale: bool = False
 
     def record(self, units: str, labels: bool) -> dict[str, Any]:
         """``uncertainty.json``: the members, every pass that ran and their kinds, and what the maps hold."""
+        spread = f"population standard deviation across members x passes ({units})"
+        if self.learned_scale:
+            spread = (
+                f"sqrt(spread^2 + mean(2 b^2)) ({units}): the {spread} and the generators' learned Laplace "
+                "error scale b (loss.aleatoric), averaged over the passes"
+            )
         return {
             "members": self.members,
             "passes": self.passes,
             "passes_per_member": len(self.passes) // max(1, len(self.members)),
             "kinds": sorted({p["kind"] for p in self.passes}),
             "units": units,
-            "maps": "mean foreground probability and its binary entropy (bits)" if labels
-            else f"population standard deviation across members x passes ({units})",
+            "maps": "mean foreground probability and its binary entropy (bits)" if labels else spread,
+            "learned_scale": self.learned_scale,
         }  # fmt: skip
 
 
@@ -222,6 +233,7 @@ def run_members(members: Sequence[Any], inp: ModelInput, passes: Sequence[Pass])
     (:func:`check_members`); the first one's preparation made ``inp``.
     """
     spread = Spread()
+    learned: np.ndarray | None = None  # the sum over passes of the learned error variance, 2 b^2
     ran = []
     for i, member in enumerate(members):
         prep = member.prep
@@ -230,9 +242,23 @@ def run_members(members: Sequence[Any], inp: ModelInput, passes: Sequence[Pass])
                 raise ValueError(f"{member.path}: --mc-samples needs dropout layers, and this generator has none")
             out = run_pass(member.generator, inp, prep, member.options, p)
             spread.add(prep.codec.decode_soft(out[0], inp.grid, inp.windows, prep.fitted_target_window))
+            if out.shape[0] > 1:
+                var = learned_variance(out[1], inp, prep)
+                learned = var if learned is None else np.add(learned, var, out=learned)
             del out
             ran.append({"member": i, **p.to_dict()})
-    return Combined(spread.mean, spread.std, ran, [str(m.path) for m in members])
+    std = spread.std if learned is None else np.sqrt(spread.std**2 + learned / spread.n)
+    return Combined(spread.mean, std, ran, [str(m.path) for m in members], learned is not None)
+
+
+def learned_variance(scale_out: torch.Tensor, inp: ModelInput, prep: Prep) -> np.ndarray:
+    """A Laplace error scale channel (model space) as a variance on the input's grid, in squared output units: ``2 b^2``."""
+    units = prep.codec.units_per_model_unit(inp.windows, prep.fitted_target_window)
+    b = from_model_space(aleatoric_scale(scale_out), inp.grid)
+    b *= units
+    var: np.ndarray = np.square(b, out=b)
+    var *= 2.0
+    return var
 
 
 def finish_combined(c: Combined, inp: ModelInput, task: Task, prep: Prep, maps: bool) -> tuple[Volume, list[tuple[str, Volume]]]:
@@ -269,6 +295,8 @@ def check_members(members: Sequence[Any]) -> None:
             a, b = getattr(other.prep, name), getattr(first.prep, name)
             if a != b:
                 differs.append(f"data.{name} {a!r} vs {b!r}")
+        if (other.cfg.loss.aleatoric > 0) != (first.cfg.loss.aleatoric > 0):
+            differs.append(f"loss.aleatoric {other.cfg.loss.aleatoric} vs {first.cfg.loss.aleatoric} (a learned error scale in one only)")
         if first.prep.region and other.cfg.inpaint.eval_seed != first.cfg.inpaint.eval_seed:
             differs.append(f"inpaint.eval_seed {other.cfg.inpaint.eval_seed} vs {first.cfg.inpaint.eval_seed}")
         if differs:

@@ -18,7 +18,7 @@ from medp2p.data.intensity import IntensityWindow, body_mask
 from medp2p.data.prepare import Prep, prepare_source
 from medp2p.device.allocator import reuse_freed_memory
 from medp2p.device.precision import autocast
-from medp2p.infer.windows import run_windows
+from medp2p.infer.windows import passthrough, run_windows
 from medp2p.types import Volume
 
 #: Pixels per forward pass when no batch size is given: 16 slices of 256x256. Larger slices go in
@@ -135,8 +135,9 @@ def run_slices(
                 if options.flip_tta:
                     assert mirror is not None
                     y = 0.5 * (y + generator(x.flip(mirror)).float().flip(mirror))
-            if out is None:
-                out = torch.empty((y.shape[1], depth, *y.shape[2:]), device=stack.device)
+            if out is None or out.shape[0] != y.shape[1]:  # the first batch: as many channels as the generator gives
+                ch = y.shape[1]
+                out = passthrough(stack, ch) if extra is not None else torch.empty((ch, depth, *y.shape[2:]), device=stack.device)
             out[:, slices[:n]] = y[:n].transpose(0, 1)
     assert out is not None
     return out.cpu() if on_gpu else out  # one copy back per volume

@@ -119,6 +119,18 @@ def run_windows(
     del blended, inputs
     if extra is None:
         return part
+    out = passthrough(stack, part.shape[0])
+    out[:, box[0], box[1], box[2]] = part
+    return out
+
+
+def passthrough(stack: torch.Tensor, channels: int) -> torch.Tensor:
+    """The output where an inpainting generator does not run: the input's first channel, then the smallest error scale.
+
+    ``channels`` > 1: the generator also outputs its learned error scale (``loss.aleatoric``),
+    whose lowest value (-1) stands for the voxels the input keeps.
+    """
     out = stack[:1].clone()
-    out[:, box[0], box[1], box[2]] = part[:1]
+    if channels > 1:
+        out = torch.cat([out, torch.full((channels - 1, *stack.shape[1:]), -1.0, dtype=stack.dtype, device=stack.device)])
     return out

@@ -16,7 +16,7 @@ from torch import nn
 
 from medp2p.models.discriminator import PatchDiscriminator
 from medp2p.models.layers import NORMS, init_weights
-from medp2p.models.losses import GAN_MODES, LossSpec, gan_loss, soft_dice_loss, weighted_l1
+from medp2p.models.losses import GAN_MODES, LossSpec, aleatoric_scale, gan_loss, laplace_nll, soft_dice_loss, weighted_l1
 from medp2p.models.resnet import ResNetGenerator
 from medp2p.models.unet import UNetGenerator
 from medp2p.models.unet3d import PatchDiscriminator3D, UNet3DGenerator
@@ -56,10 +56,12 @@ __all__ = [
     "ResNetGenerator",
     "UNet3DGenerator",
     "UNetGenerator",
+    "aleatoric_scale",
     "build_discriminator",
     "build_generator",
     "gan_loss",
     "init_weights",
+    "laplace_nll",
     "soft_dice_loss",
     "weighted_l1",
 ]

@@ -1,13 +1,17 @@
-"""Losses: adversarial (vanilla or least squares), masked L1, Dice."""
+"""Losses: adversarial (vanilla or least squares), masked L1, Dice, and a Laplace likelihood for a learned error scale."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 GAN_MODES = ("vanilla", "lsgan")
+#: The learned Laplace scale's range in model units (a window's half width is 1): the scale
+#: channel's tanh output -1 .. 1 maps log-linearly onto it (a CT's 1e-3 is 2 HU, 2 is 4,024 HU).
+SCALE_RANGE = (1e-3, 2.0)
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,8 @@ class LossSpec:
         l1_in_mask: restrict L1 to the body mask, when the batch has one.
         region_weight: inpainting: L1 weight inside the region against 1 outside.
         logits: the generator outputs logits (masks), not images in [-1, 1].
+        aleatoric: weight of the Laplace likelihood of a second generator channel, the voxel's
+            error scale (:func:`laplace_nll`); 0: one output channel, no scale learned.
 
     Example:
         >>> LossSpec(l1=100.0, gan=1.0, dice=0.0, bce=0.0).gan_mode
@@ -34,6 +40,12 @@ class LossSpec:
     l1_in_mask: bool = True
     region_weight: float = 10.0
     logits: bool = False
+    aleatoric: float = 0.0
+
+    @property
+    def out_channels(self) -> int:
+        """The generator's output channels: the target, and the error scale when ``aleatoric`` > 0."""
+        return 2 if self.aleatoric > 0 else 1
 
 
 def gan_loss(logits: torch.Tensor, real: bool, mode: str = "vanilla") -> torch.Tensor:
@@ -72,3 +84,30 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     inter = (prob * target).sum(1)
     dice = (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)
     return 1 - dice.mean()
+
+
+def aleatoric_scale(t: torch.Tensor) -> torch.Tensor:
+    """The Laplace scale ``b`` (model units) of the scale channel's output ``t`` in [-1, 1]: log-linear onto :data:`SCALE_RANGE`.
+
+    Example:
+        >>> aleatoric_scale(torch.tensor([-1.0, 1.0]))
+        tensor([0.0010, 2.0000])
+    """
+    lo, hi = math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])
+    return torch.exp(lo + (t.float().clamp(-1, 1) + 1) * (0.5 * (hi - lo)))
+
+
+def laplace_nll(scale_out: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Laplace negative log-likelihood of the target around a fixed prediction, weighted as :func:`weighted_l1`.
+
+    ``|target - pred| / b + log b`` with ``b = aleatoric_scale(scale_out)``, minimised where ``b``
+    is the expected absolute error at that voxel (Kendall and Gal 2017, "What uncertainties do we
+    need in Bayesian deep learning", with the L1 loss's Laplace likelihood). ``pred`` is detached:
+    the prediction trains on its own losses alone, and the scale learns how wrong it tends to be.
+    """
+    b = aleatoric_scale(scale_out)
+    nll = (target.float() - pred.detach().float()).abs() / b + torch.log(b)
+    if weight is None:
+        return nll.mean()
+    weight = weight.float().expand_as(nll)
+    return (nll * weight).sum() / weight.sum().clamp_min(1.0)

@@ -3,6 +3,10 @@
 fake = G(source)
 loss_D = 0.5 * (GAN(D(source, fake.detach()), False) + GAN(D(source, target), True))
 loss_G = gan * GAN(D(source, fake), True) + l1 * L1(fake, target) [+ dice * Dice + bce * BCE]
+         [+ aleatoric * LaplaceNLL(scale; fake.detach(), target)]
+
+With ``loss.aleatoric`` the generator has a second output channel, the voxel's error scale; the
+discriminator and the other terms see the first channel only.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medp2p.device.precision import autocast
-from medp2p.models import LossSpec, gan_loss, soft_dice_loss, weighted_l1
+from medp2p.models import LossSpec, gan_loss, laplace_nll, soft_dice_loss, weighted_l1
 from medp2p.types import MASK, REGION, SOURCE, TARGET
 
 
@@ -124,8 +128,9 @@ class Pix2PixStep:
         fake: torch.Tensor,
         weight: torch.Tensor | None,
         d_losses: dict[str, torch.Tensor] | None = None,
+        scale: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Update G: fool D, and match the target (L1, or Dice + BCE for masks)."""
+        """Update G: fool D, and match the target (L1, or Dice + BCE for masks); ``scale``: the error-scale channel."""
         w = self.loss
         terms: dict[str, torch.Tensor] = {}
         if w.gan > 0:
@@ -140,8 +145,10 @@ class Pix2PixStep:
             terms["loss_G_Dice"] = soft_dice_loss(fake, target)
         if w.bce > 0:
             terms["loss_G_BCE"] = F.binary_cross_entropy_with_logits(fake.float(), target.float())
-        scale = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_Dice": w.dice, "loss_G_BCE": w.bce}
-        loss_g = functools.reduce(operator.add, (scale[k] * v for k, v in terms.items()))
+        if scale is not None:
+            terms["loss_G_NLL"] = laplace_nll(scale, fake, target, weight)
+        weights = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_Dice": w.dice, "loss_G_BCE": w.bce, "loss_G_NLL": w.aleatoric}
+        loss_g = functools.reduce(operator.add, (weights[k] * v for k, v in terms.items()))
         values = {"loss_G": loss_g, **terms}
         _stop_on_non_finite(step, {**(d_losses or {}), **values}, self.any_rank)
         self._backward(loss_g, self.opt_g)
@@ -165,8 +172,11 @@ class Pix2PixStep:
         with autocast(self.device, self.dtype):
             fake = self.G(source)
         fake = fake.float()
+        scale = None
+        if self.loss.aleatoric > 0:  # the second channel is the error scale
+            fake, scale = fake[:, :1], fake[:, 1:]
         d_losses = self.d_step(step, source, target, fake) if self.loss.gan > 0 else {}
-        values = {**d_losses, **self.g_step(step, source, target, fake, weight, d_losses)}
+        values = {**d_losses, **self.g_step(step, source, target, fake, weight, d_losses, scale)}
         if self.scaler is not None:
             self.scaler.update()
         return values
