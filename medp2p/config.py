@@ -42,8 +42,7 @@ class DataConfig(_Section):
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     context_slices: int = Field(0, ge=0, le=8)  # 2.5D: 2k+1 neighbouring source slices as channels
     image_size: tuple[int, int] = (256, 256)  # training crop (H, W)
-    # model.dims 3: training patch (rows, columns, slices along `axis`) at the working spacing,
-    # e.g. [96, 96, 32]; each size a multiple of the 3D U-Net's strides along that axis
+    # model.dims 3: training patch (rows, columns, slices along `axis`) at the working spacing, e.g. [96, 96, 32]
     patch_size: tuple[int, int, int] | None = None
     spacing_mm: float | None = Field(None, gt=0)  # in-plane working spacing; None = native
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
@@ -145,8 +144,7 @@ class LossConfig(_Section):
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     l1_in_mask: bool = True  # mri2ct: L1 only inside the body mask
     region_weight: float = Field(10.0, ge=1)  # inpaint: L1 weight inside the region vs outside
-    # > 0: a second generator channel learns each voxel's error scale (Laplace likelihood), for --uncertainty
-    aleatoric: float = Field(0.0, ge=0)
+    aleatoric: float = Field(0.0, ge=0)  # > 0: a second generator channel learns each voxel's error scale
 
 
 class InpaintConfig(_Section):
@@ -215,10 +213,7 @@ class Config(_Section):
                 "set data.context_slices >= 1, or drop 'slices' from inpaint.kinds"
             )
         if self.loss.aleatoric > 0 and TASKS[self.task].codec.labels:
-            raise ValueError(
-                "loss.aleatoric learns an error scale for image targets; a mask's uncertainty is its foreground "
-                "probability (predict --uncertainty): set loss.aleatoric=0"
-            )
+            raise ValueError("loss.aleatoric learns an image's error scale; a mask's uncertainty is its probability: set it to 0")
         if self.model.dims == 3:
             _check_3d(self)
         elif self.data.patch_size is not None:
