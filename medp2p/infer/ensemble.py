@@ -209,19 +209,16 @@ class Combined:
 
     def record(self, units: str, labels: bool) -> dict[str, Any]:
         """``uncertainty.json``: the members, every pass that ran and their kinds, and what the maps hold."""
-        spread = f"population standard deviation across members x passes ({units})"
+        spread = "population standard deviation across members x passes"
         if self.learned_scale:
-            spread = (
-                f"sqrt(spread^2 + mean(2 b^2)) ({units}): the {spread} and the generators' learned Laplace "
-                "error scale b (loss.aleatoric), averaged over the passes"
-            )
+            spread = f"sqrt(spread^2 + mean(2 b^2)): the {spread} and the generators' learned Laplace error scale b (loss.aleatoric)"
         return {
             "members": self.members,
             "passes": self.passes,
             "passes_per_member": len(self.passes) // max(1, len(self.members)),
             "kinds": sorted({p["kind"] for p in self.passes}),
             "units": units,
-            "maps": "mean foreground probability and its binary entropy (bits)" if labels else spread,
+            "maps": "mean foreground probability and its binary entropy (bits)" if labels else f"{spread} ({units})",
             "learned_scale": self.learned_scale,
         }  # fmt: skip
 
