@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -18,7 +17,7 @@ from typer.testing import CliRunner
 import medp2p.infer.batch as batch
 from medp2p.cli import app
 from medp2p.infer import load_model, predict_cases
-from medp2p.infer.pipeline import Turns, default_workers, in_flight_bound, pipeline_settings, run_pipeline
+from medp2p.infer.pipeline import default_workers, in_flight_bound, pipeline_settings, run_pipeline
 from medp2p.infer.volume import RunOptions, cuda_batch, run_slices
 from medp2p.io import VolumeWriteError, read_volume
 
@@ -146,61 +145,6 @@ def test_two_workers_read_two_cases_at_once() -> None:
     assert [o for o in stages.order if o >= 0] == [0, 10, 20] and -3 in stages.order
     with pytest.raises(ValueError, match="workers must be at least 1"):
         run_pipeline(range(4), _Counting(), workers=0)
-
-
-class _Timed(_Counting):
-    """Stages that sleep (``generate_s`` for the generator, ``host_s`` to read and to write) and log when each ran."""
-
-    def __init__(self, generate_s: float, host_s: float) -> None:
-        super().__init__()
-        self.generate_s, self.host_s, self.spans = generate_s, host_s, []
-
-    def _span(self, stage: str, case: int, seconds: float) -> None:
-        start = time.perf_counter()
-        time.sleep(seconds)
-        with self.lock:
-            self.spans.append((stage, case, start, time.perf_counter()))
-
-    def read(self, case: int) -> int:
-        self._span("read", case, self.host_s)
-        return super().read(case)
-
-    def generate(self, case: int, prepared: int) -> int:
-        self._span("generate", case, self.generate_s)
-        return prepared * 10
-
-    def write(self, case: int, prepared: int, out: int) -> int:
-        self._span("write", case, self.host_s)
-        return super().write(case, prepared, out)
-
-    def overlaps_after(self, since: float) -> int:
-        """Host stages that started after ``since`` and ran while the generator did."""
-        gen = [(a, b) for s, _, a, b in self.spans if s == "generate"]
-        host = [(a, b) for s, _, a, b in self.spans if s != "generate" and a >= since]
-        return sum(1 for a, b in host for c, d in gen if a < d and c < b)
-
-
-@pytest.mark.parametrize("share_cores", [True, False])
-def test_on_shared_cores_a_slower_generator_takes_turns_with_the_host_stages(share_cores: bool) -> None:
-    stages = _Timed(generate_s=0.06, host_s=0.01)
-    run_pipeline(range(8), stages, workers=2, share_cores=share_cores)
-    assert [o for o in stages.order if o >= 0] == [0, 10, 20, 30, 40, 50, 60, 70]
-    first = min(b for s, c, _, b in stages.spans if s == "generate" and c == 0)  # the first case measured both
-    if share_cores:
-        assert stages.overlaps_after(first) == 0
-    else:
-        assert stages.overlaps_after(first) >= 5  # reads and writes beside the generator
-
-
-def test_a_generator_faster_than_reading_still_overlaps_on_shared_cores() -> None:
-    stages = _Timed(generate_s=0.005, host_s=0.03)
-    run_pipeline(range(8), stages, workers=2, share_cores=True)
-    assert stages.overlaps_after(0.0) >= 3
-    turns = Turns(share_cores=True)
-    for stage, seconds in (("read", 0.01), ("write", 0.01), ("generate", 0.05)):
-        assert not turns.taking_turns
-        turns.run(stage, time.sleep, seconds)
-    assert turns.taking_turns and not Turns(share_cores=False).taking_turns
 
 
 def test_default_workers_two_and_more_on_a_gpu_host() -> None:

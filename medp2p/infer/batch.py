@@ -293,10 +293,7 @@ def predict_cases(
     record_settings(part_file(out_dir, "predict", ".json", num_parts, part_id), members, passes, pipeline_settings(pipelined, workers))
     stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written, members, passes, uncertainty)
     try:
-        run_pipeline(
-            mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined, workers=workers,
-            share_cores=model.options.device.type == "cpu",
-        )  # fmt: skip
+        run_pipeline(mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined, workers=workers)
     except KeyboardInterrupt:
         report.interrupted = True
     write_lists(report, out_dir, num_parts, part_id)

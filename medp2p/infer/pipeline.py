@@ -7,21 +7,12 @@ in flight, so memory is bounded by that many cases' volumes and model-space stac
 W = 1, 5 with ``medp2p predict``'s usual 2). A read starts only while fewer than W cases are
 being read or wait for the generator, and a case goes to the writers only when fewer than W
 writes are pending, the oldest collected first.
-
-When the generator runs on the same CPU cores as the readers and writers (``share_cores``: a CPU
-device) and it is the slower stage, overlapping them does not pay: the host stages take cores from
-the generator's threads, which then wait for each other (on 2 cores the shipped mri2ct generator
-ran 4-7% slower pipelined than one case after another, docs/results.md). There the stages take
-turns instead (:class:`Turns`): the pipeline still orders, bounds and isolates the cases, and a
-generator that is faster than reading (a small one, or any on a GPU) still overlaps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -77,56 +68,8 @@ def pipeline_settings(pipelined: bool, workers: int) -> dict[str, Any]:
     return {"pipelined": True, "workers": workers, "cases_in_flight": in_flight_bound(workers)}
 
 
-class Turns:
-    """Whether the stages take turns on the cores: once the generator's mean time per case exceeds reading's plus writing's.
-
-    Only with ``share_cores`` (the generator computes on the host's CPU cores). Each stage's time
-    is measured after it has its turn, so waiting for one is not counted as work.
-
-    Example:
-        >>> turns = Turns(share_cores=True)
-        >>> out = turns.run("generate", generate, case, prepared)  # holds the cores while the generator is the slower stage
-    """
-
-    STAGES = ("read", "generate", "write")
-
-    def __init__(self, share_cores: bool) -> None:
-        self.share_cores = share_cores
-        self.lock = threading.Lock()  # the cores' turn
-        self._stats = threading.Lock()
-        self.seconds = dict.fromkeys(self.STAGES, 0.0)
-        self.count = dict.fromkeys(self.STAGES, 0)
-
-    def mean(self, stage: str) -> float:
-        """The stage's mean seconds per case so far (0 before its first)."""
-        return self.seconds[stage] / max(1, self.count[stage])
-
-    @property
-    def taking_turns(self) -> bool:
-        """Whether a stage that starts now waits for the cores: shared cores, and the generator slower than the host stages."""
-        if not self.share_cores or not self.count["generate"] or not self.count["read"]:
-            return False
-        return self.mean("generate") > self.mean("read") + self.mean("write")
-
-    def run(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` as ``stage``, with the cores to itself when the stages take turns; its time recorded."""
-        with self.lock if self.taking_turns else contextlib.nullcontext():
-            start = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                with self._stats:
-                    self.seconds[stage] += time.perf_counter() - start
-                    self.count[stage] += 1
-
-
 def run_pipeline(
-    cases: Iterable[Any],
-    stages: Stages,
-    on_case: Callable[[Any], None] | None = None,
-    pipelined: bool = True,
-    workers: int = 1,
-    share_cores: bool = False,
+    cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None = None, pipelined: bool = True, workers: int = 1
 ) -> None:
     """Every case through ``stages``; a failure at any stage is that case's (``stages.fail``), the rest go on.
 
@@ -142,8 +85,6 @@ def run_pipeline(
         pipelined: False: one case after the other, in this thread.
         workers: cases read at once, and cases written at once (threads; at most
             :func:`in_flight_bound` cases in flight).
-        share_cores: the generator computes on the same CPU cores: the stages take turns once
-            it is the slower one (:class:`Turns`).
 
     Example:
         >>> run_pipeline(cases, stages, workers=2)  # stages.done(case, paths) for each written case
@@ -157,7 +98,7 @@ def run_pipeline(
         ThreadPoolExecutor(workers, thread_name_prefix="medp2p-read") as reader,
         ThreadPoolExecutor(workers, thread_name_prefix="medp2p-write") as writer,
     ):
-        _Run(iter(cases), stages, on_case, reader, writer, workers, Turns(share_cores)).go()
+        _Run(iter(cases), stages, on_case, reader, writer, workers).go()
 
 
 def _serial(cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None) -> None:
@@ -176,10 +117,10 @@ def _serial(cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None]
 class _Run:
     def __init__(
         self, queue: Iterator[Any], stages: Stages, on_case: Callable[[Any], None] | None,
-        reader: ThreadPoolExecutor, writer: ThreadPoolExecutor, workers: int, turns: Turns,
+        reader: ThreadPoolExecutor, writer: ThreadPoolExecutor, workers: int,
     ) -> None:  # fmt: skip
         self.queue, self.stages, self.on_case, self.reader, self.writer = queue, stages, on_case, reader, writer
-        self.workers, self.turns = workers, turns
+        self.workers = workers
         self.stopped = False
         self.ahead: deque[tuple[Any, Future[Any]]] = deque()  # reads, oldest first
         self.writing: deque[tuple[Any, Future[Any]]] = deque()  # writes, oldest first
@@ -193,7 +134,7 @@ class _Run:
             case = next(self.queue, None)
             if case is None:
                 return
-            self.ahead.append((case, self.reader.submit(self.turns.run, "read", self.stages.read, case)))
+            self.ahead.append((case, self.reader.submit(self.stages.read, case)))
 
     def _collect_oldest(self) -> None:
         case, future = self.writing.popleft()
@@ -217,14 +158,14 @@ class _Run:
                     continue
                 self._read_ahead()  # the next cases are read while this one is on the generator
                 try:
-                    out = self.turns.run("generate", self.stages.generate, case, prepared)
+                    out = self.stages.generate(case, prepared)
                 except Exception as exc:
                     self._fail(case, exc)
                     continue
                 while len(self.writing) >= self.workers:
                     self._collect_oldest()  # the oldest write finished before this case is handed over
                 if not self.stopped:
-                    self.writing.append((case, self.writer.submit(self.turns.run, "write", self.stages.write, case, prepared, out)))
+                    self.writing.append((case, self.writer.submit(self.stages.write, case, prepared, out)))
             while self.writing:
                 self._collect_oldest()
         except KeyboardInterrupt:
