@@ -156,3 +156,7 @@ def test_a_tiny_run_with_a_learned_scale_writes_it_into_the_uncertainty_map(tiny
     assert (std.array > 0).any() and (std.array == 0).any()  # inside the region only
     with pytest.raises(ValueError, match="loss.aleatoric"):
         check_members([model, load_model(tiny_runs["inpaint"])])
+    from medp2p.infer.onnx import onnx_contract
+
+    output = onnx_contract(model.plan, model.prep.in_channels)["output"]
+    assert output["channels"] == 2 and output["error_scale_range"] == list(SCALE_RANGE)

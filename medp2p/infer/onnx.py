@@ -32,6 +32,7 @@ from torch import nn
 from medp2p.infer.checkpoint import generator_from_checkpoint, load_checkpoint
 from medp2p.io.atomic import atomic_path
 from medp2p.models.inference import fold_batch_norm
+from medp2p.models.losses import SCALE_RANGE
 
 #: The checkpoint entries carried in the metadata (everything but weights and optimiser states).
 CHECKPOINT_KEYS = ("version", "step", "config", "best", "data_profile")
@@ -50,6 +51,9 @@ def onnx_contract(plan: Any, channels: int) -> dict[str, Any]:
             "final_activation": prep.codec.final_activation,
             "logits": bool(prep.codec.logits),
             "codec": prep.codec.name,
+            "channels": plan.losses.out_channels,
+            # loss.aleatoric: channel 1 is a Laplace error scale, its tanh output mapped log-linearly onto this range
+            "error_scale_range": list(SCALE_RANGE) if plan.losses.out_channels > 1 else None,
         },
         "source_keys": list(prep.source_keys),
         "target_key": prep.target_key,
