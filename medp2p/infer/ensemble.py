@@ -292,8 +292,9 @@ def check_members(members: Sequence[Any]) -> None:
             a, b = getattr(other.prep, name), getattr(first.prep, name)
             if a != b:
                 differs.append(f"data.{name} {a!r} vs {b!r}")
-        if (other.cfg.loss.aleatoric > 0) != (first.cfg.loss.aleatoric > 0):
-            differs.append(f"loss.aleatoric {other.cfg.loss.aleatoric} vs {first.cfg.loss.aleatoric} (a learned error scale in one only)")
+        mine, theirs = other.plan.losses, first.plan.losses
+        if mine.learns_scale != theirs.learns_scale:
+            differs.append(f"loss.aleatoric {mine.aleatoric} vs {theirs.aleatoric} (a learned error scale in one only)")
         if first.prep.region and other.cfg.inpaint.eval_seed != first.cfg.inpaint.eval_seed:
             differs.append(f"inpaint.eval_seed {other.cfg.inpaint.eval_seed} vs {first.cfg.inpaint.eval_seed}")
         if differs:

@@ -53,7 +53,7 @@ def onnx_contract(plan: Any, channels: int) -> dict[str, Any]:
             "codec": prep.codec.name,
             "channels": plan.losses.out_channels,
             # loss.aleatoric: channel 1 is a Laplace error scale, its tanh output mapped log-linearly onto this range
-            "error_scale_range": list(SCALE_RANGE) if plan.losses.out_channels > 1 else None,
+            "error_scale_range": list(SCALE_RANGE) if plan.losses.learns_scale else None,
         },
         "source_keys": list(prep.source_keys),
         "target_key": prep.target_key,

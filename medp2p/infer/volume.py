@@ -115,7 +115,7 @@ def run_slices(
         extra = extra.pin_memory().to(options.device, non_blocking=True) if extra is not None else None
     ctx = context_indices(depth, prep.context_slices).to(stack.device)
     todo = torch.arange(depth, device=stack.device) if extra is None else torch.nonzero(extra[0].flatten(1).amax(1) > 0).flatten()
-    out = stack[:1].clone() if extra is not None else None
+    out: torch.Tensor | None = None  # made at the first batch, with as many channels as the generator gives
     generator.eval()
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     height, width = stack.shape[-2], stack.shape[-1]
@@ -135,11 +135,13 @@ def run_slices(
                 if options.flip_tta:
                     assert mirror is not None
                     y = 0.5 * (y + generator(x.flip(mirror)).float().flip(mirror))
-            if out is None or out.shape[0] != y.shape[1]:  # the first batch: as many channels as the generator gives
+            if out is None:
                 ch = y.shape[1]
                 out = passthrough(stack, ch) if extra is not None else torch.empty((ch, depth, *y.shape[2:]), device=stack.device)
             out[:, slices[:n]] = y[:n].transpose(0, 1)
-    assert out is not None
+    if out is None:  # inpainting, and no slice holds region: the input as it is
+        assert extra is not None
+        out = passthrough(stack, 1)
     return out.cpu() if on_gpu else out  # one copy back per volume
 
 

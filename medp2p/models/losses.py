@@ -43,9 +43,14 @@ class LossSpec:
     aleatoric: float = 0.0
 
     @property
+    def learns_scale(self) -> bool:
+        """Whether the generator has a second output channel, the voxel's error scale (``aleatoric`` > 0)."""
+        return self.aleatoric > 0
+
+    @property
     def out_channels(self) -> int:
-        """The generator's output channels: the target, and the error scale when ``aleatoric`` > 0."""
-        return 2 if self.aleatoric > 0 else 1
+        """The generator's output channels: the target, and the error scale when it :attr:`learns_scale`."""
+        return 2 if self.learns_scale else 1
 
 
 def gan_loss(logits: torch.Tensor, real: bool, mode: str = "vanilla") -> torch.Tensor:

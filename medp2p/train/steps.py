@@ -173,7 +173,7 @@ class Pix2PixStep:
             fake = self.G(source)
         fake = fake.float()
         scale = None
-        if self.loss.aleatoric > 0:  # the second channel is the error scale
+        if self.loss.learns_scale:  # the second channel is the error scale
             fake, scale = fake[:, :1], fake[:, 1:]
         d_losses = self.d_step(step, source, target, fake) if self.loss.gan > 0 else {}
         values = {**d_losses, **self.g_step(step, source, target, fake, weight, d_losses, scale)}
