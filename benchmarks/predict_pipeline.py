@@ -10,7 +10,8 @@
    ``--workers 2``, each in its own process;
 2. the shipped mri2ct generator (``configs/mri2ct.yaml``, one training step): in one process,
    the bare generator over the same slices (``run_slices`` on prepared stacks) against
-   end-to-end pipelined ``predict_cases`` (read, prepare, generator, decode, write; default workers);
+   end-to-end ``predict_cases`` with its defaults (read, prepare, generator, decode, write; on the
+   CPU pipelined or one case after another as the first case's times choose, recorded per round);
 3. ``issue_base``: the issue's own baseline, "the serial rate of today's code": ``predict_cases``
    of the code on main when issue 22 was filed (:data:`ISSUE_BASE`, unpacked with ``git archive``;
    its own near-free checkpoint) against this tree's pipelined ``predict_cases`` (default
@@ -109,10 +110,10 @@ def serial_vs_pipelined(work: Path, datalist: Path, rounds: int, name: str) -> d
 
 
 def shipped_end_to_end(work: Path, datalist: Path, rounds: int) -> dict[str, Any]:
-    """End-to-end pipelined predict against the bare generator over the same slices, shipped mri2ct model, alternating.
+    """End-to-end predict against the bare generator over the same slices, shipped mri2ct model, alternating.
 
     Each round times the bare generator over every prepared stack (``run_slices``) and
-    ``predict_cases`` over the same volumes from their files (default workers), bare first in
+    ``predict_cases`` over the same volumes from their files (its defaults), bare first in
     even rounds and end to end first in odd ones; the figures are the best end-to-end rate over
     the best bare rate and the median of the rounds' paired ratios.
     """
@@ -141,11 +142,13 @@ def shipped_end_to_end(work: Path, datalist: Path, rounds: int) -> dict[str, Any
         start = time.perf_counter()
         report = predict_cases(model, inputs, work / "shipped_out", overwrite=True)
         end_to_end.append(slices / (time.perf_counter() - start))
+        chosen.append(report.pipeline)
         if len(report.written) != VOLUMES:
             raise RuntimeError(f"predict wrote {len(report.written)} of {VOLUMES} volumes: {report.failures}")
 
     bare: list[float] = []
     end_to_end: list[float] = []
+    chosen: list[dict[str, Any]] = []  # predict's own choice on the CPU (pipelined=None), per round
     for i in range(rounds):  # the order swaps every round, so a drift in the machine's speed cancels in pairs
         for timed in (time_bare, time_end_to_end) if i % 2 == 0 else (time_end_to_end, time_bare):
             timed()
@@ -158,6 +161,7 @@ def shipped_end_to_end(work: Path, datalist: Path, rounds: int) -> dict[str, Any
         "end_to_end_over_bare_best": round(max(end_to_end) / max(bare), 3),
         "end_to_end_over_bare_per_round": [round(r, 3) for r in per_round],
         "end_to_end_over_bare_median_of_rounds": round(statistics.median(per_round), 3),
+        "end_to_end_pipeline": chosen,
     }
 
 

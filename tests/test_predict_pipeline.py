@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 import medp2p.infer.batch as batch
 from medp2p.cli import app
 from medp2p.infer import load_model, predict_cases
-from medp2p.infer.pipeline import default_workers, in_flight_bound, pipeline_settings, run_pipeline
+from medp2p.infer.pipeline import GENERATOR_BOUND, default_workers, in_flight_bound, pipeline_settings, run_pipeline
 from medp2p.infer.volume import RunOptions, cuda_batch, run_slices
 from medp2p.io import VolumeWriteError, read_volume
 
@@ -59,7 +60,7 @@ def test_a_case_failing_in_a_reader_or_a_writer_is_reported_and_the_rest_finish(
         return real(vol, path, **kw)
 
     monkeypatch.setattr(batch, "write_nifti", write)  # fails in the writer thread
-    report = predict_cases(load_model(tiny_runs["mri2ct"]), [data], tmp_path / "out", workers=2)
+    report = predict_cases(load_model(tiny_runs["mri2ct"]), [data], tmp_path / "out", pipelined=True, workers=2)
     assert list(report.written) == ["case_002"]
     assert [f["case"] for f in report.failures] == ["case_000", "case_001"]
     assert "case_000" in report.failures[0]["input"] or "mr.nii.gz" in report.failures[0]["error"]
@@ -153,6 +154,66 @@ def test_default_workers_two_and_more_on_a_gpu_host() -> None:
     assert default_workers(accelerated=True, cores=64) == 4
     assert pipeline_settings(True, 2) == {"pipelined": True, "workers": 2, "cases_in_flight": 5}
     assert pipeline_settings(False, 2)["cases_in_flight"] == 1
+
+
+class _Timed(_Counting):
+    """Stages whose reads and generator sleep for given times, recording the thread each case was read in."""
+
+    def __init__(self, read_s: float, generate_s: float, bad: int | None = None) -> None:
+        super().__init__()
+        self.read_s, self.generate_s, self.bad, self.readers = read_s, generate_s, bad, {}
+
+    def read(self, case: int) -> int:
+        if case == self.bad:
+            raise OSError(f"case {case} unreadable")
+        self.readers[case] = threading.current_thread().name
+        time.sleep(self.read_s)
+        return super().read(case)
+
+    def generate(self, case: int, prepared: int) -> int:
+        time.sleep(self.generate_s)
+        return prepared * 10
+
+
+def test_auto_runs_one_case_after_another_when_the_generator_takes_nearly_all_the_time() -> None:
+    slow = _Timed(read_s=0.002, generate_s=0.1)
+    share = run_pipeline(range(5), slow, pipelined=None, workers=2)
+    assert share is not None and share >= GENERATOR_BOUND
+    assert set(slow.readers.values()) == {threading.current_thread().name}  # no reader thread: one case after another
+    assert slow.order == [0, 10, 20, 30, 40]
+    assert pipeline_settings(None, 2, share)["pipelined"] is False
+    fast = _Timed(read_s=0.05, generate_s=0.001, bad=1)  # the first case fails: the next one is timed instead
+    share = run_pipeline(range(1, 6), fast, pipelined=None, workers=2)
+    assert share is not None and share < 0.5
+    assert fast.readers[2] == threading.current_thread().name and fast.readers[3].startswith("medp2p-read")
+    assert fast.order == [-1, 20, 30, 40, 50]
+    settings = pipeline_settings(None, 2, share)
+    assert settings["pipelined"] is True and settings["cases_in_flight"] == 5 and settings["auto"]["bound"] == GENERATOR_BOUND
+    assert pipeline_settings(None, 2) == {"pipelined": "auto", "workers": 2, "cases_in_flight": 5}
+    assert run_pipeline(range(5), _Timed(0, 0), pipelined=True) is None  # nothing timed when the choice is given
+    assert run_pipeline([0], _Timed(0, 0, bad=0), pipelined=None) is None  # no case went through
+
+
+def test_predict_on_the_cpu_chooses_from_the_first_case_and_records_the_choice(
+    tiny_runs: dict, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_model(tiny_runs["mri2ct"])
+    predict_cases(model, [tiny_phantom], tmp_path / "serial", pipelined=False)
+    serial = _outputs(tmp_path / "serial")
+
+    def slowly(real, seconds: float):  # noqa: ANN001, ANN202
+        return lambda *a, **kw: time.sleep(seconds) or real(*a, **kw)
+
+    for stage, pipelined in (("run_slices", False), ("prepare_case", True)):  # a slow generator; slow reading
+        monkeypatch.setattr(batch, stage, slowly(getattr(batch, stage), 0.6))
+        out = tmp_path / stage
+        report = predict_cases(model, [tiny_phantom], out)
+        recorded = json.loads((out / "predict.json").read_text())["pipeline"]
+        assert recorded == report.pipeline and recorded["pipelined"] is pipelined, recorded
+        assert (recorded["auto"]["first_case_generator_share"] >= GENERATOR_BOUND) is not pipelined
+        got = _outputs(out)
+        assert got.keys() == serial.keys() and all(np.array_equal(got[k], serial[k]) for k in got)
+        monkeypatch.undo()
 
 
 def test_a_full_disk_stops_the_run_after_the_cases_in_flight() -> None:

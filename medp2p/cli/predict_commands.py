@@ -61,9 +61,13 @@ def predict(
     affine_from: AffineFrom = None,
     series_uid: SeriesUid = None,
     pipeline: Annotated[
-        bool,
-        typer.Option("--pipeline/--no-pipeline", help="Read the next cases and write the last ones while the model runs on this one."),
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--pipeline/--no-pipeline",
+            help="Read the next cases and write the last ones while the model runs on this one. Default: on a GPU; on the CPU "
+            "unless the model takes 85% or more of the first case's time.",
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(

@@ -211,7 +211,7 @@ def predict_cases(
     tta: bool = False,
     read_options: ReadOptions = ReadOptions(),
     force: bool = False,
-    pipelined: bool = True,
+    pipelined: bool | None = None,
     on_written: Callable[[str, int], None] | None = None,
     on_cases: Callable[[int], None] | None = None,
     precision: str | None = None,
@@ -250,7 +250,9 @@ def predict_cases(
             to an MR model), which is refused otherwise.
         pipelined: read and prepare the next case and write the last one while the generator
             runs on this one (:func:`~medp2p.infer.pipeline.run_pipeline`); False: one case
-            after the other.
+            after the other; None: on a GPU pipelined, on the CPU pipelined unless the generator
+            takes :data:`~medp2p.infer.pipeline.GENERATOR_BOUND` or more of the first case's time
+            (recorded in ``predict.json`` and ``PredictReport.pipeline``).
         precision: the generator's precision (see :func:`load_model`; None: the run's).
         uncertainty: also write each case's uncertainty maps (``task.uncertainty_names``) and
             ``uncertainty.json``: the spread across members x test-time passes (the input, its
@@ -289,13 +291,21 @@ def predict_cases(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(total_cases=len(cases))
-    workers = default_workers(model.options.device.type != "cpu") if workers is None else workers
-    record_settings(part_file(out_dir, "predict", ".json", num_parts, part_id), members, passes, pipeline_settings(pipelined, workers))
+    accelerated = model.options.device.type != "cpu"
+    workers = default_workers(accelerated) if workers is None else workers
+    pipelined = True if pipelined is None and accelerated else pipelined  # a GPU leaves the host's cores to the readers
+    settings = part_file(out_dir, "predict", ".json", num_parts, part_id)
+    report.pipeline = pipeline_settings(pipelined, workers)
+    record_settings(settings, members, passes, report.pipeline)
     stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written, members, passes, uncertainty)
     try:
-        run_pipeline(mine, stages, on_case=lambda c: on_case(str(c["id"])) if on_case else None, pipelined=pipelined, workers=workers)
+        announce = (lambda c: on_case(str(c["id"]))) if on_case else None
+        share = run_pipeline(mine, stages, on_case=announce, pipelined=pipelined, workers=workers)
     except KeyboardInterrupt:
-        report.interrupted = True
+        report.interrupted, share = True, None
+    if share is not None:  # the choice made from the first case
+        report.pipeline = pipeline_settings(None, workers, share)
+        record_settings(settings, members, passes, report.pipeline)
     write_lists(report, out_dir, num_parts, part_id)
     return report
 

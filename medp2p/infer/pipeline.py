@@ -7,16 +7,29 @@ in flight, so memory is bounded by that many cases' volumes and model-space stac
 W = 1, 5 with ``medp2p predict``'s usual 2). A read starts only while fewer than W cases are
 being read or wait for the generator, and a case goes to the writers only when fewer than W
 writes are pending, the oldest collected first.
+
+Overlap pays where the stages would otherwise leave a device or cores idle. A generator that runs
+on the CPU's cores and takes nearly all of a case's time leaves nothing to fill: the overlap could
+hide at most the small rest, and on 2 cores it cost more than that (docs/results.md). With
+``pipelined=None`` the first case therefore runs alone and timed, and the rest go through the
+pipeline only when the generator took less than :data:`GENERATOR_BOUND` of that case's time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
+
+#: With ``pipelined=None``: the cases after the first run one after another when the generator took
+#: at least this share of the first case's time (read + prepare, generator, decode + write). On 2
+#: cores (docs/results.md) the pipeline gained 5-7% at a share of 0.63-0.68, ran even at 0.86-0.87
+#: (one case after another then holds one case in memory instead of five), and lost 4-7% at 0.90-0.93.
+GENERATOR_BOUND = 0.85
 
 
 class Stages(Protocol):
@@ -56,21 +69,31 @@ def in_flight_bound(workers: int) -> int:
     return 2 * workers + 1
 
 
-def pipeline_settings(pipelined: bool, workers: int) -> dict[str, Any]:
-    """What ``predict.json`` records of the pipeline: on or off, workers, the most cases in memory at once.
+def pipeline_settings(pipelined: bool | None, workers: int, generator_share: float | None = None) -> dict[str, Any]:
+    """What ``predict.json`` records of the pipeline: on, off or ``"auto"``, workers, the most cases in memory at once.
+
+    ``generator_share`` (the generator's share of the first case's time, when ``pipelined`` was
+    None) records the choice :func:`run_pipeline` made from it.
 
     Example:
         >>> pipeline_settings(True, 2)
         {'pipelined': True, 'workers': 2, 'cases_in_flight': 5}
+        >>> pipeline_settings(None, 2, generator_share=0.96)["pipelined"]
+        False
     """
+    if generator_share is not None:
+        chosen = pipeline_settings(generator_share < GENERATOR_BOUND, workers)
+        return {**chosen, "auto": {"first_case_generator_share": round(generator_share, 3), "bound": GENERATOR_BOUND}}
+    if pipelined is None:
+        return {"pipelined": "auto", "workers": workers, "cases_in_flight": in_flight_bound(workers)}
     if not pipelined:
         return {"pipelined": False, "workers": 0, "cases_in_flight": 1}
     return {"pipelined": True, "workers": workers, "cases_in_flight": in_flight_bound(workers)}
 
 
 def run_pipeline(
-    cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None = None, pipelined: bool = True, workers: int = 1
-) -> None:
+    cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None = None, pipelined: bool | None = True, workers: int = 1
+) -> float | None:
     """Every case through ``stages``; a failure at any stage is that case's (``stages.fail``), the rest go on.
 
     ``stages.fail`` returning True stops the run after the cases already in flight. Ctrl-C
@@ -82,23 +105,60 @@ def run_pipeline(
         cases: the cases, in order.
         stages: what to run on each.
         on_case: called with each case as it goes to the generator.
-        pipelined: False: one case after the other, in this thread.
+        pipelined: False: one case after the other, in this thread. None: the first case (the
+            first that goes through) alone, timed; the rest pipelined only when the generator
+            took less than :data:`GENERATOR_BOUND` of its time, else one after the other.
         workers: cases read at once, and cases written at once (threads; at most
             :func:`in_flight_bound` cases in flight).
+
+    Returns:
+        With ``pipelined=None``, the generator's share of the first case's time (None when no
+        case went through); otherwise None.
 
     Example:
         >>> run_pipeline(cases, stages, workers=2)  # stages.done(case, paths) for each written case
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    queue = iter(cases)
+    share = None
+    if pipelined is None:
+        share = _first_case(queue, stages, on_case)
+        if share is None:
+            return None
+        pipelined = share < GENERATOR_BOUND
     if not pipelined:
-        _serial(cases, stages, on_case)
-        return
+        _serial(queue, stages, on_case)
+        return share
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="medp2p-read") as reader,
         ThreadPoolExecutor(workers, thread_name_prefix="medp2p-write") as writer,
     ):
-        _Run(iter(cases), stages, on_case, reader, writer, workers).go()
+        _Run(queue, stages, on_case, reader, writer, workers).go()
+    return share
+
+
+def _first_case(queue: Iterator[Any], stages: Stages, on_case: Callable[[Any], None] | None) -> float | None:
+    """Cases one after the other, in this thread, until one goes through: the generator's share of its time.
+
+    None when none did, or a failure stopped the run.
+    """
+    for case in queue:
+        if on_case is not None:
+            on_case(case)
+        start = time.perf_counter()
+        try:
+            prepared = stages.read(case)
+            generating = time.perf_counter()
+            out = stages.generate(case, prepared)
+            generated = time.perf_counter()
+            stages.done(case, stages.write(case, prepared, out))
+        except Exception as exc:  # one bad case must not stop the others
+            if stages.fail(case, exc):
+                return None
+            continue
+        return (generated - generating) / max(time.perf_counter() - start, 1e-9)
+    return None
 
 
 def _serial(cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None) -> None:

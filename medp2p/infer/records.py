@@ -34,6 +34,8 @@ class PredictReport:
     stopped: str | None = None
     #: After Ctrl-C or a stop: the list of the cases written in full (None when it could not be written).
     finished_txt: Path | None = None
+    #: How the cases went through the stages (``predict.json``'s ``pipeline``; with ``pipelined=None``, the choice made).
+    pipeline: dict[str, Any] = field(default_factory=dict)
 
 
 def part_file(out_dir: Path, stem: str, suffix: str, num_parts: int, part_id: int) -> Path:
