@@ -294,9 +294,9 @@ def predict_cases(
     accelerated = model.options.device.type != "cpu"
     workers = default_workers(accelerated) if workers is None else workers
     pipelined = True if pipelined is None and accelerated else pipelined  # a GPU leaves the host's cores to the readers
-    settings = part_file(out_dir, "predict", ".json", num_parts, part_id)
+    settings_json = part_file(out_dir, "predict", ".json", num_parts, part_id)
     report.pipeline = pipeline_settings(pipelined, workers)
-    record_settings(settings, members, passes, report.pipeline)
+    record_settings(settings_json, members, passes, report.pipeline)
     stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written, members, passes, uncertainty)
     try:
         announce = (lambda c: on_case(str(c["id"]))) if on_case else None
@@ -305,7 +305,7 @@ def predict_cases(
         report.interrupted, share = True, None
     if share is not None:  # the choice made from the first case
         report.pipeline = pipeline_settings(None, workers, share)
-        record_settings(settings, members, passes, report.pipeline)
+        record_settings(settings_json, members, passes, report.pipeline)
     write_lists(report, out_dir, num_parts, part_id)
     return report
 

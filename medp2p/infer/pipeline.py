@@ -123,7 +123,7 @@ def run_pipeline(
     queue = iter(cases)
     share = None
     if pipelined is None:
-        share = _first_case(queue, stages, on_case)
+        share = _serial(queue, stages, on_case, first_only=True)
         if share is None:
             return None
         pipelined = share < GENERATOR_BOUND
@@ -138,10 +138,11 @@ def run_pipeline(
     return share
 
 
-def _first_case(queue: Iterator[Any], stages: Stages, on_case: Callable[[Any], None] | None) -> float | None:
-    """Cases one after the other, in this thread, until one goes through: the generator's share of its time.
+def _serial(queue: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None, first_only: bool = False) -> float | None:
+    """Cases one after the other, in this thread; ``first_only``: up to the first that goes through.
 
-    None when none did, or a failure stopped the run.
+    Returns the generator's share of that first case's time with ``first_only``; None otherwise,
+    when no case went through, or when a failure stopped the run.
     """
     for case in queue:
         if on_case is not None:
@@ -157,21 +158,9 @@ def _first_case(queue: Iterator[Any], stages: Stages, on_case: Callable[[Any], N
             if stages.fail(case, exc):
                 return None
             continue
-        return (generated - generating) / max(time.perf_counter() - start, 1e-9)
+        if first_only:
+            return (generated - generating) / max(time.perf_counter() - start, 1e-9)
     return None
-
-
-def _serial(cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None) -> None:
-    for case in cases:
-        if on_case is not None:
-            on_case(case)
-        try:
-            prepared = stages.read(case)
-            out = stages.generate(case, prepared)
-            stages.done(case, stages.write(case, prepared, out))
-        except Exception as exc:  # one bad case must not stop the others
-            if stages.fail(case, exc):
-                return
 
 
 class _Run:
