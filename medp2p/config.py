@@ -61,8 +61,7 @@ class DataConfig(_Section):
     # images per source key: a list-valued datalist key ("image": [t1, flair]) is that many input
     # channels; filled from the training data (every case must agree) and kept in the run
     source_channels: list[int] | None = None
-    # a codec that writes the target contrast's scale (mr2mr): the training targets' median window
-    # (lo, hi), filled by training and kept in the run
+    # a codec that writes the target contrast's scale (mr2mr): the training targets' median window (lo, hi), filled by training
     target_window: tuple[float, float] | None = None
 
     @property
@@ -141,8 +140,9 @@ class LossConfig(_Section):
     gan: float | None = Field(None, ge=0)
     dice: float | None = Field(None, ge=0)
     bce: float | None = Field(None, ge=0)
+    l2: float = Field(0.0, ge=0)  # mean squared error, in the same mask and weights as L1 (MSE-scored tasks)
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
-    l1_in_mask: bool = True  # mri2ct: L1 only inside the body mask
+    l1_in_mask: bool = True  # L1 (and L2) only inside the body mask
     region_weight: float = Field(10.0, ge=1)  # inpaint: L1 weight inside the region vs outside
     aleatoric: float = Field(0.0, ge=0)  # > 0: a second generator channel learns each voxel's error scale
 

@@ -114,6 +114,7 @@ def _losses(cfg: Config, task: Task) -> LossSpec:
     ls = cfg.loss
     return LossSpec(
         l1=float(ls.l1 or 0.0),
+        l2=float(ls.l2),
         gan=float(ls.gan or 0.0),
         dice=float(ls.dice or 0.0),
         bce=float(ls.bce or 0.0),

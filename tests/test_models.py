@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medp2p.models import GENERATORS, build_discriminator, build_generator, gan_loss, soft_dice_loss, weighted_l1
+from medp2p.models import GENERATORS, build_discriminator, build_generator, gan_loss, soft_dice_loss, weighted_l1, weighted_l2
 
 GEN_CASES = [
     # name, kwargs, in_channels, input size
@@ -71,6 +71,8 @@ def test_losses() -> None:
     pred, target = torch.zeros(1, 1, 2, 2), torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
     assert weighted_l1(pred, target) == 0.5
     assert weighted_l1(pred, target, target) == 1.0  # only where the weight is
+    assert weighted_l2(pred, target * 3) == 4.5 and weighted_l2(pred, target * 3, target) == 9.0
+    assert weighted_l2(pred, target * 3, 1 - target) == 0.0
     assert soft_dice_loss(torch.full((1, 1, 2, 2), 20.0), torch.ones(1, 1, 2, 2)) < 1e-3
 
 
@@ -154,3 +156,29 @@ def test_channels_last_setting_is_auto_true_or_false() -> None:
         load_config("mri2ct", None, ["train.channels_last=sideways"])
     with pytest.raises(ValueError, match="auto, true or false"):
         memory_format(torch.device("cpu"), None, "sideways")
+
+
+@pytest.mark.parametrize("l1, l2, learns", [(1.0, 0.0, "median"), (0.0, 1.0, "mean")])
+def test_l1_learns_the_median_and_l2_the_mean_of_a_skewed_target(l1: float, l2: float, learns: str) -> None:
+    """One free output value against targets 0, 0, 0, 1 (median 0, mean 0.25): ``loss.l1`` and ``loss.l2`` in a real step."""
+    from medp2p.train import Pix2PixStep
+    from medp2p.train.steps import LossSpec
+    from medp2p.types import MASK, SOURCE, TARGET
+
+    class Constant(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.value = torch.nn.Parameter(torch.tensor(0.6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.value.expand(x.shape[0], 1, *x.shape[2:])
+
+    gen = Constant()
+    spec = LossSpec(l1=l1, gan=0.0, dice=0.0, bce=0.0, l2=l2)
+    step = Pix2PixStep(gen, None, torch.optim.SGD(gen.parameters(), 0.01), None, spec, torch.device("cpu"), None)
+    target = torch.tensor([0.0, 0.0, 0.0, 1.0, 5.0]).reshape(1, 1, 1, 5)
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]).reshape(1, 1, 1, 5)  # the 5 lies outside the mask
+    batch = {SOURCE: torch.zeros(1, 1, 1, 5), TARGET: target, MASK: mask}
+    losses = [step(i, batch) for i in range(400)]
+    assert set(losses[0]) == {"loss_G", "loss_G_L1" if l1 else "loss_G_L2"}
+    assert float(gen.value) == pytest.approx({"median": 0.0, "mean": 0.25}[learns], abs=0.02)

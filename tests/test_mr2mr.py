@@ -39,6 +39,9 @@ def test_mr2mr_is_a_registered_value_with_its_own_codec_and_metric() -> None:
     assert plan.prep.in_channels == 3 and plan.generator.kwargs["final_activation"] == "tanh"
     keyed = build_plan(load_config("mr2mr", TINY, ["data.source_keys=[t1, flair]", "data.target_key=t2"]))
     assert keyed.keys.sources == ("t1", "flair") and keyed.prep.in_channels == 2
+    assert plan.losses.l2 == 0.0  # BraSyn scores MSE: loss.l2 trains towards the mean instead of L1's median
+    squared = build_plan(load_config("mr2mr", TINY, ["loss.l1=0", "loss.l2=100"])).losses
+    assert (squared.l1, squared.l2) == (0.0, 100.0)
 
 
 def test_mr2mr_trains_predicts_and_evaluates_from_the_cli(contrasts: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from medp2p.models.discriminator import PatchDiscriminator
 from medp2p.models.layers import NORMS, init_weights
-from medp2p.models.losses import GAN_MODES, LossSpec, aleatoric_scale, gan_loss, laplace_nll, soft_dice_loss, weighted_l1
+from medp2p.models.losses import GAN_MODES, LossSpec, aleatoric_scale, gan_loss, laplace_nll, soft_dice_loss, weighted_l1, weighted_l2
 from medp2p.models.resnet import ResNetGenerator
 from medp2p.models.unet import UNetGenerator
 from medp2p.models.unet3d import PatchDiscriminator3D, UNet3DGenerator
@@ -64,4 +64,5 @@ __all__ = [
     "laplace_nll",
     "soft_dice_loss",
     "weighted_l1",
+    "weighted_l2",
 ]

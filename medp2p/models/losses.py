@@ -1,4 +1,4 @@
-"""Losses: adversarial (vanilla or least squares), masked L1, Dice, and a Laplace likelihood for a learned error scale."""
+"""Losses: adversarial (vanilla or least squares), masked L1 and L2, Dice, and a Laplace likelihood for a learned error scale."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class LossSpec:
 
     Args:
         l1, gan, dice, bce: term weights (0 switches a term off; ``gan=0`` trains no discriminator).
+        l2: weight of the mean squared error, in the same mask and weights as L1: the conditional
+            mean where L1 learns the median, for targets scored by MSE.
         gan_mode: ``vanilla`` (BCE) or ``lsgan``.
         l1_in_mask: restrict L1 to the body mask, when the batch has one.
         region_weight: inpainting: L1 weight inside the region against 1 outside.
@@ -36,6 +38,7 @@ class LossSpec:
     gan: float
     dice: float
     bce: float
+    l2: float = 0.0
     gan_mode: str = "vanilla"
     l1_in_mask: bool = True
     region_weight: float = 10.0
@@ -75,7 +78,20 @@ def weighted_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
         target: the same shape.
         weight: ``(B, 1, H, W)`` or broadcastable; e.g. a body mask restricts the loss to the body.
     """
-    diff = (pred.float() - target.float()).abs()
+    return _weighted_mean((pred.float() - target.float()).abs(), weight)
+
+
+def weighted_l2(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error, weighted per pixel as :func:`weighted_l1`: ``sum(w (p - t)^2) / sum(w)``.
+
+    Example:
+        >>> float(weighted_l2(torch.tensor([0.0, 2.0]), torch.zeros(2), torch.tensor([0.0, 1.0])))
+        4.0
+    """
+    return _weighted_mean((pred.float() - target.float()).square(), weight)
+
+
+def _weighted_mean(diff: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     if weight is None:
         return diff.mean()
     weight = weight.float().expand_as(diff)

@@ -2,7 +2,7 @@
 
 fake = G(source)
 loss_D = 0.5 * (GAN(D(source, fake.detach()), False) + GAN(D(source, target), True))
-loss_G = gan * GAN(D(source, fake), True) + l1 * L1(fake, target) [+ dice * Dice + bce * BCE]
+loss_G = gan * GAN(D(source, fake), True) + l1 * L1(fake, target) [+ l2 * L2 + dice * Dice + bce * BCE]
          [+ aleatoric * LaplaceNLL(scale; fake.detach(), target)]
 
 With ``loss.aleatoric`` the generator has a second output channel, the voxel's error scale; the
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medp2p.device.precision import autocast
-from medp2p.models import LossSpec, gan_loss, laplace_nll, soft_dice_loss, weighted_l1
+from medp2p.models import LossSpec, gan_loss, laplace_nll, soft_dice_loss, weighted_l1, weighted_l2
 from medp2p.types import MASK, REGION, SOURCE, TARGET
 
 
@@ -139,15 +139,19 @@ class Pix2PixStep:
             with autocast(self.device, self.dtype):
                 pred = self.D_plain(torch.cat([source, self._to_image(fake)], 1))
             terms["loss_G_GAN"] = gan_loss(pred, True, w.gan_mode)
-        if w.l1 > 0:
-            terms["loss_G_L1"] = weighted_l1(self._to_image(fake), target * 2 - 1 if w.logits else target, weight)
+        if w.l1 > 0 or w.l2 > 0:
+            image, wanted = self._to_image(fake), target * 2 - 1 if w.logits else target
+            if w.l1 > 0:
+                terms["loss_G_L1"] = weighted_l1(image, wanted, weight)
+            if w.l2 > 0:
+                terms["loss_G_L2"] = weighted_l2(image, wanted, weight)
         if w.dice > 0:
             terms["loss_G_Dice"] = soft_dice_loss(fake, target)
         if w.bce > 0:
             terms["loss_G_BCE"] = F.binary_cross_entropy_with_logits(fake.float(), target.float())
         if scale is not None:
             terms["loss_G_NLL"] = laplace_nll(scale, fake, target, weight)
-        weights = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_Dice": w.dice, "loss_G_BCE": w.bce, "loss_G_NLL": w.aleatoric}
+        weights = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_L2": w.l2, "loss_G_Dice": w.dice, "loss_G_BCE": w.bce, "loss_G_NLL": w.aleatoric}
         loss_g = functools.reduce(operator.add, (weights[k] * v for k, v in terms.items()))
         values = {"loss_G": loss_g, **terms}
         _stop_on_non_finite(step, {**(d_losses or {}), **values}, self.any_rank)
