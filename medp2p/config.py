@@ -61,7 +61,7 @@ class DataConfig(_Section):
     # images per source key: a list-valued datalist key ("image": [t1, flair]) is that many input
     # channels; filled from the training data (every case must agree) and kept in the run
     source_channels: list[int] | None = None
-    # a codec that writes the target contrast's scale (mr2mr): the training targets' median window (lo, hi), filled by training
+    # a codec writing the target contrast's scale (mr2mr): the training targets' median window (lo, hi), filled by training, kept in the run
     target_window: tuple[float, float] | None = None
 
     @property

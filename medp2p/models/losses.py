@@ -23,7 +23,7 @@ class LossSpec:
         l2: weight of the mean squared error, in the same mask and weights as L1: the conditional
             mean where L1 learns the median, for targets scored by MSE.
         gan_mode: ``vanilla`` (BCE) or ``lsgan``.
-        l1_in_mask: restrict L1 to the body mask, when the batch has one.
+        l1_in_mask: restrict L1 (and L2) to the body mask, when the batch has one.
         region_weight: inpainting: L1 weight inside the region against 1 outside.
         logits: the generator outputs logits (masks), not images in [-1, 1].
         aleatoric: weight of the Laplace likelihood of a second generator channel, the voxel's
