@@ -151,8 +151,14 @@ class Pix2PixStep:
             terms["loss_G_BCE"] = F.binary_cross_entropy_with_logits(fake.float(), target.float())
         if scale is not None:
             terms["loss_G_NLL"] = laplace_nll(scale, fake, target, weight)
-        weights = {"loss_G_GAN": w.gan, "loss_G_L1": w.l1, "loss_G_L2": w.l2}
-        weights |= {"loss_G_Dice": w.dice, "loss_G_BCE": w.bce, "loss_G_NLL": w.aleatoric}
+        weights = {
+            "loss_G_GAN": w.gan,
+            "loss_G_L1": w.l1,
+            "loss_G_L2": w.l2,
+            "loss_G_Dice": w.dice,
+            "loss_G_BCE": w.bce,
+            "loss_G_NLL": w.aleatoric,
+        }
         loss_g = functools.reduce(operator.add, (weights[k] * v for k, v in terms.items()))
         values = {"loss_G": loss_g, **terms}
         _stop_on_non_finite(step, {**(d_losses or {}), **values}, self.any_rank)
