@@ -87,6 +87,8 @@ def test_ctrl_c_leaves_whole_cases_only_and_lists_them(
     assert (out / "finished.txt").read_text().split() == ["case_000"]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["case_000"]  # case_001 never half-written
     assert "interrupted: 1 case(s) finished" in result.output
+    recorded = json.loads((out / "predict.json").read_text())["pipeline"]  # the choice from case_000, not "auto"
+    assert isinstance(recorded["pipelined"], bool) and "first_case_generator_share" in recorded["auto"], recorded
     monkeypatch.setattr(batch, "run_slices", real)
     again = runner.invoke(app, ["predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(out), "--overwrite"])
     assert again.exit_code == 0 and not (out / "finished.txt").exists()  # the complete run's outputs need no list

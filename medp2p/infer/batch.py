@@ -298,14 +298,16 @@ def predict_cases(
     report.pipeline = pipeline_settings(pipelined, workers)
     record_settings(settings_json, members, passes, report.pipeline)
     stages = _CaseStages(model, out_dir, fmt, overwrite, read_options, force, report, on_written, members, passes, uncertainty)
-    try:
-        announce = (lambda c: on_case(str(c["id"]))) if on_case else None
-        share = run_pipeline(mine, stages, on_case=announce, pipelined=pipelined, workers=workers)
-    except KeyboardInterrupt:
-        report.interrupted, share = True, None
-    if share is not None:  # the choice made from the first case
+
+    def chosen(share: float) -> None:  # the choice made from the first case, recorded before the rest run
         report.pipeline = pipeline_settings(None, workers, share)
         record_settings(settings_json, members, passes, report.pipeline)
+
+    try:
+        announce = (lambda c: on_case(str(c["id"]))) if on_case else None
+        run_pipeline(mine, stages, on_case=announce, pipelined=pipelined, workers=workers, on_choice=chosen)
+    except KeyboardInterrupt:
+        report.interrupted = True
     write_lists(report, out_dir, num_parts, part_id)
     return report
 

@@ -92,8 +92,9 @@ def pipeline_settings(pipelined: bool | None, workers: int, generator_share: flo
 
 
 def run_pipeline(
-    cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None = None, pipelined: bool | None = True, workers: int = 1
-) -> float | None:
+    cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None = None, pipelined: bool | None = True, workers: int = 1,
+    on_choice: Callable[[float], None] | None = None,
+) -> float | None:  # fmt: skip
     """Every case through ``stages``; a failure at any stage is that case's (``stages.fail``), the rest go on.
 
     ``stages.fail`` returning True stops the run after the cases already in flight. Ctrl-C
@@ -110,6 +111,8 @@ def run_pipeline(
             took less than :data:`GENERATOR_BOUND` of its time, else one after the other.
         workers: cases read at once, and cases written at once (threads; at most
             :func:`in_flight_bound` cases in flight).
+        on_choice: with ``pipelined=None``, called with the first case's generator share as soon
+            as the choice is made, so that a Ctrl-C during the later cases still finds it recorded.
 
     Returns:
         With ``pipelined=None``, the generator's share of the first case's time (None when no
@@ -126,6 +129,8 @@ def run_pipeline(
         share = _serial(queue, stages, on_case, first_only=True)
         if share is None:
             return None
+        if on_choice is not None:
+            on_choice(share)
         pipelined = share < GENERATOR_BOUND
     if not pipelined:
         _serial(queue, stages, on_case)
