@@ -143,6 +143,7 @@ class LossConfig(_Section):
     l2: float = Field(0.0, ge=0)  # mean squared error, in the same mask and weights as L1 (MSE-scored tasks)
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     l1_in_mask: bool = True  # L1 (and L2) only inside the body mask
+    outside_weight: float = Field(0.0, ge=0, le=1)  # with l1_in_mask: L1/L2 weight outside the mask (1 inside)
     region_weight: float = Field(10.0, ge=1)  # inpaint: L1 weight inside the region vs outside
     aleatoric: float = Field(0.0, ge=0)  # > 0: a second generator channel learns each voxel's error scale
 
@@ -160,9 +161,8 @@ class TrainConfig(_Section):
     """The schedule, optimiser, checkpoints, logging, device and precision (see docs/configs.md)."""
 
     steps: int = Field(2000, ge=1)  # length of the learning-rate schedule
-    # Wall-time budget of the whole `medp2p train` (minutes): after a few timed steps the schedule
-    # is shortened to the steps that fit (never more than `steps`), so a config holds its time on
-    # any machine. None: exactly `steps` steps.
+    # Wall-time budget of `medp2p train` (minutes): after a few timed steps the schedule is cut to the
+    # steps that fit (never more than `steps`), so a config holds its time anywhere. None: `steps`.
     minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(2e-4, gt=0)

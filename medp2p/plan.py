@@ -120,6 +120,7 @@ def _losses(cfg: Config, task: Task) -> LossSpec:
         bce=float(ls.bce or 0.0),
         gan_mode=ls.gan_mode,
         l1_in_mask=ls.l1_in_mask,
+        outside_weight=float(ls.outside_weight),
         region_weight=ls.region_weight,
         logits=task.codec.logits,
         aleatoric=float(ls.aleatoric),

@@ -182,3 +182,40 @@ def test_l1_learns_the_median_and_l2_the_mean_of_a_skewed_target(l1: float, l2: 
     losses = [step(i, batch) for i in range(400)]
     assert set(losses[0]) == {"loss_G", "loss_G_L1" if l1 else "loss_G_L2"}
     assert float(gen.value) == pytest.approx({"median": 0.0, "mean": 0.25}[learns], abs=0.02)
+
+
+@pytest.mark.parametrize("outside", [0.0, 0.1])
+def test_outside_weight_learns_the_background_outside_the_mask(outside: float) -> None:
+    """``loss.outside_weight``: 0 leaves voxels outside the mask untrained; > 0 learns them (a CT's air), at that weight."""
+    from medp2p.config import load_config
+    from medp2p.plan import build_plan
+    from medp2p.train import Pix2PixStep
+    from medp2p.train.steps import LossSpec
+    from medp2p.types import MASK, SOURCE, TARGET
+
+    assert build_plan(load_config("mri2ct", None, [f"loss.outside_weight={outside}"])).losses.outside_weight == outside
+    with pytest.raises(Exception, match="outside_weight"):
+        load_config("mri2ct", None, ["loss.outside_weight=2"])  # a weight above the mask's own 1
+
+    class Free(torch.nn.Module):  # one free output value per pixel
+        def __init__(self) -> None:
+            super().__init__()
+            self.value = torch.nn.Parameter(torch.full((1, 1, 1, 5), 0.5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.value
+
+    gen = Free()
+    spec = LossSpec(l1=1.0, gan=0.0, dice=0.0, bce=0.0, outside_weight=outside)
+    step = Pix2PixStep(gen, None, torch.optim.SGD(gen.parameters(), 0.2), None, spec, torch.device("cpu"), None)
+    target = torch.tensor([0.0, 0.0, 0.5, 1.0, -1.0]).reshape(1, 1, 1, 5)  # the -1 (air) lies outside the mask
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]).reshape(1, 1, 1, 5)
+    batch = {SOURCE: torch.zeros(1, 1, 1, 5), TARGET: target, MASK: mask}
+    first = float(step(0, batch)["loss_G_L1"])
+    # the weighted mean of |0.5 - t|: 0.5, 0.5, 0, 0.5 inside (weight 1) and 1.5 outside (weight `outside`)
+    assert first == pytest.approx((1.5 + 1.5 * outside) / (4 + outside), abs=1e-6)
+    for i in range(1, 600):
+        step(i, batch)
+    got = gen.value.detach().flatten()
+    assert got[:4].tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0], abs=0.05)  # inside: learned either way
+    assert float(got[4]) == (pytest.approx(-1.0, abs=0.05) if outside else 0.5)  # outside: learned only with a weight

@@ -24,6 +24,9 @@ class LossSpec:
             mean where L1 learns the median, for targets scored by MSE.
         gan_mode: ``vanilla`` (BCE) or ``lsgan``.
         l1_in_mask: restrict L1 (and L2) to the body mask, when the batch has one.
+        outside_weight: with ``l1_in_mask``, the L1 and L2 weight of voxels outside the mask
+            against 1 inside (:meth:`mask_weight`); 0: nothing outside is learned, so a
+            prediction's background (a CT's air) is whatever the network happens to write there.
         region_weight: inpainting: L1 weight inside the region against 1 outside.
         logits: the generator outputs logits (masks), not images in [-1, 1].
         aleatoric: weight of the Laplace likelihood of a second generator channel, the voxel's
@@ -41,9 +44,21 @@ class LossSpec:
     l2: float = 0.0
     gan_mode: str = "vanilla"
     l1_in_mask: bool = True
+    outside_weight: float = 0.0
     region_weight: float = 10.0
     logits: bool = False
     aleatoric: float = 0.0
+
+    def mask_weight(self, mask: torch.Tensor) -> torch.Tensor:
+        """Per-pixel L1/L2 weights from a 0/1 body mask: 1 inside, :attr:`outside_weight` outside.
+
+        Example:
+            >>> LossSpec(1.0, 0.0, 0.0, 0.0, outside_weight=0.1).mask_weight(torch.tensor([0.0, 1.0]))
+            tensor([0.1000, 1.0000])
+        """
+        if self.outside_weight == 0:
+            return mask
+        return self.outside_weight + (1 - self.outside_weight) * mask
 
     @property
     def learns_scale(self) -> bool:

@@ -179,7 +179,7 @@ class Pix2PixStep:
             region = batch[REGION].to(self.device)
             weight = 1 + (self.loss.region_weight - 1) * region
         elif MASK in batch and self.loss.l1_in_mask:
-            weight = batch[MASK].to(self.device)
+            weight = self.loss.mask_weight(batch[MASK].to(self.device))
         with autocast(self.device, self.dtype):
             fake = self.G(source)
         fake = fake.float()
