@@ -25,7 +25,7 @@ class LossSpec:
         gan_mode: ``vanilla`` (BCE) or ``lsgan``.
         l1_in_mask: restrict L1 (and L2) to the body mask, when the batch has one.
         outside_weight: with ``l1_in_mask``, the L1 and L2 weight of voxels outside the mask
-            against 1 inside (:meth:`mask_weight`); 0: nothing outside is learned, so a
+            against 1 inside (:meth:`mask_weight`); 0: no L1/L2 outside, so without a GAN term a
             prediction's background (a CT's air) is whatever the network happens to write there.
         region_weight: inpainting: L1 weight inside the region against 1 outside.
         logits: the generator outputs logits (masks), not images in [-1, 1].
