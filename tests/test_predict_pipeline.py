@@ -178,22 +178,29 @@ class _Timed(_Counting):
 
 
 def test_auto_runs_one_case_after_another_when_the_generator_takes_nearly_all_the_time() -> None:
+    def first_share(cases: range | list[int], stages: _Timed, pipelined: bool | None) -> float | None:
+        """The share ``run_pipeline`` hands to ``on_choice``; None when it made no choice."""
+        shares: list[float] = []
+        run_pipeline(cases, stages, pipelined=pipelined, workers=2, on_choice=shares.append)
+        assert len(shares) <= 1
+        return shares[0] if shares else None
+
     slow = _Timed(read_s=0.002, generate_s=0.1)
-    share = run_pipeline(range(5), slow, pipelined=None, workers=2)
+    share = first_share(range(5), slow, pipelined=None)
     assert share is not None and share >= GENERATOR_BOUND
     assert set(slow.readers.values()) == {threading.current_thread().name}  # no reader thread: one case after another
     assert slow.order == [0, 10, 20, 30, 40]
     assert pipeline_settings(None, 2, share)["pipelined"] is False
     fast = _Timed(read_s=0.05, generate_s=0.001, bad=1)  # the first case fails: the next one is timed instead
-    share = run_pipeline(range(1, 6), fast, pipelined=None, workers=2)
+    share = first_share(range(1, 6), fast, pipelined=None)
     assert share is not None and share < 0.5
     assert fast.readers[2] == threading.current_thread().name and fast.readers[3].startswith("medp2p-read")
     assert fast.order == [-1, 20, 30, 40, 50]
     settings = pipeline_settings(None, 2, share)
     assert settings["pipelined"] is True and settings["cases_in_flight"] == 5 and settings["auto"]["bound"] == GENERATOR_BOUND
     assert pipeline_settings(None, 2) == {"pipelined": "auto", "workers": 2, "cases_in_flight": 5}
-    assert run_pipeline(range(5), _Timed(0, 0), pipelined=True) is None  # nothing timed when the choice is given
-    assert run_pipeline([0], _Timed(0, 0, bad=0), pipelined=None) is None  # no case went through
+    assert first_share(range(5), _Timed(0, 0), pipelined=True) is None  # nothing timed when the choice is given
+    assert first_share([0], _Timed(0, 0, bad=0), pipelined=None) is None  # no case went through
 
 
 def test_predict_on_the_cpu_chooses_from_the_first_case_and_records_the_choice(

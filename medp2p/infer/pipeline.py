@@ -94,7 +94,7 @@ def pipeline_settings(pipelined: bool | None, workers: int, generator_share: flo
 def run_pipeline(
     cases: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None = None, pipelined: bool | None = True, workers: int = 1,
     on_choice: Callable[[float], None] | None = None,
-) -> float | None:  # fmt: skip
+) -> None:  # fmt: skip
     """Every case through ``stages``; a failure at any stage is that case's (``stages.fail``), the rest go on.
 
     ``stages.fail`` returning True stops the run after the cases already in flight. Ctrl-C
@@ -111,12 +111,9 @@ def run_pipeline(
             took less than :data:`GENERATOR_BOUND` of its time, else one after the other.
         workers: cases read at once, and cases written at once (threads; at most
             :func:`in_flight_bound` cases in flight).
-        on_choice: with ``pipelined=None``, called with the first case's generator share as soon
-            as the choice is made, so that a Ctrl-C during the later cases still finds it recorded.
-
-    Returns:
-        With ``pipelined=None``, the generator's share of the first case's time (None when no
-        case went through); otherwise None.
+        on_choice: with ``pipelined=None``, called with the generator's share of the first case's
+            time as soon as the choice is made from it (not when no case went through), so that a
+            Ctrl-C during the later cases still finds it recorded.
 
     Example:
         >>> run_pipeline(cases, stages, workers=2)  # stages.done(case, paths) for each written case
@@ -124,23 +121,21 @@ def run_pipeline(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     queue = iter(cases)
-    share = None
     if pipelined is None:
         share = _serial(queue, stages, on_case, first_only=True)
         if share is None:
-            return None
+            return
         if on_choice is not None:
             on_choice(share)
         pipelined = share < GENERATOR_BOUND
     if not pipelined:
         _serial(queue, stages, on_case)
-        return share
+        return
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="medp2p-read") as reader,
         ThreadPoolExecutor(workers, thread_name_prefix="medp2p-write") as writer,
     ):
         _Run(queue, stages, on_case, reader, writer, workers).go()
-    return share
 
 
 def _serial(queue: Iterable[Any], stages: Stages, on_case: Callable[[Any], None] | None, first_only: bool = False) -> float | None:
