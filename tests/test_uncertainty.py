@@ -28,8 +28,9 @@ from medp2p.data.prepare import Prep
 from medp2p.infer import load_model, predict_cases
 from medp2p.infer.ensemble import Pass, Spread, binary_entropy, check_members, run_members, run_pass, tta_passes
 from medp2p.infer.volume import RunOptions, prepare_input
-from medp2p.io import read_volume
+from medp2p.io import read_volume, write_volume
 from medp2p.metrics.uncertainty import ause, calibration_metrics, sparsification_curves, top_error_ratio
+from medp2p.tasks import Scored
 from medp2p.train.data import split_cases
 from medp2p.types import Volume
 from tests.test_dicom_output import dciodvfy_errors
@@ -215,6 +216,64 @@ def test_evaluate_checks_the_uncertainty_against_the_error_and_reports_it(tiny_r
     _cli("predict", "--model", str(tiny_runs["mri2ct"]), "-i", str(tiny_phantom), "-o", str(plain))
     _cli("evaluate", "--task", "mri2ct", "--pred", str(plain), "--ref", str(tiny_phantom), "-o", str(report), "--overwrite")
     assert not list(report.glob("*_uncertainty.png")) and "spearman" not in (report / "metrics.csv").read_text()
+
+
+def _own_unit(x: np.ndarray) -> np.ndarray:
+    """BraSyn's normalisation written out again: the image's own 0.5/99.5 percentiles (lower >= 0) to [0, 1]."""
+    lo, hi = np.percentile(x, (0.5, 99.5))
+    lo = max(lo, 0.0)
+    return (np.clip(x, lo, hi) - lo) / (hi - lo)
+
+
+def test_mr_calibration_takes_the_error_in_the_units_the_metric_scores(rng: np.random.Generator, tmp_path: Path) -> None:
+    # Another scanner's reference: the prediction's scale is 1000x the reference's, as across sites.
+    # Raw |prediction - reference| would rank voxels by brightness; the error BraSyn scores is planted
+    # in one half of the brain, where the uncertainty map is high.
+    shape = (20, 18, 16)
+    zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    brain = zz**2 + yy**2 + xx**2 < 0.8
+    ref = np.where(brain, rng.uniform(20, 100, shape), 0.0).astype(np.float32)
+    wrong = brain & (xx > 0)
+    pred = (1000.0 * np.where(wrong, 120.0 - ref, ref)).astype(np.float32)  # the same range, half of it inverted
+    std = (np.where(wrong, np.abs(120.0 - 2 * ref), 0.0) + rng.uniform(0, 5, shape)).astype(np.float32)
+    case = tmp_path / "data" / "case_000"
+    case.mkdir(parents=True)
+    for name, arr in (("t1", ref), ("t2", ref), ("brain", brain.astype(np.uint8))):
+        write_volume(Volume(arr, AFFINES["RAS"]), case / f"{name}.nii.gz")
+    out = tmp_path / "pred" / "case_000"
+    out.mkdir(parents=True)
+    write_volume(Volume(pred, AFFINES["RAS"]), out / "synth.nii.gz")
+    write_volume(Volume(std, AFFINES["RAS"]), out / "synth_std.nii.gz")
+    datalist = tmp_path / "data.json"
+    entry = {"id": "case_000", "mr": str(case / "t1.nii.gz"), "target": str(case / "t2.nii.gz"), "mask": str(case / "brain.nii.gz")}
+    datalist.write_text(json.dumps({"training": [entry]}))
+    report = tmp_path / "report"
+    pred_dir = str(tmp_path / "pred")
+    _cli("evaluate", "--task", "mr2mr", "--pred", pred_dir, "--ref", str(datalist), "-o", str(report), "--metrics", "brasyn-brain")
+    row = next(csv.DictReader((report / "metrics.csv").open()))
+    error = np.abs(_own_unit(pred) - _own_unit(ref))
+    expected = calibration_metrics(std, error, brain)
+    assert float(row["spearman"]) == pytest.approx(expected["spearman"], rel=1e-4) and expected["spearman"] > 0.6
+    assert float(row["top10_error_ratio"]) == pytest.approx(expected["top10_error_ratio"], rel=1e-4)
+    assert float(row["mse"]) == pytest.approx(np.mean(error[brain] ** 2), rel=1e-4)  # the error the metric scores
+    assert calibration_metrics(std, np.abs(pred - ref), brain)["spearman"] < expected["spearman"] - 0.3  # raw units mislead
+
+
+def test_inpainting_calibration_error_is_the_one_the_deployed_scorer_squares(rng: np.random.Generator) -> None:
+    from medp2p.eval.evaluate import calibration_error
+    from medp2p.metrics import brats_inpainting_metrics, inpainting_metrics
+    from medp2p.tasks.scoring import BRATS_INPAINTING, BRATS_INPAINTING_2D
+
+    ref = rng.uniform(0, 500, (14, 16, 12)).astype(np.float32)
+    region = np.zeros(ref.shape, bool)
+    region[4:10, 5:12, 3:9] = True
+    pred = np.where(region, ref + rng.normal(0, 80, ref.shape), ref).astype(np.float32)
+    voided = np.where(region, 0, ref).astype(np.float32)
+    scored = Scored(ref, pred, voided, region, voided=voided)
+    for definition, metric in ((BRATS_INPAINTING, brats_inpainting_metrics(ref, pred, region)),
+                               (BRATS_INPAINTING_2D, inpainting_metrics(ref, pred, voided, region))):  # fmt: skip
+        error = calibration_error(scored, definition)
+        assert np.mean(error[region] ** 2) == pytest.approx(metric["mse"], rel=1e-5)
 
 
 def test_the_std_map_is_a_second_ct_series_in_the_synthetic_cts_study(tiny_runs: dict, tiny_phantom: Path, tmp_path: Path) -> None:

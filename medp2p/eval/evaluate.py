@@ -29,7 +29,7 @@ from medp2p.io import read_volume
 from medp2p.io.atomic import atomic_path, remove_outputs
 from medp2p.metrics.uncertainty import calibration_metrics
 from medp2p.plan import Plan, build_plan
-from medp2p.tasks import ScoreContext, Scored
+from medp2p.tasks import MetricDefinition, ScoreContext, Scored
 from medp2p.types import Volume
 from medp2p.viz.calibration import save_calibration_plot
 
@@ -81,8 +81,9 @@ UNCERTAINTY_PLOT = "_uncertainty.png"
 CALIBRATION = (
     "Where the prediction folder holds an uncertainty map (predict --uncertainty: <output>_std.nii.gz; masks: "
     "mask_entropy.nii.gz), inside the scored mask (masks: reference, prediction and voxels with entropy > 0.01 bit): "
-    "spearman = Spearman rank correlation of uncertainty and |prediction - reference|; top10_error_ratio = mean "
-    "error of the 10% most uncertain voxels / mean error; ause = area under the sparsification error curve "
+    "spearman = Spearman rank correlation of uncertainty and |prediction - reference| (MR: both normalised as the "
+    "metric definition normalises them, BraSyn's each by its own percentiles; HU and labels as they are); "
+    "top10_error_ratio = mean error of the 10% most uncertain voxels / mean error; ause = area under the sparsification error curve "
     "(Ilg et al. 2018): mean error left after removing the most uncertain fraction f minus that after removing "
     "the largest errors first, both over the mean error, integrated over f = 0..0.99 (0: a perfect ranking)."
 )
@@ -146,9 +147,21 @@ def evaluate_case(
     if uncertainty.exists():
         u = _read_prediction(uncertainty, reference, options).array
         domain = calibration_domain(scored, u, keep)
-        values.update(calibration_metrics(u, np.abs(scored.prediction - scored.reference), domain))
-        scored = replace(scored, uncertainty=u, calibration_mask=domain)
+        error = calibration_error(scored, definition)
+        values.update(calibration_metrics(u, error, domain))
+        scored = replace(scored, uncertainty=u, calibration_mask=domain, calibration_error=error)
     return values, scored
+
+
+def calibration_error(scored: Scored, definition: MetricDefinition) -> np.ndarray:
+    """``|prediction - reference|`` in the units the definition scores (MR: as BraSyn or BraTS-Inpainting normalise).
+
+    An MR prediction and its reference from another scanner differ by a scale the metrics
+    normalise away; the raw difference would rank voxels by brightness instead of by error.
+    """
+    reference, prediction = (scored.reference, scored.prediction) if definition.scaled is None else definition.scaled(scored)
+    error: np.ndarray = np.abs(prediction - reference)
+    return error
 
 
 #: Masks: an uncertainty (entropy, bits) above this marks a voxel the models were unsure of.
@@ -304,9 +317,10 @@ def _score(job: _CaseJob) -> _CaseResult:
         montage = case_montage(path, job.plan.task, cid, scored, metrics, definition).name if job.montage else None
         plot = None
         if job.montage and scored.uncertainty is not None and scored.calibration_mask is not None:
-            error = np.abs(scored.prediction - scored.reference)
+            assert scored.calibration_error is not None
             where = job.out / f"{safe_case_id(cid)}{UNCERTAINTY_PLOT}"
-            plot = save_calibration_plot(where, scored.uncertainty, error, scored.calibration_mask, f"{cid}: {job.plan.task.name}").name
+            title = f"{cid}: {job.plan.task.name}"
+            plot = save_calibration_plot(where, scored.uncertainty, scored.calibration_error, scored.calibration_mask, title).name
         return cid, metrics, [montage, plot], None
     except Exception as exc:
         return cid, {}, [None, None], error_text(exc)

@@ -216,6 +216,20 @@ def _masked_values(rows: Rows, m: np.ndarray, slab: int = SLAB) -> np.ndarray:
     return np.concatenate([rows(a, min(len(m), a + slab))[m[a : a + slab]] for a in range(0, len(m), slab)])
 
 
+def inpainting_scaled(reference: np.ndarray, prediction: np.ndarray, bounds_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both images clipped to ``bounds_image``'s 0.5/99.5 percentiles (lower at least 0) and scaled to [0, 1], float32.
+
+    The normalisation both BraTS-Inpainting definitions apply before they score (the deployed
+    scorer: the reference outside the healthy mask; the 2023 package: the voided input).
+
+    Example:
+        >>> ref, pred = inpainting_scaled(t1n, inferred, np.where(healthy, 0, t1n))
+    """
+    lo, hi = _percentiles(bounds_image, (0.5, 99.5))
+    ref, pred = (((np.clip(v, lo, hi) - lo) / (hi - lo)).astype(np.float32) for v in (reference, prediction))
+    return ref, pred
+
+
 def _percentiles(image: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
     """BraTS-Inpainting's normalisation bounds: ``image``'s percentiles, the lower one at least 0."""
     lo, hi = np.percentile(image, percentiles)

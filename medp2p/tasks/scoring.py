@@ -18,6 +18,8 @@ from medp2p.metrics import (
     brasyn_metrics,
     brats_inpainting_metrics,
     inpainting_metrics,
+    inpainting_scaled,
+    own_percentile_scale,
     segmentation_metrics,
     synthrad_metrics,
 )
@@ -158,6 +160,23 @@ def _brasyn_brain(s: Scored) -> dict[str, float]:
     return brasyn_brain_metrics(s.reference, s.prediction, s.mask)
 
 
+def _own_scaled(s: Scored) -> tuple[np.ndarray, np.ndarray]:
+    """BraSyn's units: each image clipped to its own 0.5/99.5 percentiles and scaled to [0, 1]."""
+    return own_percentile_scale(s.reference).astype(np.float32), own_percentile_scale(s.prediction).astype(np.float32)
+
+
+def _inpainting_scaled(s: Scored) -> tuple[np.ndarray, np.ndarray]:
+    """The deployed BraTS-Inpainting scorer's units: the reference's percentiles outside the mask."""
+    assert s.mask is not None
+    return inpainting_scaled(s.reference, s.prediction, np.where(s.mask > 0, 0.0, s.reference.astype(np.float32)))
+
+
+def _inpainting_2d_scaled(s: Scored) -> tuple[np.ndarray, np.ndarray]:
+    """The 2023 inpainting package's units: the voided input's percentiles."""
+    assert s.voided is not None
+    return inpainting_scaled(s.reference, s.prediction, s.voided)
+
+
 SYNTHRAD2023 = MetricDefinition(
     "synthrad2023",
     "SynthRAD2023: MAE in HU over body-mask voxels (no clipping); PSNR with both volumes clipped to "
@@ -216,6 +235,7 @@ BRATS_INPAINTING = MetricDefinition(
     _brats_inpainting,
     "Sage-Bionetworks-Challenges/brats2023 evaluation/inpainting/score.py (commit fe7d966) calling "
     "BraTS-inpainting/2023_challenge evaluation/evaluation_utils.py compute_metrics (commit dc976ce)",
+    _inpainting_scaled,
 )
 BRATS_INPAINTING_2D = MetricDefinition(
     "brats-inpainting-2d",
@@ -226,6 +246,7 @@ BRATS_INPAINTING_2D = MetricDefinition(
     ("ssim", "psnr", "mse"),
     _inpainting,
     "BraTS-inpainting/inpainting challenge_metrics_2023.py (README usage)",
+    _inpainting_2d_scaled,
 )
 BRASYN = MetricDefinition(
     "brasyn",
@@ -238,6 +259,7 @@ BRASYN = MetricDefinition(
     ("ssim_tumor", "ssim_non_tumor"),
     _brasyn,
     "hongweilibran/BraSyn ssim.py (commit 4d9af6d)",
+    _own_scaled,
 )
 BRASYN_BRAIN = MetricDefinition(
     "brasyn-brain",
@@ -248,4 +270,5 @@ BRASYN_BRAIN = MetricDefinition(
     ("ssim", "psnr", "mse"),
     _brasyn_brain,
     "medp2p (after hongweilibran/BraSyn ssim.py's normalisation)",
+    _own_scaled,
 )

@@ -50,6 +50,7 @@ class Scored:
             orientation (None: the arrays' own axes).
         uncertainty: the prediction's uncertainty map (``predict --uncertainty``), when present.
         calibration_mask: where the uncertainty was checked against the error.
+        calibration_error: that error, ``|prediction - reference|`` in the definition's units.
     """
 
     reference: np.ndarray
@@ -64,6 +65,7 @@ class Scored:
     affine: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
     calibration_mask: np.ndarray | None = None
+    calibration_error: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ class MetricDefinition:
         columns: the metric names it reports, in order.
         compute: ``Scored -> {column: value}``.
         source: the code it follows (repository, file, commit).
+        scaled: ``Scored -> (reference, prediction)`` in the intensity units the definition scores,
+            where it normalises them (MR: each image by its own percentiles); the calibration
+            error ``|prediction - reference|`` is taken in these units. None: the images' own
+            units (HU, labels).
     """
 
     name: str
@@ -105,6 +111,7 @@ class MetricDefinition:
     columns: tuple[str, ...]
     compute: Callable[[Scored], dict[str, float]]
     source: str = ""
+    scaled: Callable[[Scored], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)
