@@ -226,8 +226,7 @@ def inpainting_scaled(reference: np.ndarray, prediction: np.ndarray, bounds_imag
         >>> ref, pred = inpainting_scaled(t1n, inferred, np.where(healthy, 0, t1n))
     """
     lo, hi = _percentiles(bounds_image, (0.5, 99.5))
-    ref, pred = (((np.clip(v, lo, hi) - lo) / (hi - lo)).astype(np.float32) for v in (reference, prediction))
-    return ref, pred
+    return _scaled(reference, lo, hi).astype(np.float32), _scaled(prediction, lo, hi).astype(np.float32)
 
 
 def _percentiles(image: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
